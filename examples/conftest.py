@@ -1,0 +1,1 @@
+"""The example SLO suite runs from this folder: ``pytest examples``."""

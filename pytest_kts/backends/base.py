@@ -1,0 +1,136 @@
+"""What every backend does: start tenants, run a phase, hand back their lines, clean up.
+
+A backend knows how to run workers and collect what they print. It knows nothing of
+percentiles, verdicts or pytest: the runner (``pytest_kts.runner``) decides which phases
+run and when to stop, and the statistics judge the samples.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from pytest_kts.protocol import LineReader, check_tenant_name
+
+ARRIVALS = ("closed", "constant", "poisson")
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    """One tenant as a worker process will run it.
+
+    ``workload`` names a built-in workload (``fft``, ``matmul``, ...) or a user factory as
+    ``module:function``. ``arrival`` is ``closed`` (run, then sleep ``sleep_ms``) or an open
+    loop at ``rate_hz`` (``constant`` or ``poisson``) whose latency counts from the intended
+    start, queueing included.
+    """
+
+    name: str
+    workload: str
+    size: int
+    sleep_ms: float = 0.0
+    warmup: int = 5
+    arrival: str = "closed"
+    rate_hz: float | None = None
+    seed: int = 0
+    params: Mapping[str, Any] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_tenant_name(self.name)
+        if self.size <= 0:
+            raise ValueError(f"tenant {self.name}: size must be positive, got {self.size}")
+        if self.sleep_ms < 0:
+            raise ValueError(f"tenant {self.name}: sleep_ms must be >= 0, got {self.sleep_ms}")
+        if self.warmup < 0:
+            raise ValueError(f"tenant {self.name}: warmup must be >= 0, got {self.warmup}")
+        if self.arrival not in ARRIVALS:
+            raise ValueError(f"tenant {self.name}: arrival must be one of {ARRIVALS}")
+        if self.arrival != "closed" and not (self.rate_hz and self.rate_hz > 0):
+            raise ValueError(f"tenant {self.name}: an open-loop arrival needs rate_hz > 0")
+
+    def worker_argv(self, device: str) -> list[str]:
+        """Arguments after ``python -m workers.run``; the same for a local process and a Job."""
+        argv = [
+            "--tenant", self.name,
+            "--workload", self.workload,
+            "--size", str(self.size),
+            "--sleep-ms", repr(float(self.sleep_ms)),
+            "--warmup", str(self.warmup),
+            "--arrival", self.arrival,
+            "--seed", str(self.seed),
+            "--device", device,
+        ]  # fmt: skip
+        if self.rate_hz:
+            argv += ["--rate-hz", repr(float(self.rate_hz))]
+        for key, value in sorted(self.params.items()):
+            argv += ["--param", f"{key}={value}"]
+        return argv
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """One phase of one round: which tenants run and how many iterations each must record.
+
+    In a shared phase, a tenant that reaches its target keeps running (its later samples
+    are kept too) until every tenant has reached its own, so that no tenant's shared
+    samples are taken while a co-tenant has already gone quiet.
+    """
+
+    phase: str  # "solo" | "shared"
+    round: int
+    iterations: Mapping[str, int]  # tenant -> target
+
+    @property
+    def tenants(self) -> tuple[str, ...]:
+        return tuple(self.iterations)
+
+
+@dataclass
+class PhaseOutput:
+    """What a phase produced: per tenant, every line accounted for; and its wall window."""
+
+    plan: PhasePlan
+    readers: dict[str, LineReader]
+    started_ns: int
+    ended_ns: int
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended_ns - self.started_ns) / 1e9
+
+
+class Backend(abc.ABC):
+    """Runs tenants' workers. Use as a context manager: ``close`` always runs."""
+
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    def start(self, tenants: Sequence[TenantSpec], device: str) -> None:
+        """Prepare every tenant (a local backend starts resident workers and waits until ready)."""
+
+    @abc.abstractmethod
+    def run_phase(self, plan: PhasePlan, timeout_s: float) -> PhaseOutput:
+        """Run one phase to completion; a failed worker raises WorkerError."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Stop everything this backend started. Idempotent; safe after Ctrl-C."""
+
+    def facts(self) -> dict[str, Any]:
+        """What the backend knows about where tenants ran (GPU UUIDs, nodes, pods)."""
+        return {"backend": self.name}
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

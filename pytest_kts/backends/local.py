@@ -1,0 +1,341 @@
+"""Tenants as separate OS processes on one device.
+
+Each tenant is a fresh interpreter (``python -m workers.run --serve``: spawned, never forked,
+so no CUDA state is inherited) that builds its workload once and stays resident across phases.
+Phases start together by a barrier on the epoch clock. A worker that crashes, hangs or runs
+out of GPU memory ends the phase with a :class:`WorkerError` carrying the tail of its stderr;
+:meth:`LocalBackend.close` always leaves no process behind, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from pytest_kts.backends.base import Backend, PhaseOutput, PhasePlan, TenantSpec
+from pytest_kts.errors import ColocationError, ConfigError, WorkerError
+from pytest_kts.mps import MpsDaemon
+from pytest_kts.protocol import Event, LineReader, Meta
+
+# Time between sending a phase and its common start: enough for every worker to read it.
+_BARRIER_MARGIN_S = 0.25
+_STDERR_TAIL_LINES = 30
+_EOF = object()
+
+
+def _project_paths() -> list[str]:
+    """Where a spawned worker finds ``workers`` and a user's ``module:function`` tenants."""
+    here = Path(__file__).resolve().parents[2]
+    return [str(here), os.getcwd()]
+
+
+@dataclass
+class _Worker:
+    spec: TenantSpec
+    process: subprocess.Popen[str]
+    stderr_file: IO[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False
+    gone: bool = False
+
+    def stderr_tail(self) -> str:
+        try:
+            self.stderr_file.flush()
+            text = Path(self.stderr_file.name).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-_STDERR_TAIL_LINES:])
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        startup_timeout_s: float = 300.0,
+        env: Mapping[str, str] | None = None,
+        python: str | None = None,
+        sharing: str = "timeslice",
+    ) -> None:
+        self.startup_timeout_s = startup_timeout_s
+        self.env = dict(env or {})
+        self.python = python or sys.executable
+        self._workers: dict[str, _Worker] = {}
+        self._lines: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._closed = False
+        self._device = "cpu"
+        self.sharing = sharing
+        self._mps: MpsDaemon | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, tenants: Sequence[TenantSpec], device: str) -> None:
+        names = [t.name for t in tenants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tenant names must be unique, got {names}")
+        self._device = device
+        try:
+            if self.sharing == "mps":
+                if device != "cuda":
+                    raise ConfigError("--kts-sharing mps needs a CUDA device")
+                self._mps = MpsDaemon()
+                self.env.update(self._mps.start())
+            for spec in tenants:
+                self._spawn(spec, device)
+            self._await_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def _spawn(self, spec: TenantSpec, device: str) -> None:
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update(spec.env)
+        paths = [*_project_paths(), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["KTS_PARENT_PID"] = str(os.getpid())
+        stderr_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker
+            "w+", prefix=f"kts-{spec.name}-", suffix=".stderr", delete=False
+        )
+        argv = [self.python, "-m", "workers.run", *spec.worker_argv(device), "--serve"]
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            text=True,
+            bufsize=1,
+            env=env,
+            # Its own session: Ctrl-C reaches pytest alone, and close() stops the whole group.
+            start_new_session=True,
+        )
+        worker = _Worker(spec, process, stderr_file)
+        self._workers[spec.name] = worker
+        threading.Thread(
+            target=self._pump,
+            args=(spec.name, process.stdout),
+            daemon=True,
+            name=f"kts-{spec.name}",
+        ).start()
+
+    def _pump(self, tenant: str, stream: IO[str] | None) -> None:
+        assert stream is not None
+        try:
+            for line in stream:
+                self._lines.put((tenant, line))
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._lines.put((tenant, _EOF))
+
+    def _await_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        reader = LineReader()
+        while not all(w.ready for w in self._workers.values()):
+            tenant, item = self._next_line(deadline, "to start (import, CUDA init, build, warmup)")
+            worker = self._workers[tenant]
+            if item is _EOF:
+                self._fail_exited(worker, "exited while starting")
+            record = reader.feed(str(item))
+            if isinstance(record, Meta):
+                worker.meta.update(record.facts)
+            elif isinstance(record, Event):
+                self._check_error_event(worker, record)
+                if record.name == "ready":
+                    worker.ready = True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for worker in self._workers.values():
+            self._send(worker, {"cmd": "exit"})
+            try:
+                if worker.process.stdin:
+                    worker.process.stdin.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + 5.0
+        for worker in self._workers.values():
+            self._stop_process(worker, max(deadline - time.monotonic(), 0.1))
+            worker.stderr_file.close()
+            try:
+                os.unlink(worker.stderr_file.name)
+            except OSError:
+                pass
+        if self._mps is not None:
+            self._mps.stop()
+
+    @staticmethod
+    def _stop_process(worker: _Worker, grace_s: float) -> None:
+        process = worker.process
+        try:
+            process.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+        for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(process.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                return
+            try:
+                process.wait(timeout=wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    # -- phases --------------------------------------------------------------------------
+    def run_phase(self, plan: PhasePlan, timeout_s: float) -> PhaseOutput:
+        if self._closed:
+            raise RuntimeError("backend is closed")
+        unknown = set(plan.tenants) - set(self._workers)
+        if unknown:
+            raise ValueError(f"phase names tenants that were not started: {sorted(unknown)}")
+        readers = {t: LineReader() for t in plan.tenants}
+        ended: set[str] = set()
+        reached: set[str] = set()
+        keep_running = plan.phase == "shared" and len(plan.tenants) > 1
+        start_at = time.time_ns() + int(_BARRIER_MARGIN_S * 1e9)
+        for tenant, n in plan.iterations.items():
+            self._send(
+                self._workers[tenant],
+                {
+                    "cmd": "run",
+                    "phase": plan.phase,
+                    "round": plan.round,
+                    "iterations": int(n),
+                    "start_at_ns": start_at,
+                    "keep_running": keep_running,
+                },
+            )
+        deadline = time.monotonic() + _BARRIER_MARGIN_S + timeout_s
+        stopped = False
+        while len(ended) < len(plan.tenants):
+            what = f"to finish its {plan.phase} phase (round {plan.round}) within {timeout_s:.0f} s"
+            tenant, item = self._next_line(deadline, what, among=plan.tenants)
+            worker = self._workers[tenant]
+            if item is _EOF:
+                self._fail_exited(worker, f"exited during the {plan.phase} phase")
+            if tenant not in readers:
+                # An idle tenant printing (a warning, say): keep it visible, not as a sample.
+                continue
+            record = readers[tenant].feed(str(item))
+            if isinstance(record, Event):
+                self._check_error_event(worker, record)
+                if record.name == "target_reached":
+                    reached.add(tenant)
+                elif record.name == "phase_end":
+                    ended.add(tenant)
+            if keep_running and not stopped and reached >= set(plan.tenants):
+                for t in plan.tenants:
+                    self._send(self._workers[t], {"cmd": "stop"})
+                stopped = True
+        return PhaseOutput(plan, readers, start_at, time.time_ns())
+
+    # -- helpers -------------------------------------------------------------------------
+    def _next_line(
+        self, deadline: float, what: str, among: Sequence[str] | None = None
+    ) -> tuple[str, object]:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                hung = [
+                    t
+                    for t in (among or list(self._workers))
+                    if self._workers[t].process.poll() is None
+                ]
+                tenant = hung[0] if hung else next(iter(self._workers))
+                worker = self._workers[tenant]
+                raise WorkerError(
+                    tenant,
+                    f"hung: did not manage {what}; it was stopped. Raise --kts-timeout if the "
+                    "workload is just slow",
+                    worker.stderr_tail(),
+                )
+            try:
+                return self._lines.get(timeout=min(remaining, 0.5))
+            except queue.Empty:
+                for worker in self._workers.values():
+                    if worker.process.poll() is not None and not worker.gone:
+                        # Its EOF marker is on the way; the queue will deliver it.
+                        worker.gone = True
+
+    def _fail_exited(self, worker: _Worker, what: str) -> None:
+        worker.gone = True
+        try:
+            code = worker.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            code = None
+        tail = worker.stderr_tail()
+        oom = code == 3 or "out of memory" in tail.lower()
+        detail = f"{what} with exit code {code}"
+        if oom:
+            detail += ": CUDA out of memory. Use smaller sizes or fewer tenants per GPU"
+        elif code is not None and code < 0:
+            detail += f" (killed by signal {-code})"
+        raise WorkerError(worker.spec.name, detail, tail, oom=oom)
+
+    def _check_error_event(self, worker: _Worker, event: Event) -> None:
+        if event.name != "error":
+            return
+        kind = event.data.get("kind", "exception")
+        message = str(event.data.get("message", ""))
+        if kind == "protocol":
+            return
+        # Give the process a moment to exit, so the error carries its stderr and exit code.
+        try:
+            worker.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        if kind == "oom":
+            what = f"CUDA out of memory: {message}. Use smaller sizes or fewer tenants per GPU"
+        elif kind == "no_device":
+            what = f"{message}. Run with --kts-device cpu, or on a machine with a CUDA GPU"
+        else:
+            what = f"failed: {message}"
+        raise WorkerError(worker.spec.name, what, worker.stderr_tail(), oom=kind == "oom")
+
+    def _send(self, worker: _Worker, command: dict[str, Any]) -> None:
+        stdin = worker.process.stdin
+        if stdin is None or worker.process.poll() is not None:
+            return
+        try:
+            stdin.write(json.dumps(command) + "\n")
+            stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+
+    def facts(self) -> dict[str, Any]:
+        tenants = {name: dict(w.meta) for name, w in self._workers.items()}
+        uuids = {m.get("gpu_uuid") for m in tenants.values() if m.get("gpu_uuid")}
+        return {
+            "backend": self.name,
+            "device": self._device,
+            "sharing": self.sharing,
+            "tenants": tenants,
+            "gpu_uuids": sorted(uuids),
+        }
+
+    def check_colocated(self) -> None:
+        """Every tenant on one physical GPU, or a :class:`ColocationError`."""
+        seen = {name: w.meta.get("gpu_uuid") for name, w in self._workers.items()}
+        uuids = {u for u in seen.values() if u}
+        if len(uuids) > 1:
+            listing = ", ".join(f"{t}: {u}" for t, u in sorted(seen.items()))
+            raise ColocationError(
+                f"tenants ran on different GPUs ({listing}); a shared phase needs one GPU. "
+                "Set CUDA_VISIBLE_DEVICES to a single device"
+            )

@@ -1,0 +1,161 @@
+"""The test API: the ``kts`` fixture's object, tenant handles, and ``assert_df``.
+
+A test declares tenants, optionally runs them with SLOs (then the runner stops as soon as the
+evidence decides), and asserts on the degradation factor::
+
+    def test_fft_keeps_its_tail(kts):
+        fft = kts.tenant("fft", size=4096, sleep_ms=100)
+        gemm = kts.tenant("matmul", size=4096, sleep_ms=150)
+        kts.run(slo={fft: 1.3})
+        assert_df(fft, p=99) < 1.3
+
+If a test asserts without calling ``run``, the scenario runs then, with the fixed protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pytest_kts.backends.base import TenantSpec
+from pytest_kts.config import RunSettings
+from pytest_kts.errors import ConfigError
+from pytest_kts.results import ScenarioResult, TenantResult
+from pytest_kts.verdict import DegradationFactor
+
+# Sizes that suit each device when a test gives none: the study's 4096 on a GPU; small enough
+# on a CPU that several tenants share two cores in seconds.
+DEFAULT_SIZE = {"cuda": 4096, "cpu": 128}
+
+
+@dataclass
+class Tenant:
+    """A declared tenant; after the run, ``.result`` holds its figures."""
+
+    spec: TenantSpec
+    iterations: int | None = None
+    _scenario: Kts | None = field(default=None, repr=False)
+    _result: TenantResult | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def result(self) -> TenantResult:
+        if self._result is None:
+            if self._scenario is None:
+                raise RuntimeError(f"tenant {self.name!r} belongs to no scenario")
+            self._scenario.run()
+        assert self._result is not None
+        return self._result
+
+    def __hash__(self) -> int:
+        return hash(self.spec.name)
+
+
+class Kts:
+    """What the ``kts`` fixture gives a test: declare tenants, run, read results."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: RunSettings,
+        device: str,
+        runner: Callable[..., ScenarioResult],
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.device = device
+        self._runner = runner
+        self._tenants: dict[str, Tenant] = {}
+        self._result: ScenarioResult | None = None
+
+    def tenant(
+        self,
+        name: str,
+        workload: str | None = None,
+        *,
+        size: int | None = None,
+        sleep_ms: float | None = None,
+        iterations: int | None = None,
+        warmup: int = 5,
+        arrival: str = "closed",
+        rate_hz: float | None = None,
+        params: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        seed: int | None = None,
+    ) -> Tenant:
+        """Declare a tenant. ``workload`` defaults to ``name`` (``fft``, ``matmul``, ...)."""
+        if self._result is not None:
+            raise ConfigError("tenants must be declared before the scenario runs")
+        if name in self._tenants:
+            raise ConfigError(f"tenant {name!r} is declared twice")
+        if iterations is not None and iterations <= 0:
+            raise ConfigError(f"tenant {name!r}: iterations must be positive")
+        try:
+            spec = TenantSpec(
+                name=name,
+                workload=workload or name,
+                size=size or DEFAULT_SIZE.get(self.device, 128),
+                sleep_ms=0.0 if sleep_ms is None else float(sleep_ms),
+                warmup=warmup,
+                arrival=arrival,
+                rate_hz=rate_hz,
+                seed=len(self._tenants) if seed is None else seed,
+                params=dict(params or {}),
+                env=dict(env or {}),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        handle = Tenant(spec, iterations, self)
+        self._tenants[name] = handle
+        return handle
+
+    @property
+    def tenants(self) -> tuple[Tenant, ...]:
+        return tuple(self._tenants.values())
+
+    def run(self, slo: Mapping[Tenant | str, float] | None = None, p: float = 99) -> ScenarioResult:
+        """Run the scenario once: adaptively until every SLO is decided, else the fixed protocol."""
+        if self._result is not None:
+            if slo:
+                raise ConfigError("the scenario has already run; pass slo= to the first run()")
+            return self._result
+        slo_by_name = {
+            (k.name if isinstance(k, Tenant) else k): float(v) for k, v in (slo or {}).items()
+        }
+        settings = self.settings
+        per_tenant = {t.name: t.iterations for t in self.tenants if t.iterations}
+        if per_tenant and not slo_by_name:
+            settings = dataclasses.replace(settings, iterations=max(per_tenant.values()))
+        result = self._runner(self.name, [t.spec for t in self.tenants], settings, slo_by_name, p)
+        self._result = result
+        for handle in self.tenants:
+            handle._result = result.tenants[handle.name]
+        return result
+
+    @property
+    def result(self) -> ScenarioResult | None:
+        return self._result
+
+
+def assert_df(
+    tenant: Tenant | TenantResult, p: float = 99, clock: str = "host"
+) -> DegradationFactor:
+    """The degradation factor of ``tenant`` at percentile ``p``, ready to compare with a number.
+
+    ``assert_df(fft, p=99) < 1.3`` holds when the whole confidence interval lies below 1.3 and
+    fails when it lies above; an undecided comparison follows ``--kts-inconclusive``.
+    """
+    result = tenant.result if isinstance(tenant, Tenant) else tenant
+    df = result.df(p, clock)
+    if df is None:
+        available = ", ".join(result.clocks()) or "none"
+        raise ConfigError(
+            f"tenant {result.name!r} has no {clock} clock in both phases (available: {available}); "
+            "the device clock exists only on CUDA"
+        )
+    return df

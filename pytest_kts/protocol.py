@@ -1,0 +1,285 @@
+"""The one line protocol between a worker and whoever collects its output.
+
+Every line a worker prints is written by :func:`format_sample`, :func:`format_meta` or
+:func:`format_event` and read back by :class:`LineReader`; nothing else in the project
+knows the format. The module imports only the standard library so that it runs inside a
+bare worker container.
+
+Formats
+-------
+``KTS_APP,v1,{TENANT},{i},{epoch_ns_start},{epoch_ns_end},{latency_ms_device},{phase}``
+    The original study's line, read unchanged. It carries only the device latency; the
+    host latency is taken to be unknown (``nan``), never guessed from the epoch stamps.
+
+``KTS_APP,v2,{tenant},{phase},{round},{i},{start_ns},{end_ns},{host_ms},{device_ms}``
+    One iteration. ``start_ns`` is the epoch time the iteration was due to start (the
+    intended start: the launch in a closed loop, the scheduled arrival in an open loop),
+    ``end_ns`` the epoch time its completion was observed. ``host_ms`` is the latency the
+    caller lives with (``end - start`` on a monotonic clock), ``device_ms`` the CUDA event
+    time, or empty where there is no device clock (the CPU).
+
+``KTS_META,v2,{tenant},{json object}``
+    Facts about the run, once: device kind, GPU name and UUID, torch version, pid.
+
+``KTS_EVENT,v2,{tenant},{name},{json object}``
+    Control events: ``ready``, ``phase_start``, ``target_reached``, ``phase_end``, ``error``.
+
+Lines that do not start with ``KTS_`` are *foreign* (a framework's warning, a stray print);
+lines that start with ``KTS_`` but do not parse are *malformed*. Both are counted and a few
+kept as examples; neither is ever fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+PREFIX = "KTS_"
+SAMPLE_V1 = "KTS_APP,v1,"
+SAMPLE_V2 = "KTS_APP,v2,"
+META_V2 = "KTS_META,v2,"
+EVENT_V2 = "KTS_EVENT,v2,"
+
+PHASES = ("solo", "shared")
+# Tenant names travel in a comma-separated line and in Kubernetes object names.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_EXAMPLES_KEPT = 5
+
+
+class ProtocolError(ValueError):
+    """A line that claims to be ours (``KTS_`` prefix) but is not well formed."""
+
+
+def check_tenant_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(
+            f"tenant name {name!r} is not allowed: use 1-63 letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One iteration of one tenant."""
+
+    tenant: str
+    phase: str
+    round: int
+    iteration: int
+    start_ns: int
+    end_ns: int
+    host_ms: float  # nan where unknown (v1 lines)
+    device_ms: float  # nan where there is no device clock (CPU)
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    tenant: str
+    facts: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    tenant: str
+    name: str
+    data: dict[str, Any]
+
+
+Record = Sample | Meta | Event
+
+
+def _fmt_ms(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return f"{x:.6f}"
+
+
+def format_sample(s: Sample) -> str:
+    return (
+        f"{SAMPLE_V2}{s.tenant},{s.phase},{s.round},{s.iteration},{s.start_ns},{s.end_ns},"
+        f"{_fmt_ms(s.host_ms)},{_fmt_ms(s.device_ms)}"
+    )
+
+
+def format_meta(tenant: str, facts: dict[str, Any]) -> str:
+    return f"{META_V2}{tenant},{json.dumps(facts, sort_keys=True, separators=(',', ':'))}"
+
+
+def format_event(tenant: str, name: str, data: dict[str, Any] | None = None) -> str:
+    payload = json.dumps(data or {}, sort_keys=True, separators=(",", ":"))
+    return f"{EVENT_V2}{tenant},{name},{payload}"
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ProtocolError(f"{what} is not an integer: {text!r}") from None
+    if value < 0:
+        raise ProtocolError(f"{what} is negative: {value}")
+    return value
+
+
+def _ms(text: str, what: str, *, optional: bool) -> float:
+    if text == "":
+        if optional:
+            return math.nan
+        raise ProtocolError(f"{what} is empty")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ProtocolError(f"{what} is not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ProtocolError(f"{what} is not a finite non-negative number: {text!r}")
+    return value
+
+
+def _phase(text: str) -> str:
+    phase = text.strip().lower()
+    if phase not in PHASES:
+        raise ProtocolError(f"phase must be one of {PHASES}, got {text!r}")
+    return phase
+
+
+def _tenant(text: str) -> str:
+    if not _NAME.match(text):
+        raise ProtocolError(f"bad tenant name {text!r}")
+    return text
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"payload is not JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise ProtocolError("payload is not a JSON object")
+    return value
+
+
+def parse_line(line: str) -> Record | None:
+    """Parse one line. ``None`` for a foreign line; :class:`ProtocolError` for a bad one of ours."""
+    line = line.strip().lstrip("\ufeff")
+    # Tolerate a log prefix (kubectl --timestamps, a logging formatter) before our marker.
+    at = line.find(PREFIX)
+    if at < 0:
+        return None
+    line = line[at:]
+    if line.startswith(SAMPLE_V2):
+        parts = line[len(SAMPLE_V2) :].split(",")
+        if len(parts) != 8:
+            raise ProtocolError(f"v2 sample has {len(parts)} fields after the version, expected 8")
+        tenant, phase, rnd, i, start, end, host, device = parts
+        start_ns, end_ns = _int(start, "start_ns"), _int(end, "end_ns")
+        if end_ns < start_ns:
+            raise ProtocolError("end_ns is before start_ns")
+        return Sample(
+            tenant=_tenant(tenant),
+            phase=_phase(phase),
+            round=_int(rnd, "round"),
+            iteration=_int(i, "iteration"),
+            start_ns=start_ns,
+            end_ns=end_ns,
+            host_ms=_ms(host, "host_ms", optional=False),
+            device_ms=_ms(device, "device_ms", optional=True),
+        )
+    if line.startswith(SAMPLE_V1):
+        parts = line[len(SAMPLE_V1) :].split(",")
+        if len(parts) != 6:
+            raise ProtocolError(f"v1 sample has {len(parts)} fields after the version, expected 6")
+        tenant, i, start, end, device, phase = parts
+        start_ns, end_ns = _int(start, "epoch_ns_start"), _int(end, "epoch_ns_end")
+        if end_ns < start_ns:
+            raise ProtocolError("epoch_ns_end is before epoch_ns_start")
+        return Sample(
+            tenant=_tenant(tenant.lower()),
+            phase=_phase(phase),
+            round=0,
+            iteration=_int(i, "iteration"),
+            start_ns=start_ns,
+            end_ns=end_ns,
+            host_ms=math.nan,
+            device_ms=_ms(device, "latency_ms_device", optional=False),
+        )
+    if line.startswith(META_V2):
+        tenant, sep, payload = line[len(META_V2) :].partition(",")
+        if not sep:
+            raise ProtocolError("meta line has no payload")
+        return Meta(_tenant(tenant), _json_object(payload))
+    if line.startswith(EVENT_V2):
+        tenant, sep, rest = line[len(EVENT_V2) :].partition(",")
+        name, sep2, payload = rest.partition(",")
+        if not sep or not sep2:
+            raise ProtocolError("event line needs tenant, name and payload")
+        if not re.fullmatch(r"[a-z_]{1,32}", name):
+            raise ProtocolError(f"bad event name {name!r}")
+        return Event(_tenant(tenant), name, _json_object(payload))
+    raise ProtocolError(f"unknown record type or version: {line[:40]!r}")
+
+
+@dataclass
+class LineReader:
+    """Accumulates records from a stream of lines and accounts for every line it was given."""
+
+    samples: list[Sample] = field(default_factory=list)
+    metas: list[Meta] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    lines: int = 0
+    foreign: int = 0
+    malformed: int = 0
+    malformed_examples: list[str] = field(default_factory=list)
+    foreign_examples: list[str] = field(default_factory=list)
+
+    def feed(self, line: str) -> Record | None:
+        self.lines += 1
+        try:
+            record = parse_line(line)
+        except ProtocolError as exc:
+            self.malformed += 1
+            if len(self.malformed_examples) < _EXAMPLES_KEPT:
+                self.malformed_examples.append(f"{line.strip()[:200]!r}: {exc}")
+            return None
+        if record is None:
+            if line.strip():
+                self.foreign += 1
+                if len(self.foreign_examples) < _EXAMPLES_KEPT:
+                    self.foreign_examples.append(line.strip()[:200])
+            return None
+        if isinstance(record, Sample):
+            self.samples.append(record)
+        elif isinstance(record, Meta):
+            self.metas.append(record)
+        else:
+            self.events.append(record)
+        return record
+
+    def feed_all(self, lines: Iterable[str]) -> LineReader:
+        for line in lines:
+            self.feed(line)
+        return self
+
+    def merge(self, other: LineReader) -> None:
+        self.samples += other.samples
+        self.metas += other.metas
+        self.events += other.events
+        self.lines += other.lines
+        self.foreign += other.foreign
+        self.malformed += other.malformed
+        room = _EXAMPLES_KEPT - len(self.malformed_examples)
+        self.malformed_examples += other.malformed_examples[: max(room, 0)]
+        room = _EXAMPLES_KEPT - len(self.foreign_examples)
+        self.foreign_examples += other.foreign_examples[: max(room, 0)]
+
+    def accounting(self) -> dict[str, Any]:
+        return {
+            "lines": self.lines,
+            "samples": len(self.samples),
+            "foreign": self.foreign,
+            "malformed": self.malformed,
+            "malformed_examples": list(self.malformed_examples),
+        }

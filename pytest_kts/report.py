@@ -1,0 +1,387 @@
+"""The report: one terminal table for every scenario, and files a person or a program reads.
+
+``render_table`` prints tenant, phase, clock, percentiles, jitter, throughput and DF with its
+confidence interval. ``write_report`` writes ``summary.json`` (figures and machine facts),
+``samples/<scenario>.csv`` (every iteration, to judge again offline), plots where matplotlib is
+installed, and ``results.md`` for a person.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from pytest_kts.results import ScenarioResult, TenantResult
+from pytest_kts.samples import to_csv
+from pytest_kts.stats import Summary
+from pytest_kts.verdict import DegradationFactor
+
+PERCENTILES = (50, 95, 99, 99.9)
+HEADERS = (
+    "tenant",
+    "phase",
+    "clock",
+    "n",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "jitter",
+    "it/s",
+    "DF p99 [CI]",
+    "verdict",
+)
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120] or "scenario"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "-"
+    return f"{x:.{digits}f}"
+
+
+def _df_cell(df: DegradationFactor | None) -> str:
+    if df is None or not math.isfinite(df.value):
+        return "-"
+    lo, hi = df.ci
+    return f"{df.value:.2f} [{_num(lo, 2)}, {_num(hi, 2)}]"
+
+
+def _check_for(result: ScenarioResult, tenant: str, clock: str) -> dict[str, Any] | None:
+    for check in result.checks:
+        if check["tenant"] == tenant and check["clock"] == clock:
+            return check
+    return None
+
+
+def _rows(result: ScenarioResult) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for name, tenant in result.tenants.items():
+        for clock in ("host", "device"):
+            if clock not in tenant.clocks():
+                continue
+            df = tenant.df(99, clock)
+            check = _check_for(result, name, clock)
+            for phase in ("solo", "shared"):
+                s = tenant.summary(phase, clock)
+                if s is None:
+                    continue
+                shared = phase == "shared"
+                verdict = ""
+                if shared and check is not None:
+                    verdict = f"{check['verdict']} (< {check['threshold']:g})"
+                rows.append(
+                    [
+                        name,
+                        phase,
+                        clock,
+                        str(s.n),
+                        _num(s.p50),
+                        _num(s.p95),
+                        _num(s.p99),
+                        _num(s.p999),
+                        _num(s.jitter, 2),
+                        _num(s.throughput, 1),
+                        _df_cell(df) if shared else "",
+                        verdict,
+                    ]
+                )
+    return rows
+
+
+def render_table(results: Sequence[ScenarioResult], *, fmt: str = "simple") -> str:
+    blocks = []
+    for result in results:
+        head = (
+            f"{result.name}  [{result.device}, {result.gpu_seconds:.1f} s of phases; "
+            f"{result.stop_reason}]"
+        )
+        blocks.append(head + "\n" + tabulate(_rows(result), headers=HEADERS, tablefmt=fmt))
+        blocks += [f"  warning: {w}" for w in result.warnings]
+    return "\n\n".join(blocks)
+
+
+# -- summary.json --------------------------------------------------------------------------
+
+
+def _summary_dict(s: Summary | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {k: _json_num(v) for k, v in s.__dict__.items()}
+
+
+def _json_num(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _df_dict(df: DegradationFactor | None) -> dict[str, Any] | None:
+    if df is None:
+        return None
+    return {
+        "value": _json_num(float(df.value)),
+        "ci": [_json_num(float(df.ci[0])), _json_num(float(df.ci[1]))],
+        "confidence": df.confidence,
+        "n_solo": df.n_solo,
+        "n_shared": df.n_shared,
+        "trimmed_solo": df.trimmed_solo,
+        "trimmed_shared": df.trimmed_shared,
+        "solo_quantile": _json_num(float(df.solo_quantile)),
+        "shared_quantile": _json_num(float(df.shared_quantile)),
+        "method": df.method,
+        "reason": df.reason,
+    }
+
+
+def tenant_dict(tenant: TenantResult) -> dict[str, Any]:
+    spec = tenant.spec
+    phases = {
+        phase: {clock: _summary_dict(tenant.summary(phase, clock)) for clock in tenant.clocks()}
+        for phase in ("solo", "shared")
+    }
+    dfs = {
+        clock: {f"p{p:g}": _df_dict(tenant.df(p, clock)) for p in PERCENTILES}
+        for clock in tenant.clocks()
+    }
+    return {
+        "spec": {
+            "workload": spec.workload,
+            "size": spec.size,
+            "sleep_ms": spec.sleep_ms,
+            "warmup": spec.warmup,
+            "arrival": spec.arrival,
+            "rate_hz": spec.rate_hz,
+            "params": dict(spec.params),
+        },
+        "meta": tenant.meta,
+        "lines": tenant.accounting,
+        "phases": phases,
+        "df": dfs,
+    }
+
+
+def scenario_dict(result: ScenarioResult) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": result.name,
+        "device": result.device,
+        "started_at": result.started_at,
+        "gpu_seconds": round(result.gpu_seconds, 3),
+        "stop_reason": result.stop_reason,
+        "confidence": result.confidence,
+        "checks": result.checks,
+        "machine": result.machine,
+        "backend": result.backend,
+        "windows": [
+            {
+                "phase": w.phase,
+                "round": w.round,
+                "tenants": list(w.tenants),
+                "started_ns": w.started_ns,
+                "ended_ns": w.ended_ns,
+            }
+            for w in result.windows
+        ],
+        "tenants": {name: tenant_dict(t) for name, t in result.tenants.items()},
+        "warnings": result.warnings,
+        "samples_csv": f"samples/{slug(result.name)}.csv",
+    }
+    if result.telemetry is not None:
+        out["telemetry"] = {
+            phase: t.to_dict() for phase, t in result.telemetry.by_phase(result.windows).items()
+        }
+    return out
+
+
+# -- files ---------------------------------------------------------------------------------
+
+
+def write_report(
+    results: Sequence[ScenarioResult],
+    directory: Path,
+    *,
+    command: str | None = None,
+    plots: bool = True,
+) -> list[Path]:
+    """Write every artifact for ``results`` under ``directory``; return the paths written."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "samples").mkdir(exist_ok=True)
+    written: list[Path] = []
+    figures: dict[str, list[Path]] = {}
+    for result in results:
+        path = directory / "samples" / f"{slug(result.name)}.csv"
+        path.write_text(to_csv(result.tenants[t].samples for t in result.tenants))
+        written.append(path)
+        if result.telemetry is not None:
+            tpath = directory / "samples" / f"{slug(result.name)}.telemetry.csv"
+            tpath.write_text(result.telemetry.to_csv())
+            written.append(tpath)
+        if plots:
+            figures[result.name] = _plots(result, directory / "plots")
+            written += figures[result.name]
+    summary = {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "scenarios": [scenario_dict(r) for r in results],
+    }
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    written.append(directory / "summary.json")
+    (directory / "results.md").write_text(render_markdown(results, command, figures, directory))
+    written.append(directory / "results.md")
+    return written
+
+
+def _plots(result: ScenarioResult, directory: Path) -> list[Path]:
+    try:
+        from pytest_kts.plots import write_plots
+    except ImportError:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    return list(write_plots(result, directory / slug(result.name)))
+
+
+def render_markdown(
+    results: Sequence[ScenarioResult],
+    command: str | None,
+    figures: dict[str, list[Path]] | None = None,
+    root: Path | None = None,
+) -> str:
+    lines = ["# pytest-kts results", ""]
+    if command:
+        lines += ["Command:", "", "```", command, "```", ""]
+    if results:
+        m = results[0].machine
+        lines += [
+            f"- Date: {results[0].started_at}",
+            f"- Device: {m.get('device')}"
+            + (f", {m.get('gpu_name')} ({m.get('gpu_uuid')})" if m.get("gpu_name") else ""),
+            f"- Driver: {m.get('driver', '-')}, CUDA {m.get('cuda', '-')}, torch {m.get('torch')}",
+            f"- Host: {m.get('host')}, Python {m.get('python')}, {m.get('platform')}",
+            "",
+            "Latency in ms. *host* is the latency the caller lives with (intended start to "
+            "observed completion); *device* is the CUDA event time of the work alone, which "
+            "leaves out any wait for a time slice. DF = shared / solo at the percentile, with "
+            "its confidence interval; the verdict is pass only when the whole interval lies "
+            "below the threshold, fail only when it lies above.",
+            "",
+        ]
+    for result in results:
+        lines += _markdown_scenario(result, (figures or {}).get(result.name, []), root)
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path | None) -> list[str]:
+    out = [f"## {result.name}", ""]
+    out.append(
+        f"{len(result.tenants)} tenants on {result.device}; "
+        f"{result.gpu_seconds:.1f} s of phases in {len(result.windows)} phases; "
+        f"stopped: {result.stop_reason}."
+    )
+    out.append("")
+    specs = [
+        [
+            n,
+            t.spec.workload,
+            t.spec.size,
+            t.spec.sleep_ms,
+            t.spec.arrival,
+            t.spec.rate_hz or "",
+            t.accounting.get("samples", ""),
+            t.accounting.get("malformed", 0),
+            t.accounting.get("foreign", 0),
+        ]
+        for n, t in result.tenants.items()
+    ]
+    out.append(
+        tabulate(
+            specs,
+            headers=[
+                "tenant",
+                "workload",
+                "size",
+                "sleep ms",
+                "arrival",
+                "rate Hz",
+                "samples",
+                "malformed lines",
+                "foreign lines",
+            ],
+            tablefmt="github",
+        )
+    )
+    out += ["", tabulate(_rows(result), headers=HEADERS, tablefmt="github"), ""]
+    if result.checks:
+        out += ["Verdicts:", ""]
+        for c in result.checks:
+            ci = c.get("ci") or [math.nan, math.nan]
+            out.append(
+                f"- {c['tenant']}: DF p{c['p']:g} ({c['clock']}) = {_num(c.get('value'), 3)} "
+                f"[{_num(ci[0], 3)}, {_num(ci[1], 3)}] vs {c['threshold']:g}: **{c['verdict']}** "
+                f"after {c['looks']} look(s)"
+            )
+        out.append("")
+    # Both clocks side by side: the point of the tool on a modern GPU.
+    both = []
+    for name, tenant in result.tenants.items():
+        for p in (50, 99):
+            host, device = tenant.df(p, "host"), tenant.df(p, "device")
+            if host is not None and device is not None:
+                both.append([name, f"p{p}", _df_cell(host), _df_cell(device)])
+    if both:
+        out += [
+            "DF by clock:",
+            "",
+            tabulate(
+                both,
+                headers=["tenant", "percentile", "host DF [CI]", "device DF [CI]"],
+                tablefmt="github",
+            ),
+            "",
+        ]
+    if result.telemetry is not None:
+        tele = result.telemetry.by_phase(result.windows)
+        rows = [[phase, *_tele_cells(t.to_dict())] for phase, t in tele.items()]
+        out += [
+            "GPU telemetry (NVML) per phase:",
+            "",
+            tabulate(
+                rows,
+                headers=["phase", "SM MHz median", "mem MHz", "util %", "power W", "samples"],
+                tablefmt="github",
+            ),
+            "",
+        ]
+    for w in result.warnings:
+        out.append(f"> warning: {w}")
+    if result.warnings:
+        out.append("")
+    for fig in figures:
+        rel = fig.relative_to(root) if root is not None else fig
+        out += [f"![{fig.stem}]({rel.as_posix()})", ""]
+    return out
+
+
+def _tele_cells(d: dict[str, Any]) -> list[str]:
+    def get(*keys: str) -> Any:
+        for k in keys:
+            if k in d and d[k] is not None:
+                return d[k]
+        return None
+
+    return [
+        _num(get("sm_clock_median_mhz", "sm_clock_mhz_median", "sm_clock_mean_mhz"), 0),
+        _num(get("mem_clock_median_mhz", "mem_clock_mean_mhz"), 0),
+        _num(get("util_gpu_mean", "gpu_util_mean"), 0),
+        _num(get("power_mean_w", "power_w_mean"), 0),
+        str(get("samples", "n") or ""),
+    ]

@@ -1,0 +1,115 @@
+"""What a scenario produced: per tenant its samples, and the facts around them.
+
+Statistics are computed on demand from the samples (pure functions), so a result loaded from
+disk is judged exactly as a fresh one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pytest_kts.backends.base import TenantSpec
+from pytest_kts.samples import TenantSamples
+from pytest_kts.stats import Summary, summarize
+from pytest_kts.verdict import DegradationFactor, degradation
+
+if TYPE_CHECKING:
+    from pytest_kts.telemetry import Telemetry
+
+
+@dataclass(frozen=True)
+class PhaseWindow:
+    phase: str
+    round: int
+    tenants: tuple[str, ...]
+    started_ns: int
+    ended_ns: int
+
+    @property
+    def seconds(self) -> float:
+        return (self.ended_ns - self.started_ns) / 1e9
+
+
+@dataclass
+class TenantResult:
+    """One tenant's solo and shared figures. ``assert_df(result, p=99)`` takes this."""
+
+    spec: TenantSpec
+    samples: TenantSamples
+    meta: dict[str, Any] = field(default_factory=dict)
+    accounting: dict[str, Any] = field(default_factory=dict)
+    confidence: float = 0.95
+    on_inconclusive: str = "warn"
+    # Set by an adaptive run: the DF at its last look, at the error rate that look was given.
+    sequential: dict[tuple[float, str], DegradationFactor] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def summary(self, phase: str, clock: str = "host") -> Summary | None:
+        data = self.samples.phase(phase)
+        if not data.has_clock(clock):
+            return None
+        return summarize(
+            data.latency(clock), segments=data.segments(), busy_seconds=data.busy_seconds()
+        )
+
+    @property
+    def solo(self) -> Summary | None:
+        return self.summary("solo")
+
+    @property
+    def shared(self) -> Summary | None:
+        return self.summary("shared")
+
+    def clocks(self) -> tuple[str, ...]:
+        return tuple(
+            c
+            for c in ("host", "device")
+            if self.samples.solo.has_clock(c) and self.samples.shared.has_clock(c)
+        )
+
+    def df(
+        self, p: float = 99, clock: str = "host", confidence: float | None = None
+    ) -> DegradationFactor | None:
+        if clock not in self.clocks():
+            return None
+        adaptive = self.sequential.get((float(p), clock))
+        if adaptive is not None and confidence is None:
+            # Re-judging an adaptive run at the full error rate would undo the alpha spending.
+            adaptive.on_inconclusive = self.on_inconclusive
+            return adaptive
+        solo, shared = self.samples.solo, self.samples.shared
+        result = degradation(
+            solo.latency(clock),
+            shared.latency(clock),
+            p=p,
+            confidence=confidence or self.confidence,
+            clock=clock,
+            solo_segments=solo.segments(),
+            shared_segments=shared.segments(),
+        )
+        result.on_inconclusive = self.on_inconclusive
+        return result
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    device: str
+    tenants: dict[str, TenantResult]
+    windows: list[PhaseWindow] = field(default_factory=list)
+    machine: dict[str, Any] = field(default_factory=dict)
+    backend: dict[str, Any] = field(default_factory=dict)
+    telemetry: Telemetry | None = None
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    gpu_seconds: float = 0.0
+    stop_reason: str = ""
+    confidence: float = 0.95
+    started_at: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def __getitem__(self, tenant: str) -> TenantResult:
+        return self.tenants[tenant]

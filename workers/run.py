@@ -1,0 +1,200 @@
+"""A tenant's worker process: ``python -m workers.run``.
+
+Standalone, it runs one phase and exits (a Kubernetes Job, or by hand). With ``--serve`` it
+stays resident: it builds its workload once, says ``ready``, and runs the phases the local
+backend sends as JSON lines on stdin, so the CUDA context and memory persist across phases.
+
+Exit codes: 0 done, 2 bad arguments, 3 CUDA out of memory, 4 no CUDA device, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_USAGE = 2
+EXIT_OOM = 3
+EXIT_NO_DEVICE = 4
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+def parse_args(argv: Sequence[str] | None, *, workload: str | None = None) -> argparse.Namespace:
+    from workers.workloads import DEFAULT_SLEEP_MS
+
+    p = argparse.ArgumentParser(prog="python -m workers.run", description=__doc__)
+    default_workload = workload or _env("WORKLOAD", "fft")
+    p.add_argument("--tenant", default=_env("TENANT"))
+    p.add_argument("--workload", default=default_workload)
+    p.add_argument("--size", type=int, default=int(_env("MATRIX_SIZE", "4096") or 4096))
+    p.add_argument("--sleep-ms", type=float, default=None)
+    p.add_argument("--warmup", type=int, default=int(_env("WARMUP", "5") or 5))
+    p.add_argument("--arrival", choices=("closed", "constant", "poisson"), default="closed")
+    p.add_argument("--rate-hz", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=_env("DEVICE", "auto"))
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--phase", choices=("solo", "shared"), default=_env("PHASE", "solo"))
+    p.add_argument("--round", type=int, default=int(_env("KTS_ROUND", "0") or 0))
+    p.add_argument("--iterations", type=int, default=int(_env("ITERATIONS", "800") or 800))
+    p.add_argument("--start-at-ns", type=int, default=None)
+    p.add_argument("--min-duration-s", type=float, default=0.0)
+    p.add_argument("--serve", action="store_true", help="stay resident; phases come on stdin")
+    args = p.parse_args(argv)
+    if args.sleep_ms is None:
+        env_sleep = _env("SLEEP_MS")
+        args.sleep_ms = float(env_sleep) if env_sleep else DEFAULT_SLEEP_MS.get(args.workload, 0.0)
+    args.tenant = (args.tenant or args.workload.split(":")[-1]).lower()
+    if args.size <= 0 or args.iterations < 0 or args.warmup < 0 or args.sleep_ms < 0:
+        p.error("size must be > 0; iterations, warmup and sleep-ms must be >= 0")
+    if args.arrival != "closed" and not (args.rate_hz and args.rate_hz > 0):
+        p.error("an open-loop arrival needs --rate-hz > 0")
+    params: dict[str, str] = {}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--param takes KEY=VALUE, got {item!r}")
+        params[key] = value
+    args.params = params
+    return args
+
+
+def _select_device(requested: str) -> str:
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if requested == "cuda":
+        raise LookupError("no CUDA device: torch.cuda.is_available() is False")
+    return "cpu"
+
+
+def _command_reader(commands: queue.Queue[dict[str, Any] | None], stop: threading.Event) -> None:
+    """Reads the backend's commands; a ``stop`` clears the keep-running flag at once."""
+    for line in sys.stdin:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            command = json.loads(line)
+        except json.JSONDecodeError:
+            print(f"ignored a command that is not JSON: {line[:80]!r}", file=sys.stderr)
+            continue
+        if command.get("cmd") == "stop":
+            stop.clear()
+            continue
+        commands.put(command)
+    # EOF: the backend has gone. Stop any phase in progress and exit.
+    stop.clear()
+    commands.put(None)
+
+
+def _die_with_parent() -> None:
+    """Linux: end this worker if the process that started it dies (no orphans, even on SIGKILL)."""
+    parent = _env("KTS_PARENT_PID")
+    if not parent or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent):  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> int:
+    args = parse_args(argv, workload=workload)
+
+    from pytest_kts.protocol import check_tenant_name
+    from workers.harness import Arrival, Clock, Emitter, machine_facts, run_phase
+
+    try:
+        check_tenant_name(args.tenant)
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    emit = Emitter(sys.stdout, args.tenant)
+    if args.serve:
+        _die_with_parent()
+    try:
+        import torch
+
+        device = _select_device(args.device)
+        if device == "cpu":
+            # Co-tenants share few cores: one thread each unless told otherwise.
+            torch.set_num_threads(int(_env("KTS_CPU_THREADS", "1") or 1))
+        from workers.workloads import resolve
+
+        factory = resolve(args.workload)
+        with torch.inference_mode():
+            step = factory(torch.device(device), args.size, args.seed, **args.params)
+            clock = Clock(cuda=device == "cuda")
+            emit.meta(machine_facts(device) | {"workload": args.workload, "size": args.size})
+            for _ in range(args.warmup):
+                clock.time(step, 0)
+            arrival = Arrival(args.arrival, args.sleep_ms / 1000.0, args.rate_hz, args.seed)
+            emit.event("ready", {"pid": os.getpid()})
+            if not args.serve:
+                run_phase(
+                    step, clock=clock, emit=emit, tenant=args.tenant, phase=args.phase,
+                    round=args.round, iterations=args.iterations, arrival=arrival,
+                    start_at_ns=args.start_at_ns, min_duration_s=args.min_duration_s,
+                )  # fmt: skip
+                return 0
+            commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
+            keep_running = threading.Event()
+            threading.Thread(
+                target=_command_reader, args=(commands, keep_running), daemon=True
+            ).start()
+            while (command := commands.get()) is not None:
+                if command.get("cmd") == "exit":
+                    break
+                if command.get("cmd") != "run":
+                    emit.event("error", {"kind": "protocol", "message": f"unknown {command}"})
+                    continue
+                if command.get("keep_running"):
+                    keep_running.set()
+                run_phase(
+                    step, clock=clock, emit=emit, tenant=args.tenant, phase=command["phase"],
+                    round=int(command["round"]), iterations=int(command["iterations"]),
+                    arrival=arrival, start_at_ns=command.get("start_at_ns"),
+                    keep_running=keep_running,
+                )  # fmt: skip
+                keep_running.clear()
+            return 0
+    except LookupError as exc:
+        emit.event("error", {"kind": "no_device", "message": str(exc)})
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NO_DEVICE
+    except ValueError as exc:
+        emit.event("error", {"kind": "config", "message": str(exc)})
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        oom = type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+        emit.event("error", {"kind": "oom" if oom else "exception", "message": str(exc)[:500]})
+        traceback.print_exc()
+        return EXIT_OOM if oom else 1
+    finally:
+        emit.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
