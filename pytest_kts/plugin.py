@@ -131,7 +131,26 @@ def _progress(config: pytest.Config) -> Any:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return None
-    return Progress(reporter._tw, config.get_verbosity())
+    return _Uncaptured(Progress(reporter._tw, config.get_verbosity()), config)
+
+
+class _Uncaptured:
+    """Progress lines go to the terminal, not into the test's captured output."""
+
+    def __init__(self, inner: Any, config: pytest.Config) -> None:
+        self._inner = inner
+        self._capman = config.pluginmanager.get_plugin("capturemanager")
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._inner, name)
+        if self._capman is None:
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._capman.global_and_fixture_disabled():
+                return method(*args, **kwargs)
+
+        return call
 
 
 def pytest_assertrepr_compare(

@@ -16,7 +16,8 @@ Formats
     intended start: the launch in a closed loop, the scheduled arrival in an open loop),
     ``end_ns`` the epoch time its completion was observed. ``host_ms`` is the latency the
     caller lives with (``end - start`` on a monotonic clock), ``device_ms`` the CUDA event
-    time, or empty where there is no device clock (the CPU).
+    time, or ``-`` where there is no device clock (the CPU). Latencies have exactly six
+    decimals and the last field is never empty, so a line cut short never parses.
 
 ``KTS_META,v2,{tenant},{json object}``
     Facts about the run, once: device kind, GPU name and UUID, torch version, pid.
@@ -45,6 +46,9 @@ META_V2 = "KTS_META,v2,"
 EVENT_V2 = "KTS_EVENT,v2,"
 
 PHASES = ("solo", "shared")
+# An absent clock is written as a dash, never as an empty field, so that no cut line can pass
+# for a complete one.
+ABSENT = "-"
 # Tenant names travel in a comma-separated line and in Kubernetes object names.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _EXAMPLES_KEPT = 5
@@ -95,7 +99,7 @@ Record = Sample | Meta | Event
 
 def _fmt_ms(x: float | None) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
-        return ""
+        return ABSENT
     return f"{x:.6f}"
 
 
@@ -125,7 +129,17 @@ def _int(text: str, what: str) -> int:
     return value
 
 
-def _ms(text: str, what: str, *, optional: bool) -> float:
+# v2 writes every latency with exactly six decimals, so a line cut short inside its last
+# number is caught instead of read as a smaller latency.
+_MS_V2 = re.compile(r"^\d+\.\d{6}$")
+
+
+def _ms(text: str, what: str, *, optional: bool, strict: bool = False) -> float:
+    if strict:
+        if text == ABSENT and optional:
+            return math.nan
+        if not _MS_V2.match(text):
+            raise ProtocolError(f"{what} must have six decimals or be '-' (a cut line?): {text!r}")
     if text == "":
         if optional:
             return math.nan
@@ -185,8 +199,8 @@ def parse_line(line: str) -> Record | None:
             iteration=_int(i, "iteration"),
             start_ns=start_ns,
             end_ns=end_ns,
-            host_ms=_ms(host, "host_ms", optional=False),
-            device_ms=_ms(device, "device_ms", optional=True),
+            host_ms=_ms(host, "host_ms", optional=False, strict=True),
+            device_ms=_ms(device, "device_ms", optional=True, strict=True),
         )
     if line.startswith(SAMPLE_V1):
         parts = line[len(SAMPLE_V1) :].split(",")

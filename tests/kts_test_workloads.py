@@ -1,0 +1,68 @@
+"""Workloads that misbehave on purpose, for the local backend's failure tests.
+
+Workers import them as ``kts_test_workloads:NAME`` (the backend puts the test's working
+directory and the project root on the worker's path; the tests add this folder).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def _counter(after: int, action: Callable[[], object]) -> Callable[[], object]:
+    calls = {"n": 0}
+
+    def step() -> object:
+        calls["n"] += 1
+        if calls["n"] > after:
+            return action()
+        return torch.zeros(4).sum()
+
+    return step
+
+
+def crash(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Raises after ``after`` calls (warmup included)."""
+    after = int(params.get("after", "10"))
+
+    def boom() -> object:
+        raise RuntimeError("simulated worker crash in the tenant's step")
+
+    return _counter(after, boom)
+
+
+def hang(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    after = int(params.get("after", "10"))
+    return _counter(after, lambda: time.sleep(3600))
+
+
+def oom(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    after = int(params.get("after", "10"))
+
+    def out_of_memory() -> object:
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 80.00 GiB (simulated by the test workload)"
+        )
+
+    return _counter(after, out_of_memory)
+
+
+def die(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Exits hard, as a segfaulting extension would: no error event, no traceback."""
+    after = int(params.get("after", "10"))
+    return _counter(after, lambda: os._exit(139))
+
+
+def noisy(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Prints foreign and malformed lines into the protocol stream between iterations."""
+
+    def step() -> object:
+        print("a framework warning that is not ours", flush=True)
+        print("KTS_APP,v2,broken,line", flush=True)
+        return torch.zeros(4).sum()
+
+    return step

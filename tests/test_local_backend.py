@@ -1,0 +1,156 @@
+"""The local backend with real CPU worker processes: phases, barrier, failures, cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_kts.backends.base import PhasePlan, TenantSpec
+from pytest_kts.backends.local import LocalBackend
+from pytest_kts.errors import WorkerError
+
+HERE = Path(__file__).resolve().parent
+ENV = {"PYTHONPATH": str(HERE)}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def wait_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return [p for p in pids if alive(p)]
+
+
+def spec(name: str, workload: str = "fft", **kw: object) -> TenantSpec:
+    return TenantSpec(name=name, workload=workload, size=16, warmup=1, **kw)  # type: ignore[arg-type]
+
+
+def test_two_tenants_solo_then_shared_with_barrier_and_keep_running() -> None:
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start([spec("fast", sleep_ms=0.0), spec("slow", "matmul", sleep_ms=20.0)], "cpu")
+        pids = [w.process.pid for w in backend._workers.values()]
+        solo = backend.run_phase(PhasePlan("solo", 0, {"fast": 30}), timeout_s=60)
+        shared = backend.run_phase(PhasePlan("shared", 0, {"fast": 30, "slow": 10}), 60)
+        facts = backend.facts()
+    assert wait_dead(pids) == []
+    fast_solo = solo.readers["fast"].samples
+    assert len(fast_solo) == 30 and {s.phase for s in fast_solo} == {"solo"}
+    assert "slow" not in solo.readers
+    fast, slow = shared.readers["fast"].samples, shared.readers["slow"].samples
+    # Samples past the target are kept; "stop" ends the phase soon after the last target.
+    assert 10 <= len(slow) < 40
+    # The fast tenant kept running while the slow one still measured: more than its target.
+    assert len(fast) > 30
+    assert fast[-1].end_ns >= slow[-1].start_ns
+    # Both started on the common barrier: their first iterations begin within 50 ms.
+    assert abs(fast[0].start_ns - slow[0].start_ns) < 50e6
+    assert all(s.host_ms > 0 and s.device_ms != s.device_ms for s in fast)  # CPU: no device clock
+    assert facts["tenants"]["fast"]["device"] == "cpu"
+    assert facts["tenants"]["fast"]["clock"] == "host"
+
+
+@pytest.mark.parametrize(
+    ("workload", "expect", "oom"),
+    [
+        ("kts_test_workloads:crash", "simulated worker crash", False),
+        ("kts_test_workloads:oom", "CUDA out of memory", True),
+        ("kts_test_workloads:die", "exit code 139", False),
+    ],
+)
+def test_failing_worker_ends_phase_with_its_stderr(workload: str, expect: str, oom: bool) -> None:
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start([spec("good"), spec("bad", workload, params={"after": "5"})], "cpu")
+        pids = [w.process.pid for w in backend._workers.values()]
+        with pytest.raises(WorkerError) as info:
+            backend.run_phase(PhasePlan("shared", 0, {"good": 50, "bad": 50}), timeout_s=60)
+    err = info.value
+    assert err.tenant == "bad"
+    assert expect in str(err)
+    assert err.oom is oom
+    if workload.endswith(("crash", "oom")):
+        assert "Traceback" in err.stderr_tail  # the tail of its stderr travels with the error
+    assert wait_dead(pids) == []
+
+
+def test_hung_worker_is_stopped_after_timeout() -> None:
+    backend = LocalBackend(env=ENV)
+    started = time.monotonic()
+    with backend:
+        backend.start([spec("stuck", "kts_test_workloads:hang", params={"after": "3"})], "cpu")
+        pids = [w.process.pid for w in backend._workers.values()]
+        with pytest.raises(WorkerError, match="hung"):
+            backend.run_phase(PhasePlan("solo", 0, {"stuck": 10}), timeout_s=2)
+    assert time.monotonic() - started < 60
+    assert wait_dead(pids) == []
+
+
+def test_bad_workload_fails_at_start_with_a_clear_message() -> None:
+    backend = LocalBackend(env=ENV)
+    with pytest.raises(WorkerError, match=r"unknown workload|cannot import"), backend:
+        backend.start([spec("x", "no_such_module_xyz:build")], "cpu")
+
+
+def test_foreign_and_malformed_lines_are_counted_not_fatal() -> None:
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start([spec("noisy", "kts_test_workloads:noisy")], "cpu")
+        out = backend.run_phase(PhasePlan("solo", 0, {"noisy": 8}), timeout_s=60)
+    reader = out.readers["noisy"]
+    assert len(reader.samples) == 8
+    assert reader.foreign >= 8 and reader.malformed >= 8
+    assert "broken" in reader.malformed_examples[0]
+
+
+SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pytest_kts.backends.base import PhasePlan, TenantSpec
+    from pytest_kts.backends.local import LocalBackend
+    b = LocalBackend()
+    b.start([TenantSpec(name="a", workload="fft", size=16, warmup=1),
+             TenantSpec(name="b", workload="fft", size=16, warmup=1)], "cpu")
+    print("PIDS", *[w.process.pid for w in b._workers.values()], flush=True)
+    with b:
+        b.run_phase(PhasePlan("shared", 0, {"a": 10**9, "b": 10**9}), timeout_s=600)
+    """
+)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigkill"])
+def test_interrupted_parent_leaves_no_worker_behind(how: str) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    line = parent.stdout.readline()
+    assert line.startswith("PIDS"), parent.stderr.read() if parent.stderr else line
+    pids = [int(p) for p in line.split()[1:]]
+    time.sleep(1.0)  # in the middle of an endless shared phase
+    assert all(alive(p) for p in pids)
+    parent.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
+    parent.wait(timeout=30)
+    assert wait_dead(pids, timeout=15) == []

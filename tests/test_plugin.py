@@ -1,0 +1,142 @@
+"""The plugin as users meet it: run pytest itself on small test files (real CPU workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCENARIO = """
+import pytest
+from pytest_kts import assert_df
+
+@pytest.mark.gpu
+@pytest.mark.kts(iterations=60, round_iterations=30)
+def test_two_tenants(kts):
+    fft = kts.tenant("fft", size=32, sleep_ms=0.5, warmup=1)
+    kts.tenant("matmul", size=32, sleep_ms=0.5, warmup=1)
+    result = kts.run()
+    assert result["fft"].summary("solo").n > 0
+    assert assert_df(fft, p=50) < 50
+"""
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("KTS_"):
+            monkeypatch.delenv(key)
+
+
+def test_markers_are_registered(pytester: pytest.Pytester, env: None) -> None:
+    result = pytester.runpytest_subprocess("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.gpu:*no CUDA device*", "@pytest.mark.kts(*"])
+    pytester.makepyfile(
+        "import pytest\n@pytest.mark.gpu\n@pytest.mark.kts(iterations=5)\ndef test_x():\n    pass\n"
+    )
+    assert pytester.runpytest_subprocess("--strict-markers", "--kts-device", "cpu").ret == 0
+
+
+def test_gpu_marker_skips_without_cuda_unless_cpu_asked(
+    pytester: pytest.Pytester, env: None
+) -> None:
+    pytester.makepyfile("import pytest\n@pytest.mark.gpu\ndef test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-rs")
+    result.stdout.fnmatch_lines(["*SKIPPED*no CUDA device*"])
+    result.assert_outcomes(skipped=1)
+    pytester.runpytest_subprocess("--kts-device", "cpu").assert_outcomes(passed=1)
+
+
+def test_cuda_asked_without_gpu_is_a_usage_error(pytester: pytest.Pytester, env: None) -> None:
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("--kts-device", "cuda")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kts-device cuda, but there is no CUDA device*"])
+
+
+def test_header_names_the_device(pytester: pytest.Pytester, env: None) -> None:
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("--kts-device", "cpu")
+    result.stdout.fnmatch_lines(["kts: device cpu*torch*"])
+
+
+def test_plugin_can_be_disabled(pytester: pytest.Pytester, env: None) -> None:
+    pytester.makepyfile("def test_x(kts):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:kts")
+    result.stdout.fnmatch_lines(["*fixture 'kts' not found*"])
+
+
+def test_end_to_end_table_and_report_files(
+    pytester: pytest.Pytester, env: None, tmp_path: Path
+) -> None:
+    pytester.makepyfile(SCENARIO)
+    report = tmp_path / "report"
+    result = pytester.runpytest_subprocess(
+        "--kts-device", "cpu", "--kts-report", str(report), "-p", "no:cacheprovider",
+        "--junitxml", str(tmp_path / "junit.xml"),
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*kts: co-location latency*",
+            "*test_two_tenants*cpu*fixed protocol: 60 iterations*",
+            "tenant*phase*clock*p50 ms*p95 ms*p99 ms*jitter*it/s*DF p99*",
+            "fft*solo*host*",
+            "fft*shared*host*",
+            "matmul*shared*host*",
+            f"kts: report written to {report}/results.md",
+        ]
+    )
+    summary = json.loads((report / "summary.json").read_text())
+    (scenario,) = summary["scenarios"]
+    assert scenario["device"] == "cpu"
+    assert scenario["machine"]["torch"]
+    fft = scenario["tenants"]["fft"]
+    assert fft["phases"]["solo"]["host"]["n"] > 0
+    assert set(fft["phases"]["solo"]) == {"host"}  # no device clock on the CPU, none invented
+    assert fft["df"]["host"]["p99"]["ci"][0] <= fft["df"]["host"]["p99"]["value"]
+    csv_lines = (report / scenario["samples_csv"]).read_text().splitlines()
+    assert csv_lines[0] == "tenant,phase,round,iteration,start_ns,end_ns,host_ms,device_ms"
+    assert len(csv_lines) > 4 * 60  # two tenants, two phases, 60 iterations each, plus extra
+    rounds = {line.split(",")[2] for line in csv_lines[1:]}
+    assert rounds == {"0", "1"}  # 60 iterations in rounds of 30
+    md = (report / "results.md").read_text()
+    assert "## test_end_to_end_table_and_report_files.py::test_two_tenants" in md
+    assert "| fft" in md
+    junit = (tmp_path / "junit.xml").read_text()
+    assert 'name="kts_df_p99_fft"' in junit
+
+
+def test_failed_df_assertion_is_explained(pytester: pytest.Pytester, env: None) -> None:
+    pytester.makepyfile(
+        """
+        from pytest_kts import assert_df
+
+        def test_slo(kts):
+            fft = kts.tenant("fft", size=32, sleep_ms=0.5, warmup=1)
+            kts.tenant("matmul", size=32, sleep_ms=0.5, warmup=1)
+            kts.run()
+            assert assert_df(fft, p=50) < 0.5
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--kts-device", "cpu", "--kts-iterations", "120", "--kts-round-iterations", "60"
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*DF p50 (host clock)*", "*solo*p50*n=*", "*shared*p50*n=*", "*verdict: fail*"]
+    )
+
+
+def test_bad_option_value_is_one_line(pytester: pytest.Pytester, env: None) -> None:
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("--kts-confidence", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*confidence from --kts-confidence = '2': must be in*"])
+    assert "Traceback" not in result.stderr.str()
