@@ -15,15 +15,50 @@ If a test asserts without calling ``run``, the scenario runs then, with the fixe
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pytest_kts.backends.base import TenantSpec
 from pytest_kts.config import RunSettings
 from pytest_kts.errors import ConfigError
+from pytest_kts.matrix import MatrixResult
 from pytest_kts.results import ScenarioResult, TenantResult
 from pytest_kts.verdict import DegradationFactor
+
+
+class Runs(Protocol):
+    """What the fixture needs from the session (``pytest_kts.session.KtsSession``)."""
+
+    def run(
+        self,
+        name: str,
+        tenants: Sequence[TenantSpec],
+        settings: RunSettings,
+        slo: Mapping[str, float] | None,
+        p: float,
+        progress: Any = None,
+    ) -> ScenarioResult: ...
+
+    def run_modes(
+        self,
+        name: str,
+        tenants: Sequence[TenantSpec],
+        settings: RunSettings,
+        modes: Sequence[str],
+        slo: Mapping[str, float] | None,
+        p: float,
+        progress: Any = None,
+    ) -> dict[str, ScenarioResult]: ...
+
+    def run_matrix(
+        self,
+        name: str,
+        tenants: Sequence[TenantSpec],
+        settings: RunSettings,
+        include_all: bool = True,
+    ) -> MatrixResult: ...
+
 
 # Sizes that suit each device when a test gives none: the study's 4096 on a GPU; small enough
 # on a CPU that several tenants share two cores in seconds.
@@ -64,12 +99,14 @@ class Kts:
         name: str,
         settings: RunSettings,
         device: str,
-        runner: Callable[..., ScenarioResult],
+        runs: Runs,
+        progress: Any = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.device = device
-        self._runner = runner
+        self._runs = runs
+        self._progress = progress
         self._tenants: dict[str, Tenant] = {}
         self._result: ScenarioResult | None = None
 
@@ -124,18 +161,51 @@ class Kts:
             if slo:
                 raise ConfigError("the scenario has already run; pass slo= to the first run()")
             return self._result
-        slo_by_name = {
-            (k.name if isinstance(k, Tenant) else k): float(v) for k, v in (slo or {}).items()
-        }
-        settings = self.settings
-        per_tenant = {t.name: t.iterations for t in self.tenants if t.iterations}
-        if per_tenant and not slo_by_name:
-            settings = dataclasses.replace(settings, iterations=max(per_tenant.values()))
-        result = self._runner(self.name, [t.spec for t in self.tenants], settings, slo_by_name, p)
+        result = self._runs.run(
+            self.name, self._specs(), self._settings(), self._slo(slo), p, self._progress
+        )
+        self._bind(result)
+        return result
+
+    def run_modes(
+        self,
+        modes: Sequence[str] = ("timeslice", "mps"),
+        slo: Mapping[Tenant | str, float] | None = None,
+        p: float = 99,
+    ) -> dict[str, ScenarioResult]:
+        """The same tenants once per sharing mode, side by side in the report.
+
+        Tenant handles then hold the first mode's figures; assert on the others through
+        ``results[mode][tenant_name]``.
+        """
+        if self._result is not None:
+            raise ConfigError("the scenario has already run")
+        results = self._runs.run_modes(
+            self.name, self._specs(), self._settings(), modes, self._slo(slo), p, self._progress
+        )
+        self._bind(results[modes[0]])
+        return results
+
+    def matrix(self, include_all: bool = True) -> MatrixResult:
+        """Each tenant's DF next to each co-tenant alone (and next to all of them)."""
+        return self._runs.run_matrix(self.name, self._specs(), self._settings(), include_all)
+
+    def _specs(self) -> list[TenantSpec]:
+        return [t.spec for t in self.tenants]
+
+    def _slo(self, slo: Mapping[Tenant | str, float] | None) -> dict[str, float]:
+        return {(k.name if isinstance(k, Tenant) else k): float(v) for k, v in (slo or {}).items()}
+
+    def _settings(self) -> RunSettings:
+        per_tenant = [t.iterations for t in self.tenants if t.iterations]
+        if per_tenant:
+            return dataclasses.replace(self.settings, iterations=max(per_tenant))
+        return self.settings
+
+    def _bind(self, result: ScenarioResult) -> None:
         self._result = result
         for handle in self.tenants:
             handle._result = result.tenants[handle.name]
-        return result
 
     @property
     def result(self) -> ScenarioResult | None:

@@ -104,12 +104,7 @@ def kts(request: pytest.FixtureRequest) -> Iterator[Kts]:
     device = session.device
     if settings.device != session.settings.device and not settings.cluster:
         device = machine.resolve_device(settings.device)
-    progress = _progress(request.config)
-
-    def runner(name: str, tenants: Any, s: RunSettings, slo: Any, p: float) -> Any:
-        return session.run(name, tenants, s, slo, p, progress)
-
-    handle = Kts(request.node.nodeid, settings, device, runner)
+    handle = Kts(request.node.nodeid, settings, device, session, _progress(request.config))
     yield handle
     result = handle.result
     if result is None:
@@ -164,12 +159,15 @@ def pytest_assertrepr_compare(
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     session = config.stash.get(session_key, None)
-    if session is None or not session.results:
+    if session is None or not (session.results or session.matrices):
         return
-    from pytest_kts.report import render_table
+    from pytest_kts.report import render_matrices, render_table
 
     terminalreporter.section("kts: co-location latency")
-    terminalreporter.write_line(render_table(session.results))
+    if session.results:
+        terminalreporter.write_line(render_table(session.results))
+    if session.matrices:
+        terminalreporter.write_line(render_matrices(session.matrices))
     directory = session.settings.report_dir
     if directory is not None:
         session.write_report(Path(directory))

@@ -18,6 +18,7 @@ from typing import Any
 
 from tabulate import tabulate
 
+from pytest_kts.matrix import MatrixResult
 from pytest_kts.results import ScenarioResult, TenantResult
 from pytest_kts.samples import to_csv
 from pytest_kts.stats import Summary
@@ -108,6 +109,17 @@ def render_table(results: Sequence[ScenarioResult], *, fmt: str = "simple") -> s
         )
         blocks.append(head + "\n" + tabulate(_rows(result), headers=HEADERS, tablefmt=fmt))
         blocks += [f"  warning: {w}" for w in result.warnings]
+    return "\n\n".join(blocks)
+
+
+def render_matrices(matrices: Sequence[MatrixResult], fmt: str = "simple") -> str:
+    blocks = []
+    for m in matrices:
+        head = f"{m.name}  [contention matrix, {m.device}, {m.gpu_seconds:.1f} s of phases]"
+        tables = [m.table(99, "host", fmt)]
+        if m.device == "cuda":
+            tables.append(m.table(99, "device", fmt))
+        blocks.append(head + "\n" + "\n\n".join(tables))
     return "\n\n".join(blocks)
 
 

@@ -55,14 +55,15 @@ class _Collected:
         self.readers.setdefault(tenant, LineReader()).merge(reader)
 
 
-def make_backend(settings: RunSettings) -> Backend:
+def make_backend(settings: RunSettings, env: Mapping[str, str] | None = None) -> Backend:
+    """The backend for these settings; ``env`` goes to every local tenant (the GPU to use)."""
     if settings.cluster:
         from pytest_kts.backends.kubernetes import make_cluster_backend
 
         return make_cluster_backend(settings)
     from pytest_kts.backends.local import LocalBackend
 
-    return LocalBackend(sharing=settings.sharing)
+    return LocalBackend(sharing=settings.sharing, env=env)
 
 
 def plan_checks(slo: Mapping[str, float] | None, p: float, tenants: Sequence[str]) -> list[Check]:

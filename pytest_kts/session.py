@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import shlex
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pytest_kts import machine
-from pytest_kts.backends.base import TenantSpec
+from pytest_kts.backends.base import Backend, TenantSpec
 from pytest_kts.config import RunSettings
+from pytest_kts.matrix import MatrixResult, run_matrix
 from pytest_kts.results import ScenarioResult
-from pytest_kts.runner import Budget, ProgressSink, run_scenario
+from pytest_kts.runner import Budget, ProgressSink, make_backend, run_scenario
 
 
 @dataclass
@@ -22,6 +26,7 @@ class KtsSession:
     device: str
     budget: Budget = field(default_factory=Budget)
     results: list[ScenarioResult] = field(default_factory=list)
+    matrices: list[MatrixResult] = field(default_factory=list)
     report_paths: list[Path] = field(default_factory=list)
     report_error: str | None = None
 
@@ -41,25 +46,78 @@ class KtsSession:
         p: float,
         progress: ProgressSink | None = None,
     ) -> ScenarioResult:
-        telemetry_factory = None
-        if self.device == "cuda" and not settings.cluster:
-            telemetry_factory = _telemetry_factory()
-        result = run_scenario(
-            name,
-            tenants,
-            settings,
-            slo,
-            p,
-            progress,
-            device=self.device,
-            budget=self.budget,
-            telemetry_factory=telemetry_factory,
-            machine=machine.facts(self.device),
-        )
+        with self._gpu(settings) as (backend, gpu_uuid):
+            telemetry_factory = None
+            if gpu_uuid is not None:
+                telemetry_factory = _telemetry_factory(gpu_uuid)
+            result = run_scenario(
+                name,
+                tenants,
+                settings,
+                slo,
+                p,
+                progress,
+                device=self.device,
+                backend=backend,
+                budget=self.budget,
+                telemetry_factory=telemetry_factory,
+                machine=machine.facts(self.device),
+            )
         if result.telemetry is not None:
             result.warnings += result.telemetry.clock_warnings(result.windows)
         self.results.append(result)
         return result
+
+    def run_modes(
+        self,
+        name: str,
+        tenants: Sequence[TenantSpec],
+        settings: RunSettings,
+        modes: Sequence[str],
+        slo: Mapping[str, float] | None,
+        p: float,
+        progress: ProgressSink | None = None,
+    ) -> dict[str, ScenarioResult]:
+        """The same tenants under each sharing mode, one scenario per mode, side by side."""
+        return {
+            mode: self.run(
+                f"{name}[{mode}]", tenants, dataclasses.replace(settings, sharing=mode), slo, p,
+                progress,
+            )
+            for mode in modes
+        }  # fmt: skip
+
+    def run_matrix(
+        self,
+        name: str,
+        tenants: Sequence[TenantSpec],
+        settings: RunSettings,
+        include_all: bool = True,
+    ) -> MatrixResult:
+        with self._gpu(settings) as (backend, _):
+            result = run_matrix(
+                name, tenants, settings, backend, device=self.device, include_all=include_all,
+                machine=machine.facts(self.device),
+            )  # fmt: skip
+        self.matrices.append(result)
+        return result
+
+    @contextlib.contextmanager
+    def _gpu(self, settings: RunSettings) -> Iterator[tuple[Backend, str | None]]:
+        """A backend whose tenants use one GPU that no other scenario is using meanwhile."""
+        if self.device != "cuda" or settings.cluster:
+            yield make_backend(settings), None
+            return
+        from pytest_kts import gpulock
+
+        uuids = gpulock.visible_gpu_uuids()
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+        prefer = int(worker[2:]) if worker[2:].isdigit() else 0
+        with gpulock.acquire(uuids, prefer=prefer, timeout_s=settings.budget_seconds) as lease:
+            env = {}
+            if lease.uuid.startswith("GPU-"):
+                env["CUDA_VISIBLE_DEVICES"] = lease.uuid
+            yield make_backend(settings, env), lease.uuid if lease.uuid.startswith("GPU-") else None
 
     def write_report(self, directory: Path) -> None:
         from pytest_kts.report import write_report
@@ -74,11 +132,11 @@ class KtsSession:
         return machine.facts(self.device)
 
 
-def _telemetry_factory() -> Any:
+def _telemetry_factory(gpu_uuid: str) -> Any:
     try:
         from pytest_kts.telemetry import TelemetrySampler
     except ImportError:
         return None
     if TelemetrySampler.unavailable_reason() is not None:
         return None
-    return lambda: TelemetrySampler(device_index=0, interval_s=0.05)
+    return lambda: TelemetrySampler(uuid=gpu_uuid, interval_s=0.05)
