@@ -42,3 +42,7 @@ class ClusterError(KtsError):
 
 class StatisticsError(KtsError, ValueError):
     """Inputs that no statistic can be computed from (empty, non-finite)."""
+
+
+class RegressionError(KtsError, AssertionError):
+    """This run is significantly slower than a saved baseline (``--kts-compare``)."""

@@ -206,6 +206,7 @@ def scenario_dict(result: ScenarioResult) -> dict[str, Any]:
         ],
         "tenants": {name: tenant_dict(t) for name, t in result.tenants.items()},
         "warnings": result.warnings,
+        "baseline_comparisons": result.comparisons,
         "samples_csv": f"samples/{slug(result.name)}.csv",
     }
     if result.telemetry is not None:
@@ -224,6 +225,7 @@ def write_report(
     *,
     command: str | None = None,
     plots: bool = True,
+    matrices: Sequence[MatrixResult] = (),
 ) -> list[Path]:
     """Write every artifact for ``results`` under ``directory``; return the paths written."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -245,12 +247,67 @@ def write_report(
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "scenarios": [scenario_dict(r) for r in results],
+        "matrices": [matrix_dict(m) for m in matrices],
     }
+    heatmaps = {m.name: _heatmap(m, directory / "plots") if plots else [] for m in matrices}
+    written += [p for paths in heatmaps.values() for p in paths]
     (directory / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     written.append(directory / "summary.json")
-    (directory / "results.md").write_text(render_markdown(results, command, figures, directory))
+    if results:
+        from pytest_kts.baseline import github_benchmark_json
+
+        # The customSmallerIsBetter format that GitHub's benchmark-tracking actions read.
+        path = directory / "benchmark.json"
+        path.write_text(json.dumps(github_benchmark_json(results), indent=2) + "\n")
+        written.append(path)
+    markdown = render_markdown(results, command, figures, directory)
+    if matrices:
+        markdown += "\n" + render_matrices_markdown(matrices, heatmaps, directory)
+    (directory / "results.md").write_text(markdown)
     written.append(directory / "results.md")
     return written
+
+
+def matrix_dict(m: MatrixResult) -> dict[str, Any]:
+    clocks = ["host", "device"] if m.device == "cuda" else ["host"]
+    return {
+        "name": m.name,
+        "device": m.device,
+        "started_at": m.started_at,
+        "gpu_seconds": round(m.gpu_seconds, 3),
+        "rows": m.tenants,
+        "columns": m.columns(),
+        "df_p99": {c: [[_json_num(v) for v in row] for row in m.values(99, c)] for c in clocks},
+        "machine": m.machine,
+    }
+
+
+def render_matrices_markdown(
+    matrices: Sequence[MatrixResult], heatmaps: dict[str, list[Path]], root: Path
+) -> str:
+    out = []
+    for m in matrices:
+        out += [f"## Contention matrix: {m.name}", ""]
+        out += [
+            f"{len(m.tenants)} tenants on {m.device}, {m.gpu_seconds:.1f} s of phases. A cell is "
+            "the row tenant's DF while the column tenant was its only co-tenant ('all': every "
+            "other tenant at once).",
+            "",
+        ]
+        for clock in ["host", "device"] if m.device == "cuda" else ["host"]:
+            out += [m.table(99, clock, "github"), ""]
+        for fig in heatmaps.get(m.name, []):
+            out += [f"![{fig.stem}]({fig.relative_to(root).as_posix()})", ""]
+    return "\n".join(out) + "\n"
+
+
+def _heatmap(m: MatrixResult, directory: Path) -> list[Path]:
+    try:
+        from pytest_kts.plots import write_heatmap
+    except ImportError:
+        return []
+    directory.mkdir(parents=True, exist_ok=True)
+    return list(write_heatmap(m, directory / f"{slug(m.name)}.matrix"))
 
 
 def _plots(result: ScenarioResult, directory: Path) -> list[Path]:

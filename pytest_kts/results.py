@@ -110,6 +110,7 @@ class ScenarioResult:
     confidence: float = 0.95
     started_at: str = ""
     warnings: list[str] = field(default_factory=list)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)  # against a baseline
 
     def __getitem__(self, tenant: str) -> TenantResult:
         return self.tenants[tenant]

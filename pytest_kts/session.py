@@ -15,6 +15,7 @@ from typing import Any
 from pytest_kts import machine
 from pytest_kts.backends.base import Backend, TenantSpec
 from pytest_kts.config import RunSettings
+from pytest_kts.errors import RegressionError
 from pytest_kts.matrix import MatrixResult, run_matrix
 from pytest_kts.results import ScenarioResult
 from pytest_kts.runner import Budget, ProgressSink, make_backend, run_scenario
@@ -66,7 +67,36 @@ class KtsSession:
         if result.telemetry is not None:
             result.warnings += result.telemetry.clock_warnings(result.windows)
         self.results.append(result)
+        self._baselines(result, settings)
         return result
+
+    def _baselines(self, result: ScenarioResult, settings: RunSettings) -> None:
+        """Save this run as a baseline, and/or judge it against one: a regression raises here,
+        inside the test, so the test fails and the terminal summary stays intact."""
+        if not (settings.save or settings.compare):
+            return
+        from pytest_kts import baseline
+
+        root = Path(settings.baseline_dir or ".kts-baselines")
+        if settings.compare:
+            before = baseline.load_baseline(root, settings.compare, result.name)
+            if before is None:
+                result.warnings.append(
+                    f"no baseline {settings.compare!r} for this scenario under {root}: not compared"
+                )
+            else:
+                mismatches = baseline.machine_mismatches(result.machine, before.machine)
+                result.warnings += [f"baseline machine differs: {m}" for m in mismatches]
+                comparisons = baseline.compare(result, before, threshold=settings.regression)
+                result.comparisons = [c.to_dict() for c in comparisons]
+                regressed = [c.describe() for c in comparisons if c.regressed]
+                if regressed:
+                    raise RegressionError(
+                        f"regression against baseline {settings.compare!r}:\n  "
+                        + "\n  ".join(regressed)
+                    )
+        if settings.save:
+            baseline.save_baseline(result, root, settings.save)
 
     def run_modes(
         self,
@@ -124,7 +154,9 @@ class KtsSession:
 
         command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
         try:
-            self.report_paths = write_report(self.results, directory, command=command)
+            self.report_paths = write_report(
+                self.results, directory, command=command, matrices=self.matrices
+            )
         except Exception as exc:  # the report must never take the test run's outcome with it
             self.report_error = f"could not write the report to {directory}: {exc}"
 

@@ -140,3 +140,65 @@ def test_bad_option_value_is_one_line(pytester: pytest.Pytester, env: None) -> N
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*confidence from --kts-confidence = '2': must be in*"])
     assert "Traceback" not in result.stderr.str()
+
+
+BASELINE_TEST = """
+import os
+from pytest_kts import assert_df
+
+def test_scenario(kts):
+    size = int(os.environ["FFT_SIZE"])
+    kts.tenant("fft", size=size, sleep_ms=0.2, warmup=2)
+    kts.tenant("matmul", size=32, sleep_ms=0.2, warmup=2)
+    kts.run()
+"""
+
+
+def test_baseline_regression_fails_the_test_not_the_summary(
+    pytester: pytest.Pytester, env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(BASELINE_TEST)
+    # 400 iterations: a p99 claim at 95% needs at least 299 samples per phase after warmup.
+    # A p99 claim at 95% needs >= 368 independent samples per phase after warmup.
+    common = ["--kts-device", "cpu", "--kts-iterations", "800", "--kts-round-iterations", "400",
+              "--kts-baseline-dir", str(tmp_path / "baselines"),
+              "--rootdir", str(pytester.path)]  # fmt: skip
+    monkeypatch.setenv("FFT_SIZE", "16")
+    pytester.runpytest_subprocess(*common, "--kts-save", "main").assert_outcomes(passed=1)
+    assert list((tmp_path / "baselines" / "main").iterdir())
+    # The same scenario with an FFT 16x larger (over 256x the work): shared p99 far above.
+    monkeypatch.setenv("FFT_SIZE", "256")
+    result = pytester.runpytest_subprocess(*common, "--kts-compare", "main")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*RegressionError: regression against baseline 'main'*", "*fft*"])
+    result.stdout.fnmatch_lines(["*kts: co-location latency*"])  # the summary is still printed
+
+
+def test_contention_matrix_in_table_and_report(
+    pytester: pytest.Pytester, env: None, tmp_path: Path
+) -> None:
+    pytester.makepyfile(
+        """
+        def test_matrix(kts):
+            for name, workload in [("a", "fft"), ("b", "matmul"), ("c", "fft")]:
+                kts.tenant(name, workload, size=16, sleep_ms=0.2, warmup=1)
+            m = kts.matrix()
+            assert m.columns() == ["a", "b", "c", "all"]
+            assert m.df("a", "a") is None and m.df("a", "b") is not None
+        """
+    )
+    report = tmp_path / "r"
+    result = pytester.runpytest_subprocess(
+        "--kts-device", "cpu", "--kts-iterations", "60", "--kts-round-iterations", "30",
+        "--kts-report", str(report),
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*contention matrix*", "DF p99 (host) of row*a*b*c*all*"])
+    summary = json.loads((report / "summary.json").read_text())
+    (matrix,) = summary["matrices"]
+    assert matrix["rows"] == ["a", "b", "c"]
+    grid = matrix["df_p99"]["host"]
+    assert [grid[i][i] for i in range(3)] == [None, None, None]
+    assert all(grid[i][j] > 0 for i in range(3) for j in range(4) if i != j)
+    assert list((report / "plots").glob("*.matrix/contention_matrix.png"))
+    assert "Contention matrix" in (report / "results.md").read_text()

@@ -1,0 +1,64 @@
+"""Agent-shaped tenants: a latency-critical decode loop next to a batch prefill, under
+time-slicing and under MPS, and the contention matrix of four tenants.
+
+These are the roadmap questions of the original study: "what would MPS do?" and "what about
+four tenants?". The committed H100 report (docs/results/) shows the answers measured there.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from pytest_kts import assert_df
+
+# (decode size, prefill size, embed size, fft size) per device.
+SIZES = {"cuda": (2048, 2048, 768, 4096), "cpu": (128, 128, 64, 128)}
+CPU_MODEL = {"layers": "2", "vocab": "4096", "max_seq": "256"}
+
+
+def _decode_params(device: str) -> dict[str, str]:
+    return {"graph": "1"} if device == "cuda" else dict(CPU_MODEL)
+
+
+def _prefill_params(device: str) -> dict[str, str]:
+    return (
+        {"batch": "8", "seq": "512"}
+        if device == "cuda"
+        else CPU_MODEL | {"batch": "2", "seq": "32"}
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.kts(iterations=600, round_iterations=200)
+def test_decode_next_to_prefill_timeslice_and_mps(kts):
+    decode_size, prefill_size, _, _ = SIZES[kts.device]
+    kts.tenant("decode", size=decode_size, sleep_ms=2, params=_decode_params(kts.device))
+    kts.tenant("prefill", size=prefill_size, sleep_ms=10, params=_prefill_params(kts.device))
+    modes = ["timeslice"]
+    if kts.device == "cuda" and shutil.which("nvidia-cuda-mps-control"):
+        modes.append("mps")
+    results = kts.run_modes(modes)
+    for mode in modes:
+        decode = results[mode]["decode"]
+        assert decode.summary("solo").n >= 400 and decode.summary("shared").n >= 400
+        # The decode step keeps its tail within 10x of solo under every mode we offer.
+        assert assert_df(decode, p=99) < 10
+
+
+@pytest.mark.gpu
+@pytest.mark.kts(iterations=300, round_iterations=100)
+def test_four_tenant_contention_matrix(kts):
+    decode_size, prefill_size, embed_size, fft_size = SIZES[kts.device]
+    cpu = kts.device == "cpu"
+    kts.tenant("decode", size=decode_size, sleep_ms=2, params=_decode_params(kts.device))
+    kts.tenant("prefill", size=prefill_size, sleep_ms=10, params=_prefill_params(kts.device))
+    embed_params = {"layers": "2", "seq": "32", "batch": "2"} if cpu else {}
+    kts.tenant("embed", size=embed_size, sleep_ms=5, params=embed_params)
+    kts.tenant("fft", size=fft_size, sleep_ms=20 if not cpu else 2)
+    matrix = kts.matrix()
+    assert matrix.columns() == ["decode", "prefill", "embed", "fft", "all"]
+    for row in matrix.tenants:
+        for col in matrix.columns():
+            assert (matrix.df(row, col) is None) == (row == col)

@@ -1,0 +1,346 @@
+"""Baselines: keep a run's raw samples, compare a later run with them, export for CI charts.
+
+A baseline is the raw samples (``samples.csv``, the format of :func:`pytest_kts.samples.to_csv`)
+and the machine facts (``machine.json``) of each scenario, under
+``<root>/<name>/<scenario id>/``. Raw samples rather than figures, so that a comparison is
+computed with the same statistics as a verdict, and a baseline can be judged again when the
+statistics improve.
+
+A comparison asks: did the shared-phase tail grow? It is the degradation machinery of
+:func:`pytest_kts.verdict.degradation` with the baseline's shared samples in the place of
+"solo" and the current shared samples in the place of "shared", so the ratio is
+``current p99 / baseline p99`` with a block-bootstrap interval, and ``fail`` (a regression)
+only when the whole interval lies above the regression threshold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from pytest_kts.errors import ConfigError, KtsError
+from pytest_kts.samples import TenantSamples, from_csv, to_csv
+from pytest_kts.stats import block_length, bootstrap_percentiles, percentile, trim_warmup
+from pytest_kts.verdict import degradation
+
+if TYPE_CHECKING:
+    from pytest_kts.results import ScenarioResult
+
+SAMPLES_FILE = "samples.csv"
+FACTS_FILE = "machine.json"
+FORMAT = 1
+DEFAULT_REGRESSION = 1.1
+# Machine facts that change what a latency means; a difference is reported, not fatal.
+MACHINE_KEYS = {
+    "gpu_name": "GPU model",
+    "driver": "NVIDIA driver",
+    "cuda": "CUDA",
+    "torch": "torch",
+    "device": "device",
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class Baseline(NamedTuple):
+    """What :func:`load_baseline` returns: per-tenant samples and the machine they ran on."""
+
+    samples: dict[str, TenantSamples]
+    machine: dict[str, Any]
+
+
+def safe_id(scenario: str) -> str:
+    """A directory name for a scenario: readable, and unique even after shortening.
+
+    Scenario names are pytest node ids (``tests/test_gpu.py::test_fft[4096-cuda]``); the hash
+    keeps two long names that share their first 80 characters apart.
+    """
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", scenario).strip("_.")[:80] or "scenario"
+    digest = hashlib.sha1(scenario.encode("utf-8")).hexdigest()[:8]
+    return f"{readable}-{digest}"
+
+
+def _check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"baseline name {name!r} is not allowed: use letters, digits, '_', '-' or '.' "
+            "(it becomes a directory name)"
+        )
+    return name
+
+
+def baseline_path(root: Path, name: str, scenario: str) -> Path:
+    return Path(root) / _check_name(name) / safe_id(scenario)
+
+
+def save_baseline(result: ScenarioResult, root: Path, name: str) -> Path:
+    """Store ``result``'s raw samples and machine facts as baseline ``name``; return its folder.
+
+    Saving again under the same name replaces that scenario's baseline.
+    """
+    directory = baseline_path(root, name, result.name)
+    directory.mkdir(parents=True, exist_ok=True)
+    samples = [t.samples for t in result.tenants.values()]
+    (directory / SAMPLES_FILE).write_text(to_csv(samples))
+    facts = {
+        "format": FORMAT,
+        "scenario": result.name,
+        "device": result.device,
+        "started_at": result.started_at,
+        "machine": dict(result.machine),
+        "tenants": {
+            n: {
+                "workload": t.spec.workload,
+                "size": t.spec.size,
+                "sleep_ms": t.spec.sleep_ms,
+                "meta": dict(t.meta),
+            }
+            for n, t in result.tenants.items()
+        },
+    }
+    text = json.dumps(facts, indent=2, sort_keys=True, default=str)
+    (directory / FACTS_FILE).write_text(text + "\n")
+    return directory
+
+
+def load_baseline(root: Path, name: str, scenario: str) -> Baseline | None:
+    """Baseline ``name`` of ``scenario``, or None when none was saved.
+
+    The machine dict is the saved ``machine`` facts, with ``device`` added from the scenario.
+    A folder that exists but cannot be read raises :class:`ConfigError` (a corrupt baseline
+    should be noticed, not silently treated as missing).
+    """
+    directory = baseline_path(root, name, scenario)
+    samples_file, facts_file = directory / SAMPLES_FILE, directory / FACTS_FILE
+    if not samples_file.is_file():
+        return None
+    try:
+        samples = from_csv(samples_file.read_text())
+        facts = json.loads(facts_file.read_text()) if facts_file.is_file() else {}
+    except (ValueError, KeyError, OSError) as exc:
+        raise ConfigError(
+            f"baseline {name!r} of {scenario!r} in {directory} is unreadable ({exc}); "
+            f"delete it or save it again with --kts-save {name}"
+        ) from None
+    machine = dict(facts.get("machine", {}))
+    machine.setdefault("device", facts.get("device"))
+    return Baseline(samples, machine)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Current shared-phase percentile against the baseline's, for one tenant and clock."""
+
+    scenario: str
+    tenant: str
+    clock: str
+    p: float
+    baseline_ms: float
+    current_ms: float
+    ratio: float  # current / baseline
+    ci: tuple[float, float]
+    threshold: float
+    verdict: str  # "pass" (no regression beyond threshold), "fail" (regression), "inconclusive"
+    n_baseline: int
+    n_current: int
+    reason: str | None = None
+
+    @property
+    def regressed(self) -> bool:
+        """A significant regression: the whole interval lies above the threshold."""
+        return self.verdict == "fail"
+
+    @property
+    def improved(self) -> bool:
+        """The mirror image: the whole interval lies below ``1 / threshold``."""
+        return self.ci[1] < 1.0 / self.threshold
+
+    def describe(self) -> str:
+        lo, hi = self.ci
+        text = (
+            f"{self.tenant}: shared p{self.p:g} ({self.clock}) {self.current_ms:.3f} ms vs "
+            f"baseline {self.baseline_ms:.3f} ms = {self.ratio:.2f}x [{lo:.2f}, {hi:.2f}]"
+        )
+        if self.regressed:
+            return f"{text}: regression beyond {self.threshold:g}x"
+        if self.verdict == "pass":
+            return f"{text}: {'improved' if self.improved else 'no regression'}"
+        return f"{text}: undecided against {self.threshold:g}x" + (
+            f" ({self.reason})" if self.reason else ""
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "tenant": self.tenant,
+            "clock": self.clock,
+            "p": self.p,
+            "baseline_ms": self.baseline_ms,
+            "current_ms": self.current_ms,
+            "ratio": self.ratio,
+            "ci": list(self.ci),
+            "threshold": self.threshold,
+            "verdict": self.verdict,
+            "n_baseline": self.n_baseline,
+            "n_current": self.n_current,
+            "reason": self.reason,
+        }
+
+
+def _pick_clock(before: TenantSamples, now: TenantSamples, preferred: str) -> str | None:
+    order = [preferred, *(c for c in ("host", "device") if c != preferred)]
+    for clock in order:
+        if before.shared.has_clock(clock) and now.shared.has_clock(clock):
+            return clock
+    return None
+
+
+def compare(
+    result: ScenarioResult,
+    baseline: Baseline | Mapping[str, TenantSamples],
+    *,
+    threshold: float = DEFAULT_REGRESSION,
+    p: float = 99,
+    clock: str = "host",
+    confidence: float | None = None,
+) -> list[Comparison]:
+    """Compare each tenant's shared phase with the baseline's; one :class:`Comparison` each.
+
+    ``clock`` is used where both runs have it, else the other clock (v1 logs and old baselines
+    carry only the device clock). Tenants missing on either side are skipped.
+    """
+    if not threshold > 0:
+        raise ConfigError(f"regression threshold must be positive, got {threshold}")
+    before_all = baseline.samples if isinstance(baseline, Baseline) else baseline
+    level = confidence if confidence is not None else result.confidence
+    out = []
+    for name, tenant in result.tenants.items():
+        before, now = before_all.get(name), tenant.samples
+        if before is None:
+            continue
+        used = _pick_clock(before, now, clock)
+        if used is None:
+            continue
+        b, c = before.shared, now.shared
+        try:
+            df = degradation(
+                b.latency(used),
+                c.latency(used),
+                p=p,
+                confidence=level,
+                clock=used,
+                solo_segments=b.segments(),
+                shared_segments=c.segments(),
+            )
+        except KtsError:
+            continue  # nothing finite on one side: no comparison to make
+        out.append(
+            Comparison(
+                scenario=result.name,
+                tenant=name,
+                clock=used,
+                p=p,
+                baseline_ms=df.solo_quantile,
+                current_ms=df.shared_quantile,
+                ratio=df.value,
+                ci=(float(df.ci[0]), float(df.ci[1])),
+                threshold=threshold,
+                verdict=df.verdict(threshold),
+                n_baseline=df.n_solo,
+                n_current=df.n_shared,
+                reason=df.reason,
+            )
+        )
+    return out
+
+
+def machine_mismatches(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:
+    """Plain-language differences in the facts that change what a latency means."""
+    out = []
+    for key, label in MACHINE_KEYS.items():
+        now, before = current.get(key), baseline.get(key)
+        if now in (None, "") or before in (None, ""):
+            continue
+        if str(now) != str(before):
+            out.append(f"{label} differs: baseline {before!r}, now {now!r}")
+    return out
+
+
+# -- github-action-benchmark ----------------------------------------------------------------------
+
+
+def _percentile_with_range(
+    values: np.ndarray, segments: np.ndarray, p: float
+) -> tuple[float, float | None, int]:
+    """The percentile the statistics use (warmup trimmed), half the width of its 95% block
+    bootstrap interval (github-action-benchmark's "range"), and n."""
+    kept, labels, _ = trim_warmup(values, segments)
+    if kept.size == 0:
+        return math.nan, None, 0
+    q = percentile(kept, p)
+    if kept.size < 20:
+        return q, None, int(kept.size)
+    rng = np.random.default_rng(0)  # the same samples always give the same range
+    reps = bootstrap_percentiles(
+        kept, labels, p, block=round(block_length(kept, labels)), replicates=500, rng=rng
+    )
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return q, float(hi - lo) / 2, int(kept.size)
+
+
+def _entry(name: str, unit: str, value: float, half: float | None, extra: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"name": name, "unit": unit, "value": round(value, 6)}
+    if half is not None and math.isfinite(half):
+        entry["range"] = f"± {half:.4g}"
+    entry["extra"] = extra
+    return entry
+
+
+def _tenant_entries(result: ScenarioResult, name: str, p: float) -> Iterable[dict[str, Any]]:
+    tenant = result.tenants[name]
+    shared = tenant.samples.shared
+    for clock in ("host", "device"):
+        if not shared.has_clock(clock):
+            continue
+        q, half, n = _percentile_with_range(shared.latency(clock), shared.segments(), p)
+        if not math.isfinite(q):
+            continue
+        yield _entry(
+            f"{result.name}/{name}/shared p{p:g} ({clock})",
+            "ms",
+            q,
+            half,
+            f"n={n} shared-phase iterations after warmup, device={result.device}",
+        )
+        try:
+            df = tenant.df(p, clock)
+        except KtsError:
+            df = None
+        if df is None or not math.isfinite(df.value):
+            continue
+        lo, hi = df.ci
+        yield _entry(
+            f"{result.name}/{name}/DF p{p:g} ({clock})",
+            "x",
+            df.value,
+            max(df.value - lo, hi - df.value) if math.isfinite(hi) else None,
+            f"{df.confidence:.0%} CI [{lo:.3f}, {hi:.3f}], solo p{p:g}={df.solo_quantile:.3f} ms, "
+            f"shared p{p:g}={df.shared_quantile:.3f} ms, n={df.n_solo}/{df.n_shared}",
+        )
+
+
+def github_benchmark_json(results: Sequence[ScenarioResult], p: float = 99) -> list[dict[str, Any]]:
+    """Entries for github-action-benchmark's ``customSmallerIsBetter`` tool.
+
+    Per tenant and clock: the shared-phase percentile (unit ``ms``) and the DF (unit ``x``).
+    ``range`` is the half-width of a 95% interval; ``extra`` carries n and the figures behind
+    the value. Write with ``json.dump(github_benchmark_json(results), f)``.
+    """
+    return [entry for r in results for name in r.tenants for entry in _tenant_entries(r, name, p)]

@@ -1,0 +1,535 @@
+"""The ``kts`` command: judge saved worker logs, or run a scenario without a test file.
+
+``kts report LOGDIR [--out DIR] [--slo fft=1.3]``
+    Reads files of protocol lines (``KTS_APP,v2`` and the original study's ``KTS_APP,v1``),
+    prints the same table as the pytest plugin and optionally writes the report files. Lines
+    that are not ours (foreign) or ours but broken (malformed) are counted and reported.
+
+``kts run --tenant fft:size=4096,sleep_ms=100 --tenant matmul:size=4096,sleep_ms=150 ...``
+    Runs solo and shared phases ad hoc and prints the table.
+
+Exit codes: 0 ok, 1 a verdict failed, 2 usage or input error (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import gzip
+import json
+import math
+import shlex
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from pytest_kts.backends.base import ARRIVALS, TenantSpec
+from pytest_kts.errors import ConfigError, KtsError, NoDeviceError
+from pytest_kts.protocol import LineReader, check_tenant_name
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+LOG_PATTERNS = ("*.log", "*.log.gz", "*.txt", "*.out")
+V1_NOTE = (
+    "v1 lines (the original study's format) carry only the device clock (CUDA events): host "
+    "latency is unknown, so DF here is the device-clock DF. It leaves out the wait for a time "
+    "slice and can miss the co-location effect entirely on a modern GPU."
+)
+
+
+class UsageError(Exception):
+    """Bad arguments or unusable input: reported in one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One clear line instead of argparse's usage dump (subparsers inherit this class).
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# -- kts report: reading logs ---------------------------------------------------------------------
+
+
+def _is_binary(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return b"\0" in f.read(4096)
+
+
+def find_logs(paths: Sequence[Path], patterns: Sequence[str] = LOG_PATTERNS) -> list[Path]:
+    """Files to read: files named on the command line, and log files inside named folders."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_file():
+            found.append(path)
+        elif path.is_dir():
+            found += sorted(
+                p
+                for p in path.rglob("*")
+                if p.is_file() and any(fnmatch.fnmatch(p.name, pat) for pat in patterns)
+            )
+        else:
+            raise UsageError(f"{path} does not exist")
+    return found
+
+
+def _lines(path: Path) -> Iterator[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    # errors="replace": a stray byte makes one malformed line, not a crash.
+    with opener(path, "rt", encoding="utf-8", errors="replace") as f:  # type: ignore[operator]
+        yield from f
+
+
+@dataclasses.dataclass
+class LogSet:
+    """Every file read, per file and merged, with the files skipped and why."""
+
+    readers: dict[Path, LineReader] = dataclasses.field(default_factory=dict)
+    skipped: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def merged(self) -> LineReader:
+        total = LineReader()
+        for reader in self.readers.values():
+            total.merge(reader)
+        return total
+
+
+def read_logs(files: Iterable[Path]) -> LogSet:
+    logs = LogSet()
+    for path in files:
+        if path.suffix != ".gz" and _is_binary(path):
+            logs.skipped.append(f"{path} (binary)")
+            continue
+        try:
+            logs.readers[path] = LineReader().feed_all(_lines(path))
+        except (OSError, EOFError) as exc:
+            logs.skipped.append(f"{path} ({exc})")
+    return logs
+
+
+# -- kts report: building a result ----------------------------------------------------------------
+
+_WORKLOAD_GUESS = {"fft": "fft", "gemm": "matmul", "matmul": "matmul"}
+
+
+def _tenant_accounting(logs: LogSet, tenant: str) -> dict[str, Any]:
+    """This tenant's samples, and the line counts of the files that hold only its records."""
+    out = {"lines": 0, "samples": 0, "foreign": 0, "malformed": 0, "malformed_examples": []}
+    for reader in logs.readers.values():
+        out["samples"] += sum(1 for s in reader.samples if s.tenant == tenant)
+        owners = {s.tenant for s in reader.samples} | {m.tenant for m in reader.metas}
+        if owners == {tenant}:
+            acc = reader.accounting()
+            for key in ("lines", "foreign", "malformed"):
+                out[key] += acc[key]
+            out["malformed_examples"] += acc["malformed_examples"]
+    return out
+
+
+def _windows(grouped: dict[str, Any]) -> list[Any]:
+    """Phase windows rebuilt from the samples: solo per tenant and round, shared per round."""
+    from pytest_kts.results import PhaseWindow
+
+    windows = []
+    rounds = sorted(
+        {int(r) for ts in grouped.values() for p in (ts.solo, ts.shared) for r in p.round}
+    )
+    for rnd in rounds:
+        for name, ts in grouped.items():
+            mask = ts.solo.round == rnd
+            if mask.any():
+                windows.append(
+                    PhaseWindow(
+                        "solo",
+                        rnd,
+                        (name,),
+                        int(ts.solo.start_ns[mask].min()),
+                        int(ts.solo.end_ns[mask].max()),
+                    )
+                )
+        shared = [(n, ts.shared, ts.shared.round == rnd) for n, ts in grouped.items()]
+        shared = [(n, p, m) for n, p, m in shared if m.any()]
+        if shared:
+            start = min(int(p.start_ns[m].min()) for _, p, m in shared)
+            end = max(int(p.end_ns[m].max()) for _, p, m in shared)
+            windows.append(PhaseWindow("shared", rnd, tuple(n for n, _, _ in shared), start, end))
+    return sorted(windows, key=lambda w: w.started_ns)
+
+
+def _meta(reader: LineReader, tenant: str) -> dict[str, Any]:
+    facts: dict[str, Any] = {}
+    for m in reader.metas:
+        if m.tenant == tenant:
+            facts.update(m.facts)
+    return facts
+
+
+def _spec(tenant: str, meta: dict[str, Any]) -> TenantSpec:
+    workload = str(meta.get("workload") or _WORKLOAD_GUESS.get(tenant, tenant))
+    size = meta.get("size")
+    # TenantSpec needs a positive size; logs rarely say it (v1 never does): 1 marks "unknown".
+    return TenantSpec(tenant, workload, int(size) if isinstance(size, int) and size > 0 else 1)
+
+
+def build_result(name: str, logs: LogSet, *, confidence: float = 0.95) -> Any:
+    """A :class:`~pytest_kts.results.ScenarioResult` from saved lines (no checks yet)."""
+    from pytest_kts.results import ScenarioResult, TenantResult
+    from pytest_kts.samples import group
+
+    merged = logs.merged
+    if not merged.samples:
+        raise UsageError(
+            f"no KTS_APP sample lines in {len(logs.readers)} file(s) ({merged.lines} lines: "
+            f"{merged.foreign} foreign, {merged.malformed} malformed)"
+        )
+    grouped = group(merged.samples)
+    tenants = {}
+    for tenant, samples in grouped.items():
+        meta = _meta(merged, tenant)
+        tenants[tenant] = TenantResult(
+            spec=_spec(tenant, meta),
+            samples=samples,
+            meta=meta,
+            accounting=_tenant_accounting(logs, tenant),
+            confidence=confidence,
+        )
+    windows = _windows(grouped)
+    metas = [m.facts for m in merged.metas]
+    has_device = any(ts.solo.has_clock("device") for ts in grouped.values())
+    device = next((str(m["device"]) for m in metas if m.get("device")), None)
+    machine = {
+        k: next((m[k] for m in metas if m.get(k)), None) for k in ("gpu_name", "gpu_uuid", "torch")
+    }
+    first = min(int(s.start_ns) for s in merged.samples)
+    return ScenarioResult(
+        name=name,
+        device=device or ("cuda" if has_device else "cpu"),
+        tenants=tenants,
+        windows=windows,
+        machine={**{k: v for k, v in machine.items() if v}, "source": "saved logs"},
+        backend={"backend": "logs", "files": [str(p) for p in logs.readers]},
+        gpu_seconds=sum(w.seconds for w in windows),
+        stop_reason=f"offline: {len(merged.samples)} samples from {len(logs.readers)} file(s)",
+        confidence=confidence,
+        started_at=datetime.fromtimestamp(first / 1e9, timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def judge(result: Any, slo: dict[str, float], p: float, clock: str | None) -> None:
+    """Fill ``result.checks`` for each SLO (tenant -> DF threshold), as the runner does."""
+    for given, threshold in slo.items():
+        tenant = _tenant_named(result, given)
+        t = result.tenants[tenant]
+        used = clock or ("host" if "host" in t.clocks() else "device")
+        df = t.df(p, used)
+        if df is None:
+            raise UsageError(f"tenant {tenant!r} has no {used} clock in both phases")
+        result.checks.append(
+            {
+                "tenant": tenant,
+                "p": p,
+                "threshold": threshold,
+                "clock": used,
+                "value": df.value,
+                "ci": list(df.ci),
+                "verdict": df.verdict(threshold),
+                "looks": 1,
+                "alpha": 1 - df.confidence,
+            }
+        )
+
+
+def _has_v1(logs: LogSet) -> bool:
+    return any(
+        math.isnan(s.host_ms) and s.round == 0 for r in logs.readers.values() for s in r.samples
+    )
+
+
+def _accounting_lines(logs: LogSet) -> list[str]:
+    m = logs.merged
+    lines = [
+        f"read {len(logs.readers)} file(s), {m.lines} lines: {len(m.samples)} samples, "
+        f"{m.foreign} foreign, {m.malformed} malformed"
+    ]
+    lines += [f"  malformed: {e}" for e in m.malformed_examples]
+    lines += [f"  skipped {s}" for s in logs.skipped]
+    return lines
+
+
+# -- shared by both commands -----------------------------------------------------------------------
+
+
+def _parse_slo(items: Sequence[str]) -> dict[str, float]:
+    slo = {}
+    for item in items:
+        tenant, sep, value = item.partition("=")
+        try:
+            threshold = float(value)
+        except ValueError:
+            threshold = math.nan
+        if not sep or not tenant or not threshold > 0:
+            raise UsageError(f"--slo {item!r}: expected TENANT=THRESHOLD, e.g. fft=1.3")
+        slo[tenant] = threshold
+    return slo
+
+
+def _tenant_named(result: Any, name: str) -> str:
+    """``name`` as the result spells it; case-insensitive, since v1 lines say FFT for fft."""
+    if name in result.tenants:
+        return name
+    matches = [t for t in result.tenants if t.lower() == name.lower()]
+    if len(matches) != 1:
+        raise UsageError(f"--slo names {name!r}; the logs hold {', '.join(result.tenants)}")
+    return matches[0]
+
+
+def _finish(result: Any, args: argparse.Namespace, out: IO[str], command: str) -> int:
+    from pytest_kts.report import render_table, write_report
+
+    print(render_table([result]), file=out)
+    for check in result.checks:
+        lo, hi = check["ci"]
+        print(
+            f"{check['tenant']}: DF p{check['p']:g} ({check['clock']}) {check['value']:.2f} "
+            f"[{lo:.2f}, {hi:.2f}] < {check['threshold']:g}: {check['verdict']}",
+            file=out,
+        )
+    if args.out:
+        written = write_report([result], Path(args.out), command=command)
+        print(f"report: {len(written)} file(s) written to {args.out}", file=out)
+    if args.benchmark_json:
+        from pytest_kts.baseline import github_benchmark_json
+
+        entries = github_benchmark_json([result])
+        Path(args.benchmark_json).write_text(json.dumps(entries, indent=2) + "\n")
+        print(f"github-action-benchmark JSON: {args.benchmark_json}", file=out)
+    failed = any(c["verdict"] == "fail" for c in result.checks)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace, out: IO[str]) -> int:
+    files = find_logs([Path(p) for p in args.logs], args.glob or LOG_PATTERNS)
+    if not files:
+        raise UsageError(f"no log files ({', '.join(args.glob or LOG_PATTERNS)}) in {args.logs}")
+    logs = read_logs(files)
+    first = Path(args.logs[0]).resolve()
+    name = args.name or (first.name if first.is_dir() else first.name.split(".")[0])
+    result = build_result(name, logs, confidence=args.confidence)
+    if _has_v1(logs):
+        result.warnings.append(V1_NOTE)
+    malformed = logs.merged.malformed
+    if malformed:
+        result.warnings.append(f"{malformed} malformed KTS_ line(s) ignored (examples above)")
+    judge(result, _parse_slo(args.slo), args.p, args.clock)
+    for line in _accounting_lines(logs):
+        print(line, file=out)
+    return _finish(result, args, out, "kts " + shlex.join(args.argv))
+
+
+# -- kts run ---------------------------------------------------------------------------------------
+
+_SPEC_FIELDS = {
+    "name": str,
+    "size": int,
+    "sleep_ms": float,
+    "warmup": int,
+    "arrival": str,
+    "rate_hz": float,
+    "seed": int,
+}
+
+
+def parse_tenant(text: str, taken: Iterable[str] = ()) -> TenantSpec:
+    """``WORKLOAD[:key=value,...]`` -> TenantSpec. ``module:function`` workloads work too.
+
+    Known keys fill TenantSpec fields (name, size, sleep_ms, warmup, arrival, rate_hz, seed);
+    any other key is a workload parameter. The name defaults to the workload's, made unique.
+    """
+    workload, sep, options = text.rpartition(":")
+    if not sep or "=" not in options:
+        workload, options = text, ""
+    if not workload:
+        raise UsageError(f"--tenant {text!r}: no workload (e.g. fft:size=4096,sleep_ms=100)")
+    fields: dict[str, Any] = {}
+    params: dict[str, str] = {}
+    for item in filter(None, options.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"--tenant {text!r}: {item!r} is not key=value")
+        if key in _SPEC_FIELDS:
+            try:
+                fields[key] = _SPEC_FIELDS[key](value)
+            except ValueError:
+                raise UsageError(f"--tenant {text!r}: {key}={value!r} is not a number") from None
+        else:
+            params[key] = value
+    if fields.get("arrival") not in (None, *ARRIVALS):
+        raise UsageError(f"--tenant {text!r}: arrival must be one of {', '.join(ARRIVALS)}")
+    base = fields.pop("name", None) or workload.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+    name, k = base, 2
+    while name in set(taken):
+        name, k = f"{base}-{k}", k + 1
+    try:
+        check_tenant_name(name)
+        return TenantSpec(
+            name=name, workload=workload, size=fields.pop("size", 4096), params=params, **fields
+        )
+    except ValueError as exc:
+        raise UsageError(f"--tenant {text!r}: {exc}") from None
+
+
+def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    from pytest_kts.config import RunSettings
+    from pytest_kts.machine import facts, resolve_device
+    from pytest_kts.progress import Progress
+    from pytest_kts.runner import run_scenario
+
+    tenants: list[TenantSpec] = []
+    for text in args.tenant:
+        tenants.append(parse_tenant(text, [t.name for t in tenants]))
+    if len(tenants) < 2:
+        raise UsageError("kts run needs at least two --tenant options (co-location needs two)")
+    slo = _parse_slo(args.slo)
+    changes: dict[str, Any] = {"device": args.device, "confidence": args.confidence}
+    if args.iterations:
+        # With SLOs the run is adaptive: N is then the most it may take, not a fixed count.
+        changes["max_iterations" if slo else "iterations"] = args.iterations
+        changes["round_iterations"] = min(args.iterations, RunSettings.round_iterations)
+    if args.timeout:
+        changes["timeout"] = args.timeout
+    settings = dataclasses.replace(RunSettings(), **changes)
+    device = resolve_device(args.device)
+    progress = Progress(sys.stderr, args.verbose - args.quiet, label=args.name)
+    result = run_scenario(
+        args.name,
+        tenants,
+        settings,
+        slo=slo or None,
+        p=args.p,
+        progress=progress,
+        device=device,
+        telemetry_factory=_telemetry_factory(device),
+        machine=facts(device),
+    )
+    if result.telemetry is not None:
+        result.warnings += result.telemetry.clock_warnings(result.windows)
+    return _finish(result, args, out, "kts " + shlex.join(args.argv))
+
+
+def _telemetry_factory(device: str) -> Any:
+    if device != "cuda":
+        return None
+    from pytest_kts.telemetry import TelemetrySampler
+
+    if TelemetrySampler.unavailable_reason() is not None:
+        return None
+    return lambda: TelemetrySampler(0)
+
+
+# -- argument parsing ------------------------------------------------------------------------------
+
+
+def _percentile(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"percentile must be in (0, 100), got {text}")
+    # 99, not 99.0: the same DF and interval as the table, which asks for p=99.
+    return int(value) if value.is_integer() else value
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        metavar="TENANT=DF",
+        help="fail (exit 1) when TENANT's DF is above DF with confidence",
+    )
+    parser.add_argument("--p", type=_percentile, default=99, help="percentile of the DF (99)")
+    parser.add_argument("--confidence", type=float, default=0.95, help="of every interval")
+    parser.add_argument("--name", help="scenario name in the table and report")
+    parser.add_argument(
+        "--benchmark-json",
+        metavar="FILE",
+        help="also write github-action-benchmark customSmallerIsBetter JSON",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kts", description="GPU co-location tail latency, outside pytest.")
+    sub = parser.add_subparsers(dest="command", metavar="{report,run}")
+    report = sub.add_parser(
+        "report",
+        help="table and report from saved worker logs",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    report.add_argument("logs", nargs="+", metavar="LOGDIR", help="folders or files of lines")
+    report.add_argument("--out", metavar="DIR", help="write summary.json, samples, plots here")
+    report.add_argument(
+        "--glob",
+        action="append",
+        metavar="PATTERN",
+        help=f"which files in a folder are logs (default {' '.join(LOG_PATTERNS)})",
+    )
+    report.add_argument(
+        "--clock",
+        choices=("host", "device"),
+        help="clock of --slo checks (default host where present, else device)",
+    )
+    _common(report)
+    run = sub.add_parser("run", help="run a scenario without a test file")
+    run.add_argument(
+        "--tenant",
+        action="append",
+        default=[],
+        required=True,
+        metavar="WORKLOAD[:k=v,...]",
+        help="e.g. fft:size=4096,sleep_ms=100 (name=, warmup=, arrival=, rate_hz=, "
+        "seed=; other keys go to the workload)",
+    )
+    run.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    run.add_argument(
+        "--iterations",
+        type=int,
+        help="iterations per tenant and phase (with --slo: the most before giving up)",
+    )
+    run.add_argument("--timeout", type=float, help="seconds one phase may take")
+    run.add_argument("--report", dest="out", metavar="DIR", help="write the report files here")
+    run.add_argument("-q", "--quiet", action="count", default=0, help="no progress line")
+    run.add_argument("-v", "--verbose", action="count", default=0)
+    _common(run)
+    run.set_defaults(name="ad-hoc")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its one line (or --help)
+        return int(exc.code or 0)
+    args.argv = argv
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "report":
+            return cmd_report(args, sys.stdout)
+        return cmd_run(args, sys.stdout)
+    except (UsageError, ConfigError, NoDeviceError) as exc:
+        print(f"kts {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KtsError as exc:
+        # A worker that crashed: its message carries the stderr tail, which is worth the lines.
+        print(f"kts {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"kts {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

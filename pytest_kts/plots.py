@@ -1,0 +1,430 @@
+"""Figures for the report: latency CDFs, a latency timeline with GPU telemetry, and DF with CIs.
+
+matplotlib is optional. It is used through ``Figure`` and the Agg canvas directly, never
+``pyplot``, so writing plots changes no global backend or state in the user's process.
+:func:`unavailable_reason` says why nothing is drawn when matplotlib is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pytest_kts.errors import KtsError
+from pytest_kts.samples import CLOCKS, PhaseSamples
+from pytest_kts.stats import trim_warmup
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from pytest_kts.matrix import MatrixResult
+    from pytest_kts.results import ScenarioResult
+    from pytest_kts.verdict import DegradationFactor
+
+PHASE_COLORS = {"solo": "#1f77b4", "shared": "#d62728"}
+PHASE_SHADES = {"solo": "#c6dbef", "shared": "#fcbba1"}
+CLOCK_MARKERS = {"host": "o", "device": "s"}
+DPI = 100
+# A latency range wider than this factor gets a log axis, so the tail is not squashed.
+LOG_SPREAD = 10.0
+FILES = ("latency_cdf.png", "latency_timeline.png", "degradation.png")
+
+
+def unavailable_reason() -> str | None:
+    """Why plots cannot be drawn here, or None when they can."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return "matplotlib is not installed (pip install 'pytest-kts[plots]'): no plots written"
+    return None
+
+
+def write_plots(result: ScenarioResult, directory: Path) -> list[Path]:
+    """Draw every figure for one scenario into ``directory``; return the PNG paths.
+
+    Returns ``[]`` when matplotlib is missing (see :func:`unavailable_reason`). A figure that
+    has nothing to show (no samples) is left out rather than drawn empty.
+    """
+    if unavailable_reason() is not None:
+        return []
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    dfs = _degradations(result)
+    drawn = [
+        (FILES[0], _cdf_figure(result)),
+        (FILES[1], _timeline_figure(result)),
+        (FILES[2], _df_figure(result, dfs)),
+    ]
+    paths = []
+    for name, figure in drawn:
+        if figure is not None:
+            paths.append(_save(figure, directory / name))
+    return paths
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+# -- data helpers -------------------------------------------------------------------------------
+
+
+def _kept(phase: PhaseSamples, clock: str) -> np.ndarray:
+    """The latencies the statistics use: finite, each round's warmup trimmed."""
+    if not phase.has_clock(clock):
+        return np.empty(0)
+    kept, _, _ = trim_warmup(phase.latency(clock), phase.segments())
+    return kept
+
+
+def _clocks(result: ScenarioResult) -> list[str]:
+    return [
+        c
+        for c in CLOCKS
+        if any(
+            t.samples.solo.has_clock(c) or t.samples.shared.has_clock(c)
+            for t in result.tenants.values()
+        )
+    ]
+
+
+def _check_p(result: ScenarioResult, tenant: str) -> float:
+    for check in result.checks:
+        if check.get("tenant") == tenant:
+            return float(check.get("p", 99))
+    return 99.0
+
+
+def _degradations(result: ScenarioResult) -> dict[tuple[str, str], DegradationFactor]:
+    """DF per (tenant, clock) at the tenant's checked percentile (p99 when unchecked)."""
+    out = {}
+    for name, tenant in result.tenants.items():
+        for clock in CLOCKS:
+            try:
+                df = tenant.df(_check_p(result, name), clock)
+            except (KtsError, ValueError):
+                df = None  # too few samples for any ratio: nothing to draw
+            if df is not None and math.isfinite(df.value):
+                out[(name, clock)] = df
+    return out
+
+
+def _use_log(ax: Axes, values: Sequence[np.ndarray], axis: str) -> None:
+    from matplotlib.ticker import LogFormatter
+
+    finite = [v[np.isfinite(v) & (v > 0)] for v in values]
+    pooled = np.concatenate(finite) if finite else np.empty(0)
+    if not (pooled.size and pooled.max() / pooled.min() >= LOG_SPREAD):
+        return
+    (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+    # Plain "0.6", "2" rather than "6x10^-1": these are milliseconds someone reads.
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    # LogFormatter labels minor ticks only where the axis spans little, so no clutter.
+    target.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    target.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.6)))
+
+
+# -- CDF ------------------------------------------------------------------------------------------
+
+
+def _cdf_figure(result: ScenarioResult) -> Figure | None:
+    clocks = _clocks(result)
+    tenants = list(result.tenants)
+    if not clocks or not tenants:
+        return None
+    fig = _new_figure(5.5 * len(clocks), 3.6 * len(tenants))
+    axes = fig.subplots(len(tenants), len(clocks), squeeze=False)
+    for row, name in enumerate(tenants):
+        for col, clock in enumerate(clocks):
+            _cdf_axes(axes[row][col], result, name, clock)
+    fig.suptitle(
+        f"{result.name}: latency distribution, solo vs shared (warmup trimmed)", fontsize=11
+    )
+    return fig
+
+
+def _cdf_axes(ax: Axes, result: ScenarioResult, tenant: str, clock: str) -> None:
+    from matplotlib.ticker import NullLocator
+
+    samples = result.tenants[tenant].samples
+    ax.set_title(f"{tenant}: {clock} clock", fontsize=10)
+    series = {phase: np.sort(_kept(samples.phase(phase), clock)) for phase in ("solo", "shared")}
+    if not any(v.size for v in series.values()):
+        why = "no device clock (CPU run)" if clock == "device" else f"no {clock} latencies"
+        ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    p = _check_p(result, tenant)
+    for phase, values in series.items():
+        if not values.size:
+            continue
+        # Plotting positions (i + 0.5) / n never reach 0 or 1, so the logit axis takes them.
+        y = (np.arange(values.size) + 0.5) / values.size
+        q = float(values[min(values.size - 1, math.ceil(p / 100 * values.size) - 1)])
+        ax.step(
+            values,
+            y,
+            where="post",
+            color=PHASE_COLORS[phase],
+            lw=1.4,
+            label=f"{phase} (n={values.size}, p{p:g} {q:.3g} ms)",
+        )
+        ax.axvline(q, color=PHASE_COLORS[phase], ls="--", lw=0.8)
+    # A logit axis spreads p90, p99, p99.9 apart: the tail is what the verdict is about.
+    ax.set_yscale("logit")
+    ax.set_ylim(0.005, 1 - 0.5 / max(v.size for v in series.values()))
+    ticks = [t for t in (0.01, 0.1, 0.5, 0.9, 0.99, 0.999) if t < ax.get_ylim()[1]]
+    ax.set_yticks(ticks, labels=[f"p{t * 100:g}" for t in ticks])
+    # Logit minor ticks number in the hundreds and cost seconds of layout for nothing seen.
+    ax.yaxis.set_minor_locator(NullLocator())
+    _use_log(ax, list(series.values()), "x")
+    ax.set_xlabel(f"{clock} latency (ms)")
+    ax.set_ylabel("cumulative fraction")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+
+
+# -- timeline -----------------------------------------------------------------------------------
+
+
+def _timeline_clock(result: ScenarioResult) -> str | None:
+    clocks = _clocks(result)
+    return clocks[0] if clocks else None  # host first: the latency an SLO is about
+
+
+def _origin_ns(result: ScenarioResult) -> int | None:
+    starts = [w.started_ns for w in result.windows]
+    for t in result.tenants.values():
+        for phase in (t.samples.solo, t.samples.shared):
+            if len(phase):
+                starts.append(int(phase.start_ns.min()))
+    return min(starts) if starts else None
+
+
+def _timeline_figure(result: ScenarioResult) -> Figure | None:
+    clock = _timeline_clock(result)
+    t0 = _origin_ns(result)
+    if clock is None or t0 is None:
+        return None
+    telemetry = result.telemetry
+    panels = ["latency"]
+    if telemetry is not None and len(telemetry):
+        panels += [
+            p
+            for p, col in (("clock", "sm_clock_mhz"), ("util", "gpu_util_pct"))
+            if telemetry.has(col)
+        ]
+    ratios = [3.0] + [1.2] * (len(panels) - 1)
+    fig = _new_figure(11, 3.2 + 1.5 * (len(panels) - 1))
+    axes = fig.subplots(
+        len(panels), 1, sharex=True, squeeze=False, gridspec_kw={"height_ratios": ratios}
+    )[:, 0]
+    for k, ax in enumerate(axes):
+        _shade_windows(ax, result, t0, legend=k == 0)
+    _latency_panel(axes[0], result, clock, t0)
+    for ax, panel in zip(axes[1:], panels[1:], strict=True):
+        _telemetry_panel(ax, result, panel, t0)
+    axes[-1].set_xlabel("time since the first phase started (s)")
+    fig.suptitle(f"{result.name}: {clock} latency per iteration over time", fontsize=11)
+    return fig
+
+
+def _shade_windows(ax: Axes, result: ScenarioResult, t0: int, *, legend: bool) -> None:
+    seen = set()
+    for w in result.windows:
+        label = f"{w.phase} phase" if legend and w.phase not in seen else None
+        seen.add(w.phase)
+        ax.axvspan(
+            (w.started_ns - t0) / 1e9,
+            (w.ended_ns - t0) / 1e9,
+            color=PHASE_SHADES.get(w.phase, "#eeeeee"),
+            alpha=0.5,
+            lw=0,
+            label=label,
+        )
+
+
+def _latency_panel(ax: Axes, result: ScenarioResult, clock: str, t0: int) -> None:
+    markers = {"solo": "o", "shared": "^"}
+    all_values = []
+    for k, (name, tenant) in enumerate(result.tenants.items()):
+        color = f"C{k % 10}"
+        for phase in ("solo", "shared"):
+            data = tenant.samples.phase(phase)
+            if not data.has_clock(clock):
+                continue
+            values = data.latency(clock)
+            all_values.append(values)
+            ax.scatter(
+                (data.start_ns - t0) / 1e9,
+                values,
+                s=4,
+                color=color,
+                marker=markers[phase],
+                alpha=0.6,
+                lw=0,
+                label=f"{name} {phase}",
+            )
+    _use_log(ax, all_values, "y")
+    ax.set_ylabel(f"{clock} latency (ms)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", ncols=2, markerscale=3)
+
+
+def _telemetry_panel(ax: Axes, result: ScenarioResult, panel: str, t0: int) -> None:
+    telemetry = result.telemetry
+    assert telemetry is not None
+    x = (telemetry.time_ns - t0) / 1e9
+    if panel == "clock":
+        clock = telemetry.column("sm_clock_mhz")
+        ax.plot(x, clock, color="k", lw=1.0, label="SM clock")
+        ax.set_ylabel("SM clock (MHz)")
+        # From zero, so that 345 vs 1980 MHz looks like what it is and a flat line stays flat.
+        ax.set_ylim(0, float(np.nanmax(clock)) * 1.1)
+    else:
+        ax.plot(
+            x,
+            telemetry.column("gpu_util_pct"),
+            color="#2ca02c",
+            lw=1.0,
+            label="GPU utilization (NVML)",
+        )
+        if telemetry.has("gpm_sm_util_pct"):
+            gpm = telemetry.column("gpm_sm_util_pct")
+            ok = np.isfinite(gpm)
+            ax.plot(x[ok], gpm[ok], color="#9467bd", lw=1.0, label="SM active (GPM)")
+        ax.set_ylabel("utilization (%)")
+        ax.set_ylim(-2, 102)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+
+
+# -- degradation factor ---------------------------------------------------------------------------
+
+
+def _df_figure(
+    result: ScenarioResult, dfs: dict[tuple[str, str], DegradationFactor]
+) -> Figure | None:
+    if not dfs:
+        return None
+    tenants = list(result.tenants)
+    clocks = [c for c in CLOCKS if any(key[1] == c for key in dfs)]
+    fig = _new_figure(max(5.0, 1.8 * len(tenants) + 2.5), 4.2)
+    ax = fig.subplots()
+    ax.axhline(1.0, color="0.5", lw=0.8, label="no degradation (DF 1)")
+    offsets = {c: (k - (len(clocks) - 1) / 2) * 0.25 for k, c in enumerate(clocks)}
+    for clock in clocks:
+        _df_points(ax, tenants, clock, offsets[clock], dfs)
+    _thresholds(ax, result, tenants)
+    ax.set_xticks(range(len(tenants)), labels=tenants)
+    ax.set_xlim(-0.6, len(tenants) - 0.4)
+    ax.set_ylabel("DF = shared / solo percentile")
+    ax.set_title(f"{result.name}: degradation factor with {result.confidence:.0%} CI", fontsize=11)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    return fig
+
+
+def _df_points(
+    ax: Axes,
+    tenants: list[str],
+    clock: str,
+    offset: float,
+    dfs: dict[tuple[str, str], DegradationFactor],
+) -> None:
+    xs, ys, lo, hi, labels = [], [], [], [], []
+    for k, name in enumerate(tenants):
+        df = dfs.get((name, clock))
+        if df is None:
+            continue
+        low, high = (c if math.isfinite(c) else df.value for c in df.ci)
+        xs.append(k + offset)
+        ys.append(df.value)
+        lo.append(max(0.0, df.value - low))
+        hi.append(max(0.0, high - df.value))
+        labels.append(f"p{df.p:g} {df.value:.2f}")
+    if not xs:
+        return
+    color = "#1f77b4" if clock == "host" else "#ff7f0e"
+    ax.errorbar(
+        xs,
+        ys,
+        yerr=[lo, hi],
+        fmt=CLOCK_MARKERS[clock],
+        color=color,
+        capsize=5,
+        ms=6,
+        label=f"{clock} clock",
+    )
+    for x, y, text in zip(xs, ys, labels, strict=True):
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+
+
+def _thresholds(ax: Axes, result: ScenarioResult, tenants: list[str]) -> None:
+    colors = {"pass": "#2ca02c", "fail": "#d62728"}
+    for check in result.checks:
+        if check.get("tenant") not in tenants or check.get("threshold") is None:
+            continue
+        k = tenants.index(check["tenant"])
+        verdict = str(check.get("verdict", ""))
+        ax.hlines(
+            float(check["threshold"]),
+            k - 0.45,
+            k + 0.45,
+            colors=colors.get(verdict, "0.3"),
+            linestyles="--",
+            lw=1.5,
+            label=f"SLO {check['tenant']} p{float(check.get('p', 99)):g} "
+            f"< {float(check['threshold']):g} ({check.get('clock', 'host')}): "
+            f"{verdict}",
+        )
+
+
+def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
+    """The contention matrix as heatmaps of DF p99, one per clock; returns the PNG paths."""
+    if unavailable_reason() is not None:
+        return []
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    clocks = [c for c in CLOCKS if any(s.has_clock(c) for s in matrix.solo.values())]
+    figure = _new_figure(4.2 * len(clocks) + 1.0, 0.6 * len(matrix.tenants) + 2.2)
+    columns = matrix.columns()
+    values = {c: np.array(matrix.values(99, c), dtype=float) for c in clocks}
+    finite = np.concatenate([v[np.isfinite(v)] for v in values.values()] or [np.array([1.0])])
+    # Centre the colour scale on DF 1 (no change): blue below, red above, equally far.
+    spread = max(float(np.max(np.abs(np.log(finite[finite > 0])))) if finite.size else 0.1, 0.1)
+    from matplotlib.colors import LogNorm
+
+    norm = LogNorm(vmin=math.exp(-spread), vmax=math.exp(spread))
+    axes = figure.subplots(1, len(clocks), squeeze=False)[0]
+    image = None
+    for ax, clock in zip(axes, clocks, strict=True):
+        data = values[clock]
+        image = ax.imshow(np.ma.masked_invalid(data), cmap="RdBu_r", norm=norm)
+        ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
+        ax.set_yticks(range(len(matrix.tenants)), matrix.tenants)
+        ax.set_xlabel("co-tenant")
+        ax.set_ylabel("tenant")
+        ax.set_title(f"DF p99 ({clock} clock)")
+        for (i, j), v in np.ndenumerate(data):
+            if math.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9)
+    if image is not None:
+        figure.colorbar(image, ax=list(axes), label="DF = shared p99 / solo p99")
+    figure.suptitle(f"Contention matrix: {matrix.name}", fontsize=10)
+    return [_save(figure, directory / "contention_matrix.png")]

@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytest_kts import plots
+from pytest_kts.backends.base import TenantSpec
+from pytest_kts.protocol import Sample
+from pytest_kts.results import PhaseWindow, ScenarioResult, TenantResult
+from pytest_kts.samples import group
+from pytest_kts.telemetry import METRICS, Telemetry
+
+pytest.importorskip("matplotlib")
+from matplotlib.image import imread
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+N = 400  # per tenant, phase and round: enough for a p99 interval
+
+
+def make_result(*, device_clock: bool = True, telemetry: bool = True) -> ScenarioResult:
+    """Two tenants, two rounds of solo fft, solo gemm, shared; shared is slower on host."""
+    rng = np.random.default_rng(7)
+    base = {"fft": 1.0, "gemm": 4.0}
+    records: list[Sample] = []
+    windows: list[PhaseWindow] = []
+    t = T0
+    for rnd in range(2):
+        plan = [("solo", ("fft",)), ("solo", ("gemm",)), ("shared", ("fft", "gemm"))]
+        for phase, tenants in plan:
+            start = t
+            for name in tenants:
+                slow = 1.6 if phase == "shared" else 1.0
+                host = base[name] * slow * rng.lognormal(0, 0.2, N)
+                device = base[name] * rng.lognormal(-0.1, 0.1, N)
+                for i in range(N):
+                    s = start + i * 20_000_000
+                    records.append(
+                        Sample(
+                            name,
+                            phase,
+                            rnd,
+                            i,
+                            s,
+                            s + int(host[i] * 1e6),
+                            host[i],
+                            device[i] if device_clock else float("nan"),
+                        )
+                    )
+            t = start + N * 20_000_000 + S
+            windows.append(PhaseWindow(phase, rnd, tenants, start, t - S))
+    grouped = group(records)
+    tenants = {
+        name: TenantResult(spec=TenantSpec(name, name, 1024), samples=grouped[name])
+        for name in grouped
+    }
+    tele = None
+    if telemetry:
+        times = np.arange(T0, t, S // 20, dtype=np.int64)
+        columns = {name: np.full(times.size, np.nan) for name in METRICS}
+        columns["sm_clock_mhz"] = np.where((times // S) % 2 == 0, 345.0, 1980.0)
+        columns["gpu_util_pct"] = np.linspace(0, 100, times.size)
+        tele = Telemetry(times, columns, np.zeros(times.size, dtype=np.int64))
+    return ScenarioResult(
+        name="tests/test_gpu.py::test_fft[4096]",
+        device="cuda" if device_clock else "cpu",
+        tenants=tenants,
+        windows=windows,
+        telemetry=tele,
+        checks=[
+            {
+                "tenant": "fft",
+                "p": 99,
+                "threshold": 1.3,
+                "clock": "host",
+                "value": 1.6,
+                "ci": [1.4, 1.8],
+                "verdict": "fail",
+                "looks": 2,
+            }
+        ],
+    )
+
+
+def check_png(path: Path, min_width: int, min_height: int) -> np.ndarray:
+    assert path.is_file() and path.suffix == ".png"
+    assert path.stat().st_size > 10_000  # a figure with content, not an empty canvas
+    image = imread(path)
+    height, width = image.shape[:2]
+    assert width >= min_width and height >= min_height
+    return image
+
+
+@pytest.fixture(scope="module")
+def figures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The figures of the full result (two clocks, telemetry), drawn once for the module."""
+    return plots.write_plots(make_result(), tmp_path_factory.mktemp("full") / "scenario")
+
+
+@pytest.fixture(scope="module")
+def cpu_figures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A CPU run without telemetry: host clock only, no telemetry panels."""
+    result = make_result(device_clock=False, telemetry=False)
+    return plots.write_plots(result, tmp_path_factory.mktemp("cpu"))
+
+
+def test_writes_three_figures(figures: list[Path]) -> None:
+    assert [p.name for p in figures] == list(plots.FILES)
+    cdf, timeline, df = figures
+    image = check_png(cdf, 1000, 700)  # 2 clocks side by side x 2 tenants
+    assert image.shape[1] > image.shape[0]
+    check_png(timeline, 1000, 500)
+    check_png(df, 450, 400)
+
+
+def test_cpu_run_draws_host_clock_only(figures: list[Path], cpu_figures: list[Path]) -> None:
+    assert [p.name for p in cpu_figures] == list(plots.FILES)
+    # One column of CDFs instead of two.
+    assert imread(cpu_figures[0]).shape[1] < imread(figures[0]).shape[1]
+
+
+def test_telemetry_adds_panels_beneath_the_timeline(
+    figures: list[Path], cpu_figures: list[Path]
+) -> None:
+    assert imread(figures[1]).shape[0] > imread(cpu_figures[1]).shape[0]
+
+
+def test_no_samples_no_figures(tmp_path: Path) -> None:
+    result = make_result(telemetry=False)
+    empty = group([], tenants=["fft", "gemm"])
+    for name, tenant in result.tenants.items():
+        tenant.samples = empty[name]
+    result.windows = []
+    assert plots.write_plots(result, tmp_path) == []
+
+
+def test_missing_matplotlib_returns_empty_with_a_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    reason = plots.unavailable_reason()
+    assert reason is not None and "matplotlib" in reason
+    assert plots.write_plots(make_result(), tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pyplot_state_untouched(figures: list[Path]) -> None:
+    # Figures are drawn on their own Agg canvas: no pyplot figure is left open in the process.
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    assert pyplot is None or not pyplot.get_fignums()
