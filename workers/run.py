@@ -54,7 +54,7 @@ def parse_args(argv: Sequence[str] | None, *, workload: str | None = None) -> ar
     if args.sleep_ms is None:
         env_sleep = _env("SLEEP_MS")
         args.sleep_ms = float(env_sleep) if env_sleep else DEFAULT_SLEEP_MS.get(args.workload, 0.0)
-    args.tenant = (args.tenant or args.workload.split(":")[-1]).lower()
+    args.tenant = args.tenant or args.workload.split(":")[-1].lower()
     if args.size <= 0 or args.iterations < 0 or args.warmup < 0 or args.sleep_ms < 0:
         p.error("size must be > 0; iterations, warmup and sleep-ms must be >= 0")
     if args.arrival != "closed" and not (args.rate_hz and args.rate_hz > 0):

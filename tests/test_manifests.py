@@ -1,0 +1,288 @@
+"""manifests/ and docker/, checked offline.
+
+Kubernetes objects are validated by the ``kubernetes`` client's own models (generated from the
+API's OpenAPI schema; ``model_validate`` rejects unknown fields and missing required ones).
+The device plugin's sharing config, which is no Kubernetes object, is validated against a small
+JSON Schema transcribed from k8s-device-plugin's ``api/config/v1`` types.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+kubernetes = pytest.importorskip("kubernetes")
+
+from pytest_kts.backends import kubernetes as kb  # noqa: E402
+from pytest_kts.backends.base import TenantSpec  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFESTS = REPO / "manifests"
+DOCKERFILE = REPO / "docker" / "Dockerfile"
+
+# Kind -> (apiVersion, model). Only kinds we ship: anything else in manifests/ is a mistake.
+KINDS = {
+    "Namespace": ("v1", kubernetes.client.V1Namespace),
+    "ServiceAccount": ("v1", kubernetes.client.V1ServiceAccount),
+    "ConfigMap": ("v1", kubernetes.client.V1ConfigMap),
+    "Role": ("rbac.authorization.k8s.io/v1", kubernetes.client.V1Role),
+    "RoleBinding": ("rbac.authorization.k8s.io/v1", kubernetes.client.V1RoleBinding),
+    "RuntimeClass": ("node.k8s.io/v1", kubernetes.client.V1RuntimeClass),
+    "Job": ("batch/v1", kubernetes.client.V1Job),
+}
+NOT_OBJECTS = {"kustomization.yaml"}
+
+# k8s-device-plugin api/config/v1: Config{version, flags, sharing{timeSlicing, mps}};
+# ReplicatedResources{renameByDefault, failRequestsGreaterThanOne, resources};
+# ReplicatedResource{name, rename, devices, replicas}.
+REPLICATED = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["resources"],
+    "properties": {
+        "renameByDefault": {"type": "boolean"},
+        "failRequestsGreaterThanOne": {"type": "boolean"},
+        "resources": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["name", "replicas"],
+                "properties": {
+                    "name": {"type": "string", "pattern": r"^[a-z0-9.-]+/[a-z0-9.-]+$"},
+                    "rename": {"type": "string"},
+                    "devices": {
+                        "oneOf": [
+                            {"const": "all"},
+                            {"type": "integer", "minimum": 1},
+                            {"type": "array", "items": {"type": ["string", "integer"]}},
+                        ]
+                    },
+                    "replicas": {"type": "integer", "minimum": 1},
+                },
+            },
+        },
+    },
+}
+DEVICE_PLUGIN_CONFIG = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["version", "sharing"],
+    "properties": {
+        "version": {"const": "v1"},
+        "flags": {
+            "type": "object",
+            "properties": {"migStrategy": {"enum": ["none", "single", "mixed"]}},
+        },
+        "sharing": {
+            "type": "object",
+            "additionalProperties": False,
+            "minProperties": 1,
+            "maxProperties": 1,
+            "properties": {"timeSlicing": REPLICATED, "mps": REPLICATED},
+        },
+    },
+}
+
+
+def documents(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def manifest_files() -> list[Path]:
+    return sorted(p for p in MANIFESTS.rglob("*.yaml") if p.name not in NOT_OBJECTS)
+
+
+def all_objects() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (f"{path.relative_to(MANIFESTS)}#{i}", doc)
+        for path in manifest_files()
+        for i, doc in enumerate(documents(path))
+    ]
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What breaks the "restricted" Pod Security Standard (the parts a Job could break)."""
+    problems = []
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        problems.append("host namespaces")
+    if any("hostPath" in v for v in pod.get("volumes", [])):
+        problems.append("hostPath volume")
+    pod_sc = pod.get("securityContext", {})
+    if pod_sc.get("seccompProfile", {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        problems.append("seccompProfile")
+    for c in pod["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("privileged"):
+            problems.append("privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append("allowPrivilegeEscalation")
+        if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+            problems.append("runAsNonRoot")
+        if (sc.get("runAsUser", pod_sc.get("runAsUser")) or 1) == 0:
+            problems.append("runAsUser 0")
+        if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+            problems.append("capabilities.drop ALL")
+        if set(sc.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append("capabilities.add")
+    return problems
+
+
+@pytest.mark.parametrize(
+    ("where", "doc"), all_objects(), ids=lambda x: x if isinstance(x, str) else ""
+)
+def test_every_manifest_is_a_valid_object_of_its_kind(where: str, doc: dict[str, Any]) -> None:
+    kind = doc.get("kind")
+    assert kind in KINDS, f"{where}: unexpected kind {kind!r}"
+    api_version, model = KINDS[kind]
+    assert doc["apiVersion"] == api_version, where
+    model.model_validate(doc)  # the API schema: required fields, types, no unknown fields
+    name = doc["metadata"]["name"]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, where
+    assert doc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "pytest-kts", where
+
+
+def test_a_typo_would_be_caught() -> None:
+    """The validation above is not vacuous: an unknown or missing field fails it."""
+    job = documents(MANIFESTS / "job-template.yaml")[0]
+    job["spec"]["backofLimit"] = 0
+    with pytest.raises(ValueError, match="backofLimit"):
+        kubernetes.client.V1Job.model_validate(job)
+    role = next(d for d in documents(MANIFESTS / "rbac.yaml") if d["kind"] == "Role")
+    del role["rules"][0]["verbs"]
+    with pytest.raises(ValueError, match="verbs"):
+        kubernetes.client.V1Role.model_validate(role)
+
+
+def test_the_job_template_file_is_what_the_backend_uses() -> None:
+    assert documents(MANIFESTS / "job-template.yaml") == [kb.JOB_TEMPLATE]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("phase", ["solo", "shared"])
+def test_rendered_jobs_are_valid_and_restricted(device: str, phase: str) -> None:
+    settings = kb.ClusterSettings(node="node-1" if device == "cuda" else None)
+    tenant = TenantSpec("Tenant_1", "decode", 512, sleep_ms=5, params={"layers": "2"})
+    job = kb.render_job(
+        settings, tenant, device=device, name=kb.job_name(settings.run_id, 1, phase, tenant.name),
+        phase=phase, round=1, iterations=500,
+        start_at_ns=10**18 if phase == "shared" else None,
+        min_duration_s=3.0 if phase == "shared" else None,
+    )  # fmt: skip
+    kubernetes.client.V1Job.model_validate(job)
+    pod = job["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert pod["automountServiceAccountToken"] is False  # a worker needs no API access
+    limits = pod["containers"][0]["resources"].get("limits", {})
+    assert ("nvidia.com/gpu" in limits) == (device == "cuda")
+
+
+def test_the_restricted_check_is_not_vacuous() -> None:
+    pod = kb.JOB_TEMPLATE["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    bad = {**pod, "hostIPC": True, "containers": [{**pod["containers"][0], "securityContext": {}}]}
+    assert {"host namespaces", "allowPrivilegeEscalation", "capabilities.drop ALL"} <= set(
+        restricted_violations(bad)
+    )
+
+
+def test_rbac_is_least_privilege() -> None:
+    docs = documents(MANIFESTS / "rbac.yaml")
+    assert sorted(d["kind"] for d in docs) == ["Role", "RoleBinding", "ServiceAccount"]
+    for _, doc in all_objects():
+        assert doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"), "no cluster-wide RBAC"
+    by_kind = {d["kind"]: d for d in docs}
+    namespace = kb.ClusterSettings().namespace
+    assert {d["metadata"]["namespace"] for d in docs} == {namespace}
+    rules = by_kind["Role"]["rules"]
+    for rule in rules:
+        for key in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[key], f"wildcard in {key}"
+        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    assert granted == {
+        ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
+        ("", "pods"): {"get", "list", "watch"},
+        ("", "pods/log"): {"get"},
+        ("", "events"): {"get", "list", "watch"},
+    }
+    binding = by_kind["RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": by_kind["Role"]["metadata"]["name"],
+    }
+    account = by_kind["ServiceAccount"]["metadata"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("file", "strategy"), [("time-slicing.yaml", "timeSlicing"), ("mps.yaml", "mps")]
+)
+def test_device_plugin_sharing_configs(file: str, strategy: str) -> None:
+    (config_map,) = documents(MANIFESTS / "device-plugin" / file)
+    assert config_map["kind"] == "ConfigMap"
+    assert "namespace" not in config_map["metadata"]  # applied with -n <plugin namespace>
+    assert list(config_map["data"]) == ["any"]  # the name passed as config.default
+    config = yaml.safe_load(config_map["data"]["any"])
+    jsonschema.validate(config, DEVICE_PLUGIN_CONFIG)
+    sharing = config["sharing"][strategy]
+    assert sharing["renameByDefault"] is False
+    assert sharing["failRequestsGreaterThanOne"] is True
+    assert sharing["resources"] == [{"name": "nvidia.com/gpu", "replicas": 4}]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(
+            {**config, "sharing": {strategy: {"resource": []}}}, DEVICE_PLUGIN_CONFIG
+        )
+
+
+def test_runtime_class_and_namespace_match_the_defaults() -> None:
+    defaults = kb.ClusterSettings()
+    (runtime,) = documents(MANIFESTS / "runtimeclass.yaml")
+    assert runtime["metadata"]["name"] == defaults.runtime_class
+    assert runtime["handler"] == "nvidia"
+    (namespace,) = documents(MANIFESTS / "namespace.yaml")
+    assert namespace["metadata"]["name"] == defaults.namespace
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_kustomization_lists_files_that_exist() -> None:
+    (kustomization,) = documents(MANIFESTS / "kustomization.yaml")
+    assert kustomization["resources"]
+    for name in kustomization["resources"]:
+        assert (MANIFESTS / name).is_file(), name
+
+
+def test_dockerfile_builds_a_non_root_cuda_worker() -> None:
+    lines = [
+        line.strip()
+        for line in DOCKERFILE.read_text().replace("\\\n", " ").splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    base = next(line for line in lines if line.startswith("ARG BASE="))
+    assert "cuda" in base and not base.endswith(":latest")
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users, "the image must not run as root"
+    uid, _, gid = users[-1].partition(":")
+    pod_sc = kb.JOB_TEMPLATE["spec"]["template"]["spec"]["securityContext"]
+    assert uid.isdigit() and int(uid) != 0  # numeric: runAsNonRoot can check it
+    assert int(uid) == pod_sc["runAsUser"] and int(gid or uid) == pod_sc["runAsGroup"]
+    copied = " ".join(line for line in lines if line.startswith("COPY "))
+    assert "workers" in copied and "pytest_kts" in copied
+    assert not any(line.startswith("ADD ") for line in lines)
+    assert any("workers.run" in line for line in lines if line.startswith("RUN "))
+    ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
+    assert "!workers/" in ignore and "!pytest_kts/" in ignore
