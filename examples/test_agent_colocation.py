@@ -36,7 +36,7 @@ def test_decode_next_to_prefill_timeslice_and_mps(kts):
     decode_size, prefill_size, _, _ = SIZES[kts.device]
     kts.tenant("decode", size=decode_size, sleep_ms=2, params=_decode_params(kts.device))
     kts.tenant("prefill", size=prefill_size, sleep_ms=10, params=_prefill_params(kts.device))
-    modes = ["timeslice"]
+    modes = ["timeslice", "streams"]
     if kts.device == "cuda" and shutil.which("nvidia-cuda-mps-control"):
         modes.append("mps")
     results = kts.run_modes(modes)

@@ -18,7 +18,7 @@ from pytest_kts.errors import ConfigError
 
 DEVICES = ("auto", "cuda", "cpu")
 INCONCLUSIVE_POLICIES = ("warn", "fail", "skip", "error")
-SHARING_MODES = ("timeslice", "mps")
+SHARING_MODES = ("timeslice", "mps", "streams")
 
 
 def _positive_int(text: str) -> int:
@@ -108,7 +108,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("report", _optional_str, None,
            "write summary.json, samples/*.csv, results.md (and plots) here"),
     Option("sharing", _choice(*SHARING_MODES), "timeslice",
-           "how co-located tenants share the GPU on the local backend: timeslice or mps"),
+           "how co-located tenants share the GPU locally: timeslice, mps or streams"),
     Option("save", _optional_str, None, "save this run's raw samples as baseline NAME"),
     Option("compare", _optional_str, None,
            "compare with baseline NAME; a significant regression fails the test"),

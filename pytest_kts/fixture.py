@@ -124,6 +124,7 @@ class Kts:
         params: Mapping[str, Any] | None = None,
         env: Mapping[str, str] | None = None,
         seed: int | None = None,
+        priority: int = 0,
     ) -> Tenant:
         """Declare a tenant. ``workload`` defaults to ``name`` (``fft``, ``matmul``, ...)."""
         if self._result is not None:
@@ -142,6 +143,7 @@ class Kts:
                 arrival=arrival,
                 rate_hz=rate_hz,
                 seed=len(self._tenants) if seed is None else seed,
+                priority=priority,
                 params=dict(params or {}),
                 env=dict(env or {}),
             )

@@ -60,7 +60,16 @@ def make_backend(settings: RunSettings, env: Mapping[str, str] | None = None) ->
     if settings.cluster:
         from pytest_kts.backends.kubernetes import make_cluster_backend
 
+        if settings.sharing != "timeslice":
+            raise ConfigError(
+                f"--kts-sharing {settings.sharing} is for the local backend; on a cluster the "
+                "device plugin's configuration decides how pods share a GPU (manifests/)"
+            )
         return make_cluster_backend(settings)
+    if settings.sharing == "streams":
+        from pytest_kts.backends.streams import StreamsBackend
+
+        return StreamsBackend(env=env)
     from pytest_kts.backends.local import LocalBackend
 
     return LocalBackend(sharing=settings.sharing, env=env)

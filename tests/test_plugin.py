@@ -202,3 +202,15 @@ def test_contention_matrix_in_table_and_report(
     assert all(grid[i][j] > 0 for i in range(3) for j in range(4) if i != j)
     assert list((report / "plots").glob("*.matrix/contention_matrix.png"))
     assert "Contention matrix" in (report / "results.md").read_text()
+
+
+def test_cluster_without_a_cluster_fails_fast_in_one_line(
+    pytester: pytest.Pytester, env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    pytester.makepyfile("def test_x(kts):\n    pass\n")
+    result = pytester.runpytest_subprocess("--kts-cluster", timeout=60)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and "no Kubernetes cluster reachable" in errors[0]
+    assert "Traceback" not in result.stderr.str() + result.stdout.str()

@@ -36,6 +36,8 @@ class TenantSpec:
     arrival: str = "closed"
     rate_hz: float | None = None
     seed: int = 0
+    # CUDA stream priority under --kts-sharing streams (lower is higher; clamped to the range).
+    priority: int = 0
     params: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
 

@@ -1,0 +1,259 @@
+"""Every tenant as a CUDA stream of ONE process, each with a stream priority.
+
+The "streams" sharing mode, next to time-slicing (separate processes, :class:`LocalBackend`)
+and MPS. One resident ``python -m workers.streams --serve`` holds every tenant as a thread on
+its own ``torch.cuda.Stream``; stream priorities act only between streams of one CUDA context,
+which is why this mode exists (see docs/sharing-modes.md).
+
+It is :class:`LocalBackend` with one process instead of one per tenant: every tenant's
+``_Worker`` shares that process, commands carry a ``"tenant"`` key, and one reader thread
+routes each output line to its tenant by the name the line carries. Phases, the barrier,
+keep-running in shared phases, errors and cleanup are LocalBackend's own code (``close`` sends
+each tenant's "exit" to the one process: the first ends it, the rest meet a closed pipe).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import IO, Any
+
+from pytest_kts.backends.base import TenantSpec
+from pytest_kts.backends.local import _EOF, LocalBackend, _project_paths, _Worker
+from pytest_kts.errors import ConfigError
+from pytest_kts.protocol import LineReader
+
+# workers.streams tags a tenant's stray print as "[name] text".
+_TAGGED = re.compile(r"^\[([A-Za-z0-9][A-Za-z0-9_.-]{0,62})\] ")
+_OURS = "KTS_"
+
+
+def tenant_json(spec: TenantSpec, priority: int) -> dict[str, Any]:
+    """One tenant as ``workers.streams --tenant-json`` takes it."""
+    return {
+        "name": spec.name,
+        "workload": spec.workload,
+        "size": spec.size,
+        "sleep_ms": float(spec.sleep_ms),
+        "warmup": spec.warmup,
+        "arrival": spec.arrival,
+        "rate_hz": spec.rate_hz,
+        "seed": spec.seed,
+        "params": {str(k): str(v) for k, v in spec.params.items()},
+        "priority": priority,
+    }
+
+
+class StreamsBackend(LocalBackend):
+    """All tenants in one process, one CUDA stream each, with stream priorities.
+
+    ``priorities`` maps tenant -> CUDA stream priority: lower number = higher priority; torch
+    2.11 on an H100 offers 0 (the default) down to -3, and clamps values outside the range. A
+    tenant it does not name takes its spec's ``priority`` where TenantSpec has one, else 0.
+    The priority each stream really got is in :meth:`facts` (``priorities``).
+
+    ``switch_interval_ms`` sets the worker's ``sys.setswitchinterval``: host latency in this
+    mode includes waits for the GIL, and Python's default interval is 5 ms. None leaves it.
+
+    Tenants' ``env`` all land in the one process, so two tenants may not set one variable to
+    different values (a per-tenant ``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`` means nothing here).
+    """
+
+    name = "streams"
+
+    def __init__(
+        self,
+        *,
+        priorities: Mapping[str, int] | None = None,
+        switch_interval_ms: float | None = None,
+        startup_timeout_s: float = 300.0,
+        env: Mapping[str, str] | None = None,
+        python: str | None = None,
+    ) -> None:
+        super().__init__(
+            startup_timeout_s=startup_timeout_s, env=env, python=python, sharing="streams"
+        )
+        self.priorities: dict[str, int] = {}
+        for tenant, priority in (priorities or {}).items():
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise ConfigError(f"stream priority of {tenant!r} must be an integer: {priority!r}")
+            self.priorities[tenant] = priority
+        if switch_interval_ms is not None and not switch_interval_ms > 0:
+            raise ConfigError(f"switch_interval_ms must be > 0, got {switch_interval_ms}")
+        self.switch_interval_ms = switch_interval_ms
+        self._process: subprocess.Popen[str] | None = None
+        # Tenants with a phase in progress, and those of them that reached their target: a
+        # hang is blamed on one still short of its target (they all share one process).
+        self._running: set[str] = set()
+        self._reached: set[str] = set()
+        self._samples_seen: Counter[str] = Counter()
+        # Lines no tenant can be named for (the interpreter's own warnings, native code).
+        self.unrouted = LineReader()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self, tenants: Sequence[TenantSpec], device: str) -> None:
+        names = [t.name for t in tenants]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tenant names must be unique, got {names}")
+        unknown = set(self.priorities) - set(names)
+        if unknown:
+            raise ConfigError(
+                f"stream priorities name tenants the scenario does not declare: {sorted(unknown)}"
+            )
+        self._device = device
+        try:
+            self._spawn_all(tenants, device)
+            self._await_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def priority_of(self, spec: TenantSpec) -> int:
+        if spec.name in self.priorities:
+            return self.priorities[spec.name]
+        # Read off the spec if TenantSpec grows a priority field; 0 (the default) otherwise.
+        return int(getattr(spec, "priority", 0) or 0)
+
+    def _tenants_env(self, tenants: Sequence[TenantSpec]) -> dict[str, str]:
+        merged: dict[str, str] = {}
+        owner: dict[str, str] = {}
+        for spec in tenants:
+            for key, value in spec.env.items():
+                if key in merged and merged[key] != value:
+                    raise ConfigError(
+                        f"tenants {owner[key]!r} and {spec.name!r} set {key} to different "
+                        "values, but under --kts-sharing streams they share one process and "
+                        "one environment. Use timeslice or mps for per-tenant environments"
+                    )
+                merged[key], owner[key] = value, spec.name
+        return merged
+
+    def _spawn_all(self, tenants: Sequence[TenantSpec], device: str) -> None:
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update(self._tenants_env(tenants))
+        paths = [*_project_paths(), env.get("PYTHONPATH", "")]
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["KTS_PARENT_PID"] = str(os.getpid())
+        stderr_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker
+            "w+", prefix="kts-streams-", suffix=".stderr", delete=False
+        )
+        argv = [self.python, "-m", "workers.streams", "--serve", "--device", device]
+        if self.switch_interval_ms is not None:
+            argv += ["--switch-interval-ms", repr(float(self.switch_interval_ms))]
+        for spec in tenants:
+            argv += ["--tenant-json", json.dumps(tenant_json(spec, self.priority_of(spec)))]
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr_file,
+                text=True,
+                bufsize=1,
+                env=env,
+                # Its own session: Ctrl-C reaches pytest alone, and close() stops the group.
+                start_new_session=True,
+            )
+        except BaseException:
+            stderr_file.close()
+            os.unlink(stderr_file.name)
+            raise
+        self._process = process
+        # One _Worker per tenant, all on the one process: LocalBackend's phase loop, error
+        # checks and close() then work per tenant unchanged.
+        for spec in tenants:
+            self._workers[spec.name] = _Worker(spec, process, stderr_file)
+        threading.Thread(
+            target=self._route, args=(process.stdout,), daemon=True, name="kts-streams"
+        ).start()
+
+    # -- output --------------------------------------------------------------------------
+    def _tenant_of(self, line: str) -> str | None:
+        tagged = _TAGGED.match(line)
+        if tagged and tagged.group(1) in self._workers:
+            return tagged.group(1)
+        at = line.find(_OURS)
+        if at < 0:
+            return None
+        # KTS_APP,v2,{tenant},... / KTS_META,v2,{tenant},... / KTS_EVENT,v2,{tenant},...
+        fields = line[at:].split(",", 3)
+        if len(fields) >= 3 and fields[2] in self._workers:
+            return fields[2]
+        return None
+
+    def _track(self, tenant: str, line: str) -> None:
+        """Which tenants are measuring; read off their events as the lines pass."""
+        if line.startswith("KTS_APP,"):
+            self._samples_seen[tenant] += 1
+        elif line.startswith("KTS_EVENT,"):
+            name = line.split(",", 4)[3] if line.count(",") >= 4 else ""
+            if name == "target_reached":
+                self._reached.add(tenant)
+            elif name == "phase_end":
+                self._running.discard(tenant)
+
+    def _route(self, stream: IO[str] | None) -> None:
+        assert stream is not None
+        try:
+            for line in stream:
+                tenant = self._tenant_of(line)
+                if tenant is None:
+                    self.unrouted.feed(line)
+                    continue
+                self._track(tenant, line)
+                self._lines.put((tenant, line))
+        except (OSError, ValueError):
+            pass
+        finally:
+            # The process is gone for every tenant; LocalBackend fails the phase on the first
+            # EOF it sees, so one is enough. Name a tenant that was measuring, if any was.
+            blame = self._suspects() or list(self._workers)
+            self._lines.put((blame[0], _EOF))
+
+    def _suspects(self) -> list[str]:
+        running = [t for t in self._workers if t in self._running]
+        behind = [t for t in running if t not in self._reached]
+        return behind or running
+
+    # -- LocalBackend hooks --------------------------------------------------------------
+    def _send(self, worker: _Worker, command: dict[str, Any]) -> None:
+        if command.get("cmd") == "run":
+            self._running.add(worker.spec.name)
+            self._reached.discard(worker.spec.name)
+        super()._send(worker, {**command, "tenant": worker.spec.name})
+
+    def _next_line(
+        self, deadline: float, what: str, among: Sequence[str] | None = None
+    ) -> tuple[str, object]:
+        if among is not None:
+            # LocalBackend blames the first tenant whose process is alive: here that is every
+            # tenant, so point it at one still short of its target.
+            suspects = [t for t in self._suspects() if t in among]
+            among = suspects + [t for t in among if t not in suspects]
+        return super()._next_line(deadline, what, among)
+
+    def _fail_exited(self, worker: _Worker, what: str) -> None:
+        if len(self._workers) > 1:
+            # Which tenant took the process down is unknown when it died without a word (a
+            # segfault): say that every tenant went with it.
+            what += f" (one process held every tenant: {', '.join(self._workers)})"
+        super()._fail_exited(worker, what)
+
+    def facts(self) -> dict[str, Any]:
+        facts = super().facts()
+        facts["priorities"] = {
+            name: w.meta.get("priority", self.priority_of(w.spec))
+            for name, w in self._workers.items()
+        }
+        facts["pid"] = self._process.pid if self._process is not None else None
+        if self.unrouted.lines:
+            facts["unrouted_lines"] = self.unrouted.accounting()
+        return facts
