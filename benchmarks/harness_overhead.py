@@ -21,6 +21,7 @@ import argparse
 import io
 import json
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -109,7 +110,19 @@ def fixed_cost(device: str, repeats: int = 3) -> dict[str, float]:
         t3 = time.perf_counter()
         starts.append(t1 - t0 + (t3 - t2))  # start + close
         phases.append(t2 - t1)  # a phase of one iteration each: barrier and messaging
+
+    # Where the start-up goes: a bare interpreter importing torch, and then initialising CUDA.
+    def child(code: str) -> float:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return time.perf_counter() - t
+
+    import_torch = statistics.median(child("import torch") for _ in range(3))
+    init = "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()"
+    cuda_init = statistics.median(child(init) for _ in range(3)) if device == "cuda" else None
     return {
+        "python_import_torch_s_median": import_torch,
+        "python_import_torch_and_cuda_init_s_median": cuda_init,
         "start_and_close_s_median": statistics.median(starts),
         "start_and_close_s_max": max(starts),
         "one_iteration_phase_s_median": statistics.median(phases),
