@@ -423,7 +423,9 @@ def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
         ax.set_title(f"DF p99 ({clock} clock)")
         for (i, j), v in np.ndenumerate(data):
             if math.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9)
+                dark = v > 0 and abs(math.log(v)) > 0.6 * spread  # light text on dark cells
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
+                        color="white" if dark else "black")  # fmt: skip
     if image is not None:
         figure.colorbar(image, ax=list(axes), label="DF = shared p99 / solo p99")
     figure.suptitle(f"Contention matrix: {matrix.name}", fontsize=10)
