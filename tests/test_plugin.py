@@ -160,7 +160,7 @@ def test_baseline_regression_fails_the_test_not_the_summary(
     pytester.makepyfile(BASELINE_TEST)
     # 400 iterations: a p99 claim at 95% needs at least 299 samples per phase after warmup.
     # A p99 claim at 95% needs >= 368 independent samples per phase after warmup.
-    common = ["--kts-device", "cpu", "--kts-iterations", "800", "--kts-round-iterations", "400",
+    common = ["--kts-device", "cpu", "--kts-iterations", "1200", "--kts-round-iterations", "600",
               "--kts-baseline-dir", str(tmp_path / "baselines"),
               "--rootdir", str(pytester.path)]  # fmt: skip
     monkeypatch.setenv("FFT_SIZE", "16")
