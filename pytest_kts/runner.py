@@ -180,12 +180,15 @@ def run_scenario(
                 if all(v != "inconclusive" for v in verdicts):
                     stop_reason = f"every SLO decided after {rnd + 1} round(s)"
                     break
-                if phase_seconds >= settings.max_seconds:
+                # Stop before a round that would overrun the budget, judging by the rounds so far.
+                next_round = phase_seconds / (rnd + 1)
+                if phase_seconds + next_round > settings.max_seconds:
                     stop_reason = (
-                        f"undecided: the test's budget of {settings.max_seconds:.0f} s ran out"
+                        f"undecided: another round would overrun the test's budget of "
+                        f"{settings.max_seconds:.0f} s"
                     )
                     break
-                if budget.left <= 0:
+                if budget.left < next_round:
                     stop_reason = (
                         f"undecided: the session's budget of {budget.seconds:.0f} s ran out"
                     )
@@ -228,7 +231,7 @@ def run_scenario(
                 "ci": None if df is None else list(df.ci),
                 "verdict": "inconclusive" if df is None else df.verdict(check.threshold),
                 "looks": looks,
-                "alpha": None if df is None else 1 - df.confidence,
+                "alpha": None if df is None else df.alpha,
             }
         )
     if progress:
