@@ -6,7 +6,9 @@ Each look ``k`` spends a share ``alpha_k`` of the error budget ``alpha = 1 - con
 into per-look interval levels with group-sequential boundaries, which account for the looks
 sharing their data; ``boundary="union"`` uses the spending itself as each look's level
 (union bound: valid whatever the dependence between looks, but wider). Either way the
-probability that *any* look wrongly says ``fail`` is at most ``alpha / 2``.
+probability that *any* look wrongly says ``fail`` is at most ``alpha / 2`` (for the
+group-sequential boundaries, under the normal approximation of the log DF estimates that
+the intervals themselves rest on; our simulations in ``benchmarks/`` check it end to end).
 ``docs/statistics.md`` gives the simulations behind the defaults.
 """
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from pytest_kts.verdict import DegradationFactor, degradation
 
-__all__ = ["Check", "SequentialPlan", "evaluate"]
+__all__ = ["Check", "SequentialPlan", "evaluate", "group_sequential_boundaries"]
 
 SPENDINGS = ("power", "equal")
 BOUNDARIES = ("group-sequential", "union")
@@ -234,6 +236,11 @@ def evaluate(
         undecided_at=None if full_interval else check.threshold,
     )
     result.method += f"; sequential look {look} of {plan.max_looks or 'open-ended'} ({plan!r})"
-    if alpha == 0.0 and result.reason is not None and look < plan.first_look:
+    if alpha == 0.0 and look < plan.first_look:
         result.reason = f"look {look} precedes the plan's first decision look {plan.first_look}"
+    elif alpha == 0.0:
+        result.reason = (
+            f"look {look} is past the plan's last look ({plan.max_looks}): no error budget "
+            "left, the budget ran out undecided"
+        )
     return result

@@ -279,13 +279,16 @@ def degradation(
     """Degradation factor ``p(shared) / p(solo)`` with a dependence-robust interval.
 
     ``solo``/``shared`` are per-iteration latencies (ms) in time order; ``*_segments`` their
-    round labels. Each round's warmup is trimmed by MSER-5 (``trim=False`` keeps it). The
-    two-sided interval at level ``1 - alpha`` (``alpha`` defaults to ``1 - confidence``) comes
-    from a circular block bootstrap within rounds with a Politis-White block length, on the
-    log ratio with a normal interval. Below the order-statistic floor (:func:`min_samples` at
-    one-sided level ``1 - alpha/2``) no claim is possible: the result is then always
-    inconclusive and ``reason`` says how many samples are needed. Deterministic: the
-    bootstrap seed is derived from the data unless ``seed`` is given.
+    round labels. Each round's warmup is trimmed by MSER-5 (``trim=False`` keeps it).
+
+    The two-sided interval at level ``1 - alpha`` (``alpha`` defaults to ``1 - confidence``)
+    is a normal interval on ``log DF``; each phase's standard error is the larger of a circular
+    block bootstrap within rounds (Politis-White block length) and a rank-based standard error
+    inflated for autocorrelation under a Gaussian copula. Below the order-statistic floor
+    (:func:`min_samples` at one-sided level ``1 - alpha/2``, counted in independent clusters
+    of exceedances) no claim is possible: the result is then always inconclusive and
+    ``reason`` says how many more samples are needed. Deterministic: the bootstrap seed is
+    derived from the data unless ``seed`` is given. ``docs/statistics.md`` has the evidence.
 
     ``undecided_at`` (a threshold, used by the sequential runner) skips the bootstrap when the
     cheaper rank-based interval, which the final one always contains, already contains that
@@ -338,7 +341,7 @@ def degradation(
     b_so = round(block_length(so, so_lab))
     b_sh = round(block_length(sh, sh_lab))
     if seed is None:
-        seed = _seed_from(so, _label_bytes(so_lab), sh, _label_bytes(sh_lab), p, a)
+        seed = _seed_from(so, _label_bytes(so_lab), sh, _label_bytes(sh_lab), float(p), float(a))
     rng = np.random.default_rng(seed)
     z = norm_ppf(1.0 - a / 2) if a > 0 else math.inf
     centre = math.log(value) if value > 0 else -math.inf
@@ -361,6 +364,11 @@ def degradation(
             # standard error with the copula inflation guards that case: the larger is used.
             ses[i] = max(se_boot, ses[i])
     se = math.hypot(ses[0], ses[1])  # the two phases are independent runs
+    if not math.isfinite(se) and not reasons:
+        reasons.append(
+            "too few samples in the tail: the rank interval of a phase's percentile reaches "
+            "past its largest sample (strong autocorrelation); more rounds are needed"
+        )
     if a <= 0 or not math.isfinite(se):
         ci = (0.0, math.inf)
     else:

@@ -1,0 +1,248 @@
+"""pytest_kts.verdict: the degradation factor, its interval, verdicts and comparisons."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+import pytest
+from scipy.signal import lfilter
+
+from pytest_kts.errors import KtsError, StatisticsError
+from pytest_kts.verdict import (
+    DegradationFactor,
+    InconclusiveError,
+    KtsInconclusiveWarning,
+    degradation,
+)
+
+
+def make_df(ci: tuple[float, float], *, reason: str | None = None, policy: str = "warn"):
+    return DegradationFactor(
+        value=1.68,
+        ci=ci,
+        p=99.0,
+        confidence=0.95,
+        clock="host",
+        n_solo=540,
+        n_shared=540,
+        trimmed_solo=60,
+        trimmed_shared=55,
+        solo_quantile=1.231,
+        shared_quantile=2.063,
+        method="test",
+        reason=reason,
+        on_inconclusive=policy,
+    )
+
+
+def rounds(rng: np.random.Generator, n_rounds: int, r: int, rho: float, sigma: float):
+    e = rng.standard_normal((n_rounds, r))
+    e[:, 1:] *= math.sqrt(1 - rho**2)
+    z = lfilter([1.0], [1.0, -rho], e, axis=1)
+    return np.exp(sigma * z).ravel(), np.repeat(np.arange(n_rounds), r)
+
+
+# -- the object ---------------------------------------------------------------------------------
+
+
+def test_repr_float_and_no_truth_value() -> None:
+    df = make_df((1.42, 2.22))
+    assert repr(df) == "DF p99 (host) 1.68 [1.42, 2.22] n=540/540"
+    assert float(df) == 1.68
+    with pytest.raises(TypeError, match="compare it with a threshold"):
+        bool(df)
+    with pytest.raises(TypeError):
+        assert df  # the point: a bare assert must not pass silently
+
+
+def test_verdicts_follow_the_interval() -> None:
+    df = make_df((1.42, 2.22))
+    assert df.verdict(1.3) == "fail"
+    assert df.verdict(2.5) == "pass"
+    assert df.verdict(1.68) == "inconclusive"
+    assert df.verdict(1.42) == "inconclusive"  # touching the bound is not "entirely above"
+    assert make_df((1.42, 2.22), reason="too few").verdict(1.3) == "inconclusive"
+
+
+def test_comparisons_decided() -> None:
+    df = make_df((1.42, 2.22))
+    assert not (df < 1.3)
+    assert not (df <= 1.3)
+    assert df > 1.3
+    assert df >= 1.3
+    assert df < 2.5
+    assert not (df > 2.5)
+    assert not (1.3 > df)  # noqa: SIM300 - reflected: df.__lt__(1.3)
+    assert 2.5 > df  # noqa: SIM300
+    assert df.last_comparison == ("<", 2.5, True, "pass")
+
+
+def test_comparison_with_non_numbers_is_not_implemented() -> None:
+    df = make_df((1.42, 2.22))
+    with pytest.raises(TypeError):
+        _ = df < "1.3"
+    with pytest.raises(TypeError):
+        _ = df < True
+
+
+def test_inconclusive_warn_holds_with_a_warning() -> None:
+    df = make_df((1.2, 1.5))
+    with pytest.warns(KtsInconclusiveWarning, match=r"1\.68 \[1\.20, 1\.50\] n=540/540"):
+        assert df < 1.3
+    with pytest.warns(KtsInconclusiveWarning):
+        assert df > 1.3  # both directions hold: no alarm without evidence
+    assert df.last_comparison == (">", 1.3, True, "inconclusive")
+
+
+def test_inconclusive_fail_does_not_hold() -> None:
+    df = make_df((1.2, 1.5), policy="fail")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no warning
+        assert not (df < 1.3)
+    assert df.last_comparison == ("<", 1.3, False, "inconclusive")
+
+
+def test_inconclusive_skip_and_error() -> None:
+    with pytest.raises(pytest.skip.Exception, match="inconclusive"):
+        _ = make_df((1.2, 1.5), policy="skip") < 1.3
+    with pytest.raises(InconclusiveError, match="too few samples") as info:
+        _ = make_df((1.2, 1.5), reason="too few samples", policy="error") < 1.3
+    assert isinstance(info.value, KtsError)
+    with pytest.raises(ValueError, match="on_inconclusive"):
+        make_df((1.2, 1.5), policy="maybe")
+
+
+def test_explain_lines() -> None:
+    df = make_df((1.42, 2.22))
+    assert not (df < 1.3)
+    text = "\n".join(df.explain("<", 1.3))
+    for needle in (
+        "DF p99 (host clock) = 1.680, 95% CI [1.420, 2.220]",
+        "solo   p99 = 1.231 ms from n=540",
+        "shared p99 = 2.063 ms from n=540",
+        "60 warmup trimmed",
+        "fail: the whole interval lies above 1.3",
+        "`DF < 1.3` does not hold",
+        "method: test",
+    ):
+        assert needle in text
+    assert "reason: need more" in "\n".join(
+        make_df((1.0, 2.0), reason="need more").explain("<", 1.3)
+    )
+
+
+# -- degradation() ------------------------------------------------------------------------------
+
+
+def test_degradation_rejects_empty_and_nan_only() -> None:
+    good = np.ones(500)
+    with pytest.raises(StatisticsError, match="no solo samples"):
+        degradation([], good)
+    with pytest.raises(StatisticsError, match="nan or infinite"):
+        degradation(good, np.full(500, np.nan))
+    with pytest.raises(StatisticsError, match="positive baseline"):
+        degradation(np.zeros(500), good, trim=False)
+    with pytest.raises(ValueError):
+        degradation(good, good, p=100)
+    with pytest.raises(ValueError):
+        degradation(good, good, confidence=1.0)
+    with pytest.raises(ValueError, match="segments"):
+        degradation(good, good, solo_segments=np.zeros(3))
+
+
+def test_degradation_counts_dropped_nan_and_is_deterministic() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.lognormal(0, 0.3, 1500)
+    b = rng.lognormal(0, 0.3, 1500)
+    a[[3, 70, 900]] = np.nan
+    d1 = degradation(a, b)
+    d2 = degradation(a, b)
+    assert d1.dropped_solo == 3 and d1.dropped_shared == 0
+    assert d1.ci == d2.ci  # seed derived from the data
+    assert degradation(a, b, seed=1).ci != degradation(a, b, seed=2).ci
+    # A smaller alpha (a sequential look) gives a wider interval around the same estimate.
+    d3 = degradation(a, b, alpha=0.001)
+    assert d3.value == d1.value
+    assert d3.ci[0] < d1.ci[0] and d3.ci[1] > d1.ci[1]
+    assert d3.alpha == 0.001
+
+
+def test_degradation_below_the_floor_is_inconclusive() -> None:
+    rng = np.random.default_rng(2)
+    a = rng.lognormal(0, 0.1, 200)
+    b = 3 * rng.lognormal(0, 0.1, 200)  # an obvious regression, but p99 of 200 samples
+    d = degradation(a, b, trim=False)
+    assert d.value > 2.5
+    assert d.verdict(1.3) == "inconclusive"
+    assert "368" in d.reason  # the two-sided 95% floor for p99
+    assert "more per phase" in d.reason
+
+
+def test_degradation_clear_cases() -> None:
+    rng = np.random.default_rng(3)
+    a, sa = rounds(rng, 20, 100, 0.5, 0.25)
+    b, sb = rounds(rng, 20, 100, 0.5, 0.25)
+    same = degradation(a, b, solo_segments=sa, shared_segments=sb)
+    assert same.verdict(1.3) == "pass"
+    assert same.ci[0] < 1.0 < same.ci[1]
+    worse = degradation(a, 2.0 * b, solo_segments=sa, shared_segments=sb)
+    assert worse.verdict(1.3) == "fail"
+    assert worse.value == pytest.approx(2.0 * same.value)
+    assert worse.n_solo == same.n_solo
+    assert "block bootstrap" in worse.method
+
+
+def test_undecided_at_gives_the_same_verdict() -> None:
+    rng = np.random.default_rng(4)
+    for k in range(6):
+        a, sa = rounds(rng, 8, 100, 0.5, 0.4)
+        b, sb = rounds(rng, 8, 100, 0.5, 0.4)
+        b = b * (1.0 + 0.15 * k)
+        full = degradation(a, b, solo_segments=sa, shared_segments=sb)
+        fast = degradation(a, b, solo_segments=sa, shared_segments=sb, undecided_at=1.3)
+        assert fast.verdict(1.3) == full.verdict(1.3)
+        assert fast.ci[0] >= full.ci[0] - 1e-12 and fast.ci[1] <= full.ci[1] + 1e-12
+
+
+def test_interval_coverage_iid() -> None:
+    # 95% two-sided interval for the true DF = 1: each side may miss 2.5% of the time.
+    rng = np.random.default_rng(5)
+    lo_miss = hi_miss = 0
+    runs = 120
+    for _ in range(runs):
+        a = rng.lognormal(0, 0.5, 1000)
+        b = rng.lognormal(0, 0.5, 1000)
+        d = degradation(a, b, trim=False, replicates=300)
+        lo_miss += d.ci[0] > 1.0
+        hi_miss += d.ci[1] < 1.0
+    # 2.5% of 120 is 3; 9 or more on one side would be p < 0.01 for a calibrated interval.
+    assert lo_miss <= 8 and hi_miss <= 8
+    assert lo_miss + hi_miss >= 1  # and not absurdly wide (0 misses in 120 is p = 0.002)
+
+
+def test_interval_holds_under_strong_autocorrelation() -> None:
+    # AR(1) rho = 0.9 in rounds of 100: the iid bootstrap covers ~55% here (NOTES section 2).
+    rng = np.random.default_rng(6)
+    false_fail = decided = 0
+    runs = 60
+    for _ in range(runs):
+        a, sa = rounds(rng, 24, 100, 0.9, 0.5)
+        b, sb = rounds(rng, 24, 100, 0.9, 0.5)
+        d = degradation(a, b, solo_segments=sa, shared_segments=sb, replicates=300)
+        decided += d.reason is None
+        false_fail += d.verdict(1.0) == "fail"
+    assert decided >= runs // 2  # 2400 samples clear the dependence-aware floor
+    assert false_fail <= 5  # nominal 2.5% = 1.5 of 60
+
+
+def test_a_look_on_two_by_two_thousand_is_fast() -> None:
+    rng = np.random.default_rng(7)
+    a, sa = rounds(rng, 20, 100, 0.5, 0.5)
+    b, sb = rounds(rng, 20, 100, 0.5, 0.5)
+    degradation(a, b, solo_segments=sa, shared_segments=sb)  # warm caches
+    t0 = time.perf_counter()
+    degradation(a, b * 1.01, solo_segments=sa, shared_segments=sb)
+    assert time.perf_counter() - t0 < 0.5
