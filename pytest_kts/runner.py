@@ -108,6 +108,7 @@ def run_scenario(
     names = [t.name for t in tenants]
     checks = plan_checks(slo, p, names)
     adaptive = bool(checks)
+    focal = {c.tenant for c in checks}
     per_round = settings.round_iterations
     target_total = settings.max_iterations if adaptive else settings.iterations
     max_rounds = max(1, math.ceil(target_total / per_round))
@@ -145,7 +146,10 @@ def run_scenario(
             done = 0
             for rnd in range(max_rounds):
                 n = min(per_round, target_total - done) if not adaptive else per_round
-                solos = [PhasePlan("solo", rnd, {t: n}) for t in names]
+                # Adaptive runs give solo time after the first round only to tenants with an SLO:
+                # a background tenant's solo samples decide nothing, and cost GPU-seconds.
+                judged = [t for t in names if t in focal] if adaptive and rnd > 0 else names
+                solos = [PhasePlan("solo", rnd, {t: n}) for t in judged]
                 shared = PhasePlan("shared", rnd, dict.fromkeys(names, n))
                 order = [*solos, shared] if rnd % 2 == 0 else [shared, *reversed(solos)]
                 for phase_plan in order:

@@ -94,6 +94,16 @@ def test_adaptive_run_stops_once_every_slo_is_decided() -> None:
     assert df is not None and df.verdict(1.3) == "fail" and df.alpha < 0.05
 
 
+def test_adaptive_rounds_give_solo_time_only_to_tenants_with_an_slo() -> None:
+    backend = SyntheticBackend(tail_factor=4.0)
+    settings = RunSettings(round_iterations=200, max_iterations=4000, max_seconds=1e6)
+    run(backend, settings, slo={"slow": 1.3})
+    solo_other = [p for p in backend.plans if p.phase == "solo" and p.tenants == ("other",)]
+    solo_slow = [p for p in backend.plans if p.phase == "solo" and p.tenants == ("slow",)]
+    assert [p.round for p in solo_other] == [0]
+    assert len(solo_slow) > 1
+
+
 def test_budget_in_seconds_stops_before_a_round_that_would_overrun() -> None:
     backend = SyntheticBackend(tail_factor=1.3, seconds_per_phase=10.0)  # true DF ~ threshold
     settings = RunSettings(round_iterations=100, max_iterations=100_000, max_seconds=95.0)
