@@ -397,6 +397,11 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
                 f"- {c['tenant']}: DF p{c['p']:g} ({c['clock']}) = {_num(c.get('value'), 3)} "
                 f"[{_num(ci[0], 3)}, {_num(ci[1], 3)}] vs {c['threshold']:g}: **{c['verdict']}** "
                 f"after {c['looks']} look(s)"
+                + (
+                    f" ({c['reason']})"
+                    if c.get("reason") and c["verdict"] == "inconclusive"
+                    else ""
+                )
             )
         out.append("")
     # Both clocks side by side: the point of the tool on a modern GPU.

@@ -236,6 +236,7 @@ def run_scenario(
                 "verdict": "inconclusive" if df is None else df.verdict(check.threshold),
                 "looks": looks,
                 "alpha": None if df is None else df.alpha,
+                "reason": None if df is None else df.reason,
             }
         )
     if progress:
