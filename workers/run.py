@@ -16,7 +16,7 @@ import queue
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 EXIT_USAGE = 2
@@ -81,9 +81,9 @@ def _select_device(requested: str) -> str:
     return "cpu"
 
 
-def _command_reader(commands: queue.Queue[dict[str, Any] | None], stop: threading.Event) -> None:
-    """Reads the backend's commands; a ``stop`` clears the keep-running flag at once."""
-    for line in sys.stdin:
+def read_commands(stream: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The backend's commands, one JSON object a line; anything else is reported and skipped."""
+    for line in stream:
         line = line.strip()
         if not line:
             continue
@@ -92,6 +92,13 @@ def _command_reader(commands: queue.Queue[dict[str, Any] | None], stop: threadin
         except json.JSONDecodeError:
             print(f"ignored a command that is not JSON: {line[:80]!r}", file=sys.stderr)
             continue
+        if isinstance(command, dict):
+            yield command
+
+
+def _command_reader(commands: queue.Queue[dict[str, Any] | None], stop: threading.Event) -> None:
+    """Reads the backend's commands; a ``stop`` clears the keep-running flag at once."""
+    for command in read_commands(sys.stdin):
         if command.get("cmd") == "stop":
             stop.clear()
             continue

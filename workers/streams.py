@@ -48,7 +48,15 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from workers.harness import Emitter
-from workers.run import EXIT_NO_DEVICE, EXIT_OOM, EXIT_USAGE, _die_with_parent, _env, _select_device
+from workers.run import (
+    EXIT_NO_DEVICE,
+    EXIT_OOM,
+    EXIT_USAGE,
+    _die_with_parent,
+    _env,
+    _select_device,
+    read_commands,
+)
 
 _ARRIVALS = ("closed", "constant", "poisson")
 _KEYS = {
@@ -381,22 +389,8 @@ class _Process:
 
 def _read_commands() -> Callable[[], dict[str, Any] | None]:
     """The next JSON command from stdin, None at EOF (the backend has gone)."""
-
-    def next_command() -> dict[str, Any] | None:
-        for line in sys.stdin:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                command = json.loads(line)
-            except json.JSONDecodeError:
-                print(f"ignored a command that is not JSON: {line[:80]!r}", file=sys.stderr)
-                continue
-            if isinstance(command, dict):
-                return command
-        return None
-
-    return next_command
+    commands = read_commands(sys.stdin)
+    return lambda: next(commands, None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

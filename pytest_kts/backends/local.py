@@ -40,6 +40,23 @@ def _project_paths() -> list[str]:
     return [str(here), os.getcwd()]
 
 
+def spawn_worker(
+    argv: Sequence[str], env: Mapping[str, str], stderr: IO[str]
+) -> subprocess.Popen[str]:
+    """A fresh interpreter (never a fork) with pipes for commands and protocol lines."""
+    return subprocess.Popen(
+        list(argv),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        bufsize=1,
+        env=dict(env),
+        # Its own session: Ctrl-C reaches pytest alone, and close() stops the whole group.
+        start_new_session=True,
+    )
+
+
 @dataclass
 class _Worker:
     spec: TenantSpec
@@ -110,17 +127,7 @@ class LocalBackend(Backend):
             "w+", prefix=f"kts-{spec.name}-", suffix=".stderr", delete=False
         )
         argv = [self.python, "-m", "workers.run", *spec.worker_argv(device), "--serve"]
-        process = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=stderr_file,
-            text=True,
-            bufsize=1,
-            env=env,
-            # Its own session: Ctrl-C reaches pytest alone, and close() stops the whole group.
-            start_new_session=True,
-        )
+        process = spawn_worker(argv, env, stderr_file)
         worker = _Worker(spec, process, stderr_file)
         self._workers[spec.name] = worker
         threading.Thread(

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 from pytest_kts.backends.base import TenantSpec
-from pytest_kts.backends.local import _EOF, LocalBackend, _project_paths, _Worker
+from pytest_kts.backends.local import _EOF, LocalBackend, _project_paths, _Worker, spawn_worker
 from pytest_kts.errors import ConfigError
 from pytest_kts.protocol import LineReader
 
@@ -151,17 +151,7 @@ class StreamsBackend(LocalBackend):
         for spec in tenants:
             argv += ["--tenant-json", json.dumps(tenant_json(spec, self.priority_of(spec)))]
         try:
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr_file,
-                text=True,
-                bufsize=1,
-                env=env,
-                # Its own session: Ctrl-C reaches pytest alone, and close() stops the group.
-                start_new_session=True,
-            )
+            process = spawn_worker(argv, env, stderr_file)
         except BaseException:
             stderr_file.close()
             os.unlink(stderr_file.name)
