@@ -66,6 +66,15 @@ class KtsSession:
             )
         if result.telemetry is not None:
             result.warnings += result.telemetry.clock_warnings(result.windows)
+        if settings.cluster and settings.prometheus:
+            from pytest_kts.telemetry import fetch_dcgm
+
+            # dcgm-exporter's profiling fields for each phase window (never raises).
+            dcgm = fetch_dcgm(
+                settings.prometheus, result.windows, f'namespace="{settings.namespace}"'
+            )
+            result.backend["dcgm"] = dcgm
+            result.warnings += [f"Prometheus: {e}" for e in dcgm.get("errors", [])]
         self.results.append(result)
         self._baselines(result, settings)
         return result
