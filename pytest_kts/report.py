@@ -14,15 +14,19 @@ import re
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
 from pytest_kts.matrix import MatrixResult
+from pytest_kts.plots import write_heatmap, write_plots
 from pytest_kts.results import ScenarioResult, TenantResult
 from pytest_kts.samples import to_csv
 from pytest_kts.stats import Summary
 from pytest_kts.verdict import DegradationFactor
+
+if TYPE_CHECKING:
+    from pytest_kts.telemetry import PhaseTelemetry
 
 PERCENTILES = (50, 95, 99, 99.9)
 HEADERS = (
@@ -302,19 +306,11 @@ def render_matrices_markdown(
 
 
 def _heatmap(m: MatrixResult, directory: Path) -> list[Path]:
-    try:
-        from pytest_kts.plots import write_heatmap
-    except ImportError:
-        return []
     directory.mkdir(parents=True, exist_ok=True)
     return list(write_heatmap(m, directory / f"{slug(m.name)}.matrix"))
 
 
 def _plots(result: ScenarioResult, directory: Path) -> list[Path]:
-    try:
-        from pytest_kts.plots import write_plots
-    except ImportError:
-        return []
     directory.mkdir(parents=True, exist_ok=True)
     return list(write_plots(result, directory / slug(result.name)))
 
@@ -424,7 +420,7 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
         ]
     if result.telemetry is not None:
         tele = result.telemetry.by_phase(result.windows)
-        rows = [[phase, *_tele_cells(t.to_dict())] for phase, t in tele.items()]
+        rows = [[phase, *_tele_cells(t)] for phase, t in tele.items()]
         out += [
             "GPU telemetry (NVML) per phase:",
             "",
@@ -445,17 +441,11 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
     return out
 
 
-def _tele_cells(d: dict[str, Any]) -> list[str]:
-    def get(*keys: str) -> Any:
-        for k in keys:
-            if k in d and d[k] is not None:
-                return d[k]
-        return None
-
+def _tele_cells(t: PhaseTelemetry) -> list[str]:
     return [
-        _num(get("sm_clock_median_mhz", "sm_clock_mhz_median", "sm_clock_mean_mhz"), 0),
-        _num(get("mem_clock_median_mhz", "mem_clock_mean_mhz"), 0),
-        _num(get("util_gpu_mean", "gpu_util_mean"), 0),
-        _num(get("power_mean_w", "power_w_mean"), 0),
-        str(get("samples", "n") or ""),
+        _num(t.sm_clock_median_mhz, 0),
+        _num(t.mem_clock_mean_mhz, 0),
+        _num(t.gpu_util_mean, 0),
+        _num(t.power_mean_w, 0),
+        str(t.samples),
     ]

@@ -43,18 +43,25 @@ class TenantResult:
     on_inconclusive: str = "warn"
     # Set by an adaptive run: the DF at its last look, at the error rate that look was given.
     sequential: dict[tuple[float, str], DegradationFactor] = field(default_factory=dict)
+    # The table, the report files and the plots ask for the same figures; bootstrap them once.
+    _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
 
     def summary(self, phase: str, clock: str = "host") -> Summary | None:
-        data = self.samples.phase(phase)
-        if not data.has_clock(clock):
-            return None
-        return summarize(
-            data.latency(clock), segments=data.segments(), busy_seconds=data.busy_seconds()
-        )
+        key = ("summary", phase, clock)
+        if key not in self._cache:
+            data = self.samples.phase(phase)
+            self._cache[key] = (
+                summarize(
+                    data.latency(clock), segments=data.segments(), busy_seconds=data.busy_seconds()
+                )
+                if data.has_clock(clock)
+                else None
+            )
+        return self._cache[key]
 
     @property
     def solo(self) -> Summary | None:
@@ -81,6 +88,11 @@ class TenantResult:
             # Re-judging an adaptive run at the full error rate would undo the alpha spending.
             adaptive.on_inconclusive = self.on_inconclusive
             return adaptive
+        key = ("df", float(p), clock, confidence or self.confidence)
+        if key in self._cache:
+            cached: DegradationFactor = self._cache[key]
+            cached.on_inconclusive = self.on_inconclusive
+            return cached
         solo, shared = self.samples.solo, self.samples.shared
         result = degradation(
             solo.latency(clock),
@@ -92,6 +104,7 @@ class TenantResult:
             shared_segments=shared.segments(),
         )
         result.on_inconclusive = self.on_inconclusive
+        self._cache[key] = result
         return result
 
 

@@ -158,9 +158,9 @@ def test_baseline_regression_fails_the_test_not_the_summary(
     pytester: pytest.Pytester, env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytester.makepyfile(BASELINE_TEST)
-    # 400 iterations: a p99 claim at 95% needs at least 299 samples per phase after warmup.
-    # A p99 claim at 95% needs >= 368 independent samples per phase after warmup.
-    common = ["--kts-device", "cpu", "--kts-iterations", "1200", "--kts-round-iterations", "600",
+    # A p99 claim at 95% needs >= 368 independent samples per phase after warmup, and under
+    # load MSER-5 may trim up to half a round: 2000 iterations keep a wide margin.
+    common = ["--kts-device", "cpu", "--kts-iterations", "2000", "--kts-round-iterations", "1000",
               "--kts-baseline-dir", str(tmp_path / "baselines"),
               "--rootdir", str(pytester.path)]  # fmt: skip
     monkeypatch.setenv("FFT_SIZE", "16")

@@ -9,6 +9,7 @@ out of GPU memory ends the phase with a :class:`WorkerError` carrying the tail o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -64,7 +65,6 @@ class _Worker:
     stderr_file: IO[str]
     meta: dict[str, Any] = field(default_factory=dict)
     ready: bool = False
-    gone: bool = False
 
     def stderr_tail(self) -> str:
         try:
@@ -272,16 +272,11 @@ class LocalBackend(Backend):
                     "workload is just slow",
                     worker.stderr_tail(),
                 )
-            try:
+            # A worker that exits is reported by its reader's EOF marker, through this queue.
+            with contextlib.suppress(queue.Empty):
                 return self._lines.get(timeout=min(remaining, 0.5))
-            except queue.Empty:
-                for worker in self._workers.values():
-                    if worker.process.poll() is not None and not worker.gone:
-                        # Its EOF marker is on the way; the queue will deliver it.
-                        worker.gone = True
 
     def _fail_exited(self, worker: _Worker, what: str) -> None:
-        worker.gone = True
         try:
             code = worker.process.wait(timeout=5)
         except subprocess.TimeoutExpired:
