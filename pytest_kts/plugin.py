@@ -175,3 +175,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             terminalreporter.write_line(f"kts: {session.report_error}", red=True)
         else:
             terminalreporter.write_line(f"kts: report written to {directory}/results.md")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(session_key, None)
+    if session is not None:
+        session.close()  # pooled tenant workers end with the session, Ctrl-C included

@@ -1,11 +1,27 @@
-"""Runs a scenario: interleaved rounds of solo and shared phases, adaptively when SLOs are given.
+"""Runs a scenario: interleaved solo and shared phases, adaptively when SLOs are given.
 
-Each round runs every tenant solo (the others resident but idle), then all together; the
-order flips every round (solo..shared, shared..solo) so that drift in clocks and temperature
-falls on both sides. Without SLOs a fixed number of iterations per phase is measured. With
-SLOs the runner looks at the evidence after every round and stops as soon as every check has
-a verdict, or when the budget is spent; the looks spend the error rate
-(:mod:`pytest_kts.sequential`) so that looking often does not make false fails likelier.
+Without SLOs (the fixed protocol) every tenant is measured ``iterations`` times in each phase,
+in rounds of ``round_iterations``: each round runs every tenant solo (the others resident but
+idle), then all together, with the order flipped every round so that drift in clocks and
+temperature falls on both sides.
+
+With SLOs (adaptive) the tenants that carry one decide everything:
+
+1. **Calibration.** A short first round measures each SLO tenant's rate solo and shared.
+2. **A look plan the budget can finish.** From those rates and the time left
+   (``--kts-max-seconds``, the session's ``--kts-budget-seconds``) and ``--kts-max-iterations``
+   the runner derives how many samples per phase the budget can reach, and plans a few looks
+   at sample counts growing geometrically, the first no earlier than the sample floor of its
+   own level (:func:`pytest_kts.sequential.plan_looks`). The whole error budget is spent by
+   the last look (:class:`pytest_kts.sequential.SequentialTest`); a budget that turns out
+   shorter is re-planned, and the look that ends the run spends what is left.
+3. **Phases sized by the SLO tenants.** Each look is one round: a solo phase per undecided
+   SLO tenant, and a shared phase that ends when every undecided SLO tenant has its samples.
+   Every other tenant runs through the shared phase as background, whatever its period, and
+   never lengthens it; it gets no solo phase (one short one at the end, charged to the
+   budget, gives the report its solo figures). Solo and shared counts stay balanced.
+4. **A hard budget.** Every phase has a time share; a phase that would overrun is cut short
+   and its samples are kept. A test's phases never exceed ``--kts-max-seconds``.
 """
 
 from __future__ import annotations
@@ -16,13 +32,33 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from pytest_kts.backends.base import Backend, PhasePlan, TenantSpec
+from pytest_kts import sequential
+from pytest_kts.backends import make_backend
+from pytest_kts.backends.base import Backend, PhaseOutput, PhasePlan, TenantSpec
 from pytest_kts.config import RunSettings
 from pytest_kts.errors import ConfigError
 from pytest_kts.protocol import LineReader, Sample
 from pytest_kts.results import PhaseWindow, ScenarioResult, TenantResult
 from pytest_kts.samples import group
-from pytest_kts.sequential import Check, SequentialPlan, evaluate
+from pytest_kts.sequential import Check, SequentialTest, evaluate, plan_looks, samples_to_decide
+from pytest_kts.stats import tail_dependence, trim_warmup
+from pytest_kts.verdict import DegradationFactor
+
+__all__ = ["Budget", "ProgressSink", "make_backend", "plan_checks", "run_scenario"]
+
+# Calibration: samples per SLO tenant and phase in the first round, and its share of the budget.
+CALIBRATION_ITERATIONS = 100
+CALIBRATION_SHARE = 0.15
+# A phase that is not the last may run this much longer than planned before it is cut.
+PHASE_SLACK = 2.0
+PHASE_SLACK_S = 1.0
+# The solo profile of a tenant without an SLO: a short phase at the end, for the report.
+PROFILE_ITERATIONS = 100
+PROFILE_SHARE = 0.05
+# Time kept free at the end of every phase for its stop to arrive.
+STOP_MARGIN_S = 0.05
+# Looks closer than this to the last one add too little information to pay for a round.
+MIN_LOOK_GAIN = 0.1
 
 
 class ProgressSink(Protocol):
@@ -49,30 +85,44 @@ class _Collected:
     records: list[Sample] = field(default_factory=list)
     readers: dict[str, LineReader] = field(default_factory=dict)
     windows: list[PhaseWindow] = field(default_factory=list)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (tenant, phase) -> n
+    active: dict[tuple[str, str], float] = field(default_factory=dict)  # seconds measuring
+    overheads: list[float] = field(default_factory=list)  # per phase: wall minus measuring
+    longest_ms: float = 0.0  # the longest iteration seen: what stopping a phase may take
 
-    def add(self, tenant: str, reader: LineReader) -> None:
-        self.records += reader.samples
-        self.readers.setdefault(tenant, LineReader()).merge(reader)
+    def add(self, output: PhaseOutput) -> None:
+        phase = output.plan.phase
+        busiest = 0.0
+        for tenant, reader in output.readers.items():
+            self.records += reader.samples
+            self.readers.setdefault(tenant, LineReader()).merge(reader)
+            key = (tenant, phase)
+            self.counts[key] = self.counts.get(key, 0) + len(reader.samples)
+            if reader.samples:
+                self.longest_ms = max(self.longest_ms, max(s.host_ms for s in reader.samples))
+                span = (reader.samples[-1].end_ns - reader.samples[0].start_ns) / 1e9
+                self.active[key] = self.active.get(key, 0.0) + max(span, 0.0)
+                if tenant in output.plan.measured:
+                    busiest = max(busiest, span)
+        self.overheads.append(max(output.wall_seconds - busiest, 0.0))
 
+    def n(self, tenant: str, phase: str) -> int:
+        return self.counts.get((tenant, phase), 0)
 
-def make_backend(settings: RunSettings, env: Mapping[str, str] | None = None) -> Backend:
-    """The backend for these settings; ``env`` goes to every local tenant (the GPU to use)."""
-    if settings.cluster:
-        from pytest_kts.backends.kubernetes import make_cluster_backend
+    def pairs(self, tenant: str) -> int:
+        """Samples per phase that a DF of ``tenant`` can use: the smaller side."""
+        return min(self.n(tenant, "solo"), self.n(tenant, "shared"))
 
-        if settings.sharing != "timeslice":
-            raise ConfigError(
-                f"--kts-sharing {settings.sharing} is for the local backend; on a cluster the "
-                "device plugin's configuration decides how pods share a GPU (manifests/)"
-            )
-        return make_cluster_backend(settings)
-    if settings.sharing == "streams":
-        from pytest_kts.backends.streams import StreamsBackend
+    def rate(self, tenant: str, phase: str) -> float:
+        """Samples per second while measuring (0 when unknown)."""
+        n, seconds = self.n(tenant, phase), self.active.get((tenant, phase), 0.0)
+        if n < 2 or seconds <= 0:
+            return 0.0
+        return (n - 1) / seconds
 
-        return StreamsBackend(env=env)
-    from pytest_kts.backends.local import LocalBackend
-
-    return LocalBackend(sharing=settings.sharing, env=env)
+    def overhead(self) -> float:
+        """Seconds a phase costs beyond its measuring: barrier, stop, the slowest iteration."""
+        return max(sum(self.overheads) / len(self.overheads), 0.05) if self.overheads else 0.25
 
 
 def plan_checks(slo: Mapping[str, float] | None, p: float, tenants: Sequence[str]) -> list[Check]:
@@ -84,6 +134,106 @@ def plan_checks(slo: Mapping[str, float] | None, p: float, tenants: Sequence[str
             raise ConfigError(f"SLO threshold for {tenant!r} must be positive, got {threshold}")
         checks.append(Check(tenant=tenant, p=p, threshold=float(threshold)))
     return checks
+
+
+@dataclass
+class _CheckState:
+    check: Check
+    test: SequentialTest
+    df: DegradationFactor | None = None
+    looks: int = 0
+    decided: bool = False
+    power: str | None = None
+
+
+class _Scenario:
+    """One run of one scenario: the phases, the budget, the looks."""
+
+    def __init__(
+        self,
+        names: list[str],
+        settings: RunSettings,
+        backend: Backend,
+        budget: Budget,
+        progress: ProgressSink | None,
+    ) -> None:
+        self.names = names
+        self.settings = settings
+        self.backend = backend
+        self.budget = budget
+        self.progress = progress
+        self.collected = _Collected()
+        self.spent = 0.0  # wall seconds of this test's phases
+        self.rounds = 0
+        self.notes: list[str] = []
+        self.cut_phases = 0
+
+    # -- time ------------------------------------------------------------------------------
+    def left(self) -> float:
+        """Seconds of phases this test may still spend."""
+        return min(self.settings.max_seconds - self.spent, self.budget.left)
+
+    def limit_reason(self) -> str:
+        if self.budget.left <= self.settings.max_seconds - self.spent:
+            return f"the session's budget of {self.budget.seconds:.0f} s ran out"
+        return f"the test's budget of {self.settings.max_seconds:.0f} s ran out"
+
+    # -- phases ----------------------------------------------------------------------------
+    def run(self, plan: PhasePlan) -> PhaseOutput | None:
+        """Run ``plan`` within its share (and what is left); ``None`` when no time is left."""
+        # A stopped phase still finishes the iteration in flight: keep room for the longest.
+        left = self.left() - self.collected.longest_ms / 1e3 - STOP_MARGIN_S
+        if left <= STOP_MARGIN_S:
+            return None
+        share = left if plan.max_seconds is None else min(plan.max_seconds, left)
+        plan = PhasePlan(plan.phase, plan.round, plan.iterations, max_seconds=share)
+        if self.progress:
+            self.progress.phase_started(plan.phase, plan.round, plan.tenants)
+        output = self.backend.run_phase(plan, self.settings.timeout)
+        self.collected.add(output)
+        if self.progress:
+            for tenant, reader in output.readers.items():
+                self.progress.samples(tenant, plan.phase, len(reader.samples))
+        self.collected.windows.append(
+            PhaseWindow(plan.phase, plan.round, plan.tenants, output.started_ns, output.ended_ns)
+        )
+        self.spent += output.wall_seconds
+        self.budget.spent += output.wall_seconds
+        self.cut_phases += int(output.cut)
+        return output
+
+    def run_round(self, plans: list[PhasePlan], final: bool) -> bool:
+        """Run a round's phases in order (reversed every other round); False if time ran out.
+
+        Each phase's share of the time left is proportional to its expected length; a phase
+        that is not part of the run's last round may take at most ``PHASE_SLACK`` times that,
+        so that a slower-than-planned round leaves time for the re-planned rest.
+        """
+        if self.rounds % 2 == 1:
+            plans = plans[::-1]  # shared first, solos reversed
+        expected = [self.expected_seconds(p) for p in plans]
+        for i, plan in enumerate(plans):
+            left = self.left()
+            proportional = left * expected[i] / max(sum(expected[i:]), 1e-9)
+            if not final:
+                proportional = min(proportional, PHASE_SLACK * expected[i] + PHASE_SLACK_S)
+            share = plan.max_seconds if plan.max_seconds is not None else proportional
+            plan = PhasePlan(plan.phase, plan.round, plan.iterations, max_seconds=share)
+            if self.run(plan) is None:
+                return False
+        self.rounds += 1
+        return True
+
+    def expected_seconds(self, plan: PhasePlan) -> float:
+        """How long ``plan`` should take at the rates measured so far."""
+        longest = 0.0
+        for tenant in plan.measured:
+            rate = self.collected.rate(tenant, plan.phase) or self.collected.rate(tenant, "solo")
+            target = plan.iterations[tenant]
+            longest = max(longest, target / rate if rate > 0 else math.inf)
+        if not math.isfinite(longest):
+            return self.left()
+        return longest + self.collected.overhead()
 
 
 def run_scenario(
@@ -99,119 +249,50 @@ def run_scenario(
     budget: Budget | None = None,
     telemetry_factory: Callable[[], Any] | None = None,
     machine: Mapping[str, Any] | None = None,
+    keep_backend: bool = False,
 ) -> ScenarioResult:
-    """Run solo and shared phases of ``tenants`` on ``device`` and return every sample."""
+    """Run solo and shared phases of ``tenants`` on ``device`` and return every sample.
+
+    ``keep_backend``: the backend is a session's pooled one and stays up after the run
+    (its tenants serve the next scenario that declares them); otherwise it is closed.
+    """
     if len(tenants) < 2:
         raise ConfigError(
             f"scenario {name!r} declares {len(tenants)} tenant(s); co-location needs at least 2"
         )
     names = [t.name for t in tenants]
     checks = plan_checks(slo, p, names)
-    adaptive = bool(checks)
-    focal = {c.tenant for c in checks}
-    per_round = settings.round_iterations
-    target_total = settings.max_iterations if adaptive else settings.iterations
-    max_rounds = max(1, math.ceil(target_total / per_round))
-    plan = SequentialPlan(confidence=settings.confidence, max_looks=max_rounds)
     budget = budget or Budget()
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    collected = _Collected()
-    decisions: dict[int, Any] = {}
-    stop_reason = ""
-    phase_seconds = 0.0
     sampler = telemetry_factory() if telemetry_factory else None
     backend = backend or make_backend(settings)
+    rho = sequential.DEFAULT_RHO
+    states = [_CheckState(c, SequentialTest(settings.confidence, rho=rho)) for c in checks]
+    run = _Scenario(names, settings, backend, budget, progress)
 
-    def run(plan_: PhasePlan) -> None:
-        nonlocal phase_seconds
-        if progress:
-            progress.phase_started(plan_.phase, plan_.round, plan_.tenants)
-        output = backend.run_phase(plan_, settings.timeout)
-        for tenant, reader in output.readers.items():
-            collected.add(tenant, reader)
-            if progress:
-                progress.samples(tenant, plan_.phase, len(reader.samples))
-        window = PhaseWindow(
-            plan_.phase, plan_.round, plan_.tenants, output.started_ns, output.ended_ns
-        )
-        collected.windows.append(window)
-        phase_seconds += window.seconds
-        budget.spent += window.seconds
-
-    with backend:
+    def body() -> str:
         backend.start(tenants, device)
         if sampler is not None:
             sampler.start()
-        try:
-            done = 0
-            for rnd in range(max_rounds):
-                n = min(per_round, target_total - done) if not adaptive else per_round
-                # Adaptive runs give solo time after the first round only to tenants with an SLO:
-                # a background tenant's solo samples decide nothing, and cost GPU-seconds.
-                judged = [t for t in names if t in focal] if adaptive and rnd > 0 else names
-                solos = [PhasePlan("solo", rnd, {t: n}) for t in judged]
-                shared = PhasePlan("shared", rnd, dict.fromkeys(names, n))
-                order = [*solos, shared] if rnd % 2 == 0 else [shared, *reversed(solos)]
-                for phase_plan in order:
-                    run(phase_plan)
-                check_colocated = getattr(backend, "check_colocated", None)
-                if callable(check_colocated) and rnd == 0:
-                    check_colocated()
-                done += n
-                if not adaptive:
-                    if done >= target_total:
-                        stop_reason = f"fixed protocol: {done} iterations per tenant and phase"
-                        break
-                    continue
-                grouped = group(collected.records, names)
-                for k, check in enumerate(checks):
-                    ts = grouped[check.tenant]
-                    solo, shared_ = ts.solo, ts.shared
-                    df = evaluate(
-                        check,
-                        solo.latency(check.clock),
-                        shared_.latency(check.clock),
-                        solo_segments=solo.segments(),
-                        shared_segments=shared_.segments(),
-                        plan=plan,
-                        look=rnd + 1,
-                    )
-                    df.on_inconclusive = settings.inconclusive
-                    decisions[k] = (df, rnd + 1)
-                    if progress and math.isfinite(df.value):
-                        progress.estimate(check.tenant, df.value, df.ci)
-                verdicts = [decisions[k][0].verdict(c.threshold) for k, c in enumerate(checks)]
-                if all(v != "inconclusive" for v in verdicts):
-                    stop_reason = f"every SLO decided after {rnd + 1} round(s)"
-                    break
-                # Stop before a round that would overrun the budget, judging by the rounds so far.
-                next_round = phase_seconds / (rnd + 1)
-                if phase_seconds + next_round > settings.max_seconds:
-                    stop_reason = (
-                        f"undecided: another round would overrun the test's budget of "
-                        f"{settings.max_seconds:.0f} s"
-                    )
-                    break
-                if budget.left < next_round:
-                    stop_reason = (
-                        f"undecided: the session's budget of {budget.seconds:.0f} s ran out"
-                    )
-                    break
-            else:
-                if adaptive:
-                    stop_reason = (
-                        f"undecided: the budget of {settings.max_iterations} iterations per "
-                        "tenant and phase ran out"
-                    )
-        finally:
-            telemetry = sampler.stop() if sampler is not None else None
-        facts = backend.facts()
+        if states:
+            return _adaptive(run, states, p)
+        return _fixed(run)
 
-    grouped = group(collected.records, names)
+    try:
+        if keep_backend:
+            stop_reason = body()
+        else:
+            with backend:
+                stop_reason = body()
+    finally:
+        telemetry = sampler.stop() if sampler is not None else None
+    facts = backend.facts()
+
+    grouped = group(run.collected.records, names)
     results: dict[str, TenantResult] = {}
     for spec in tenants:
         meta = dict(facts.get("tenants", {}).get(spec.name, {}))
-        reader = collected.readers.get(spec.name, LineReader())
+        reader = run.collected.readers.get(spec.name, LineReader())
         results[spec.name] = TenantResult(
             spec=spec,
             samples=grouped[spec.name],
@@ -221,10 +302,11 @@ def run_scenario(
             on_inconclusive=settings.inconclusive,
         )
     check_rows = []
-    for k, check in enumerate(checks):
-        df, looks = decisions.get(k, (None, 0))
+    for state in states:
+        check, df = state.check, state.df
         if df is not None:
             results[check.tenant].sequential[(float(check.p), check.clock)] = df
+        verdict = "inconclusive" if df is None else df.verdict(check.threshold)
         check_rows.append(
             {
                 "tenant": check.tenant,
@@ -233,25 +315,254 @@ def run_scenario(
                 "clock": check.clock,
                 "value": None if df is None else df.value,
                 "ci": None if df is None else list(df.ci),
-                "verdict": "inconclusive" if df is None else df.verdict(check.threshold),
-                "looks": looks,
+                "verdict": verdict,
+                "looks": state.looks,
                 "alpha": None if df is None else df.alpha,
                 "reason": None if df is None else df.reason,
+                "power": state.power if verdict == "inconclusive" else None,
+                "n": run.collected.pairs(check.tenant),
+                "spending": state.test.describe(),
             }
         )
     if progress:
         progress.finished()
+    if run.cut_phases:
+        run.notes.append(
+            f"{run.cut_phases} phase(s) ended by their time share before their targets "
+            "(samples kept)"
+        )
+    if run.notes:
+        stop_reason += "; " + "; ".join(run.notes)
     return ScenarioResult(
         name=name,
         device=device,
         tenants=results,
-        windows=collected.windows,
+        windows=run.collected.windows,
         machine=dict(machine or {}),
         backend=facts,
         telemetry=telemetry,
         checks=check_rows,
-        gpu_seconds=phase_seconds,
+        gpu_seconds=run.spent,
         stop_reason=stop_reason,
         confidence=settings.confidence,
         started_at=started_at,
     )
+
+
+def _check_colocated(run: _Scenario) -> None:
+    check = getattr(run.backend, "check_colocated", None)
+    if callable(check):
+        check()
+
+
+def _fixed(run: _Scenario) -> str:
+    """Every tenant ``iterations`` times per phase, in rounds; each phase an equal time share."""
+    settings, names = run.settings, run.names
+    total, per_round = settings.iterations, settings.round_iterations
+    rounds = max(1, math.ceil(total / per_round))
+    done = 0
+    for rnd in range(rounds):
+        n = min(per_round, total - done)
+        plans = [PhasePlan("solo", rnd, {t: n}) for t in names]
+        plans.append(PhasePlan("shared", rnd, dict.fromkeys(names, n)))
+        phases_left = (rounds - rnd) * len(plans)
+        share = run.left() / phases_left
+        plans = [PhasePlan(p.phase, p.round, p.iterations, max_seconds=share) for p in plans]
+        if not run.run_round(plans, final=True):
+            return f"stopped: {run.limit_reason()} after {done} iterations per tenant and phase"
+        if rnd == 0:
+            _check_colocated(run)
+        done += n
+    return f"fixed protocol: {done} iterations per tenant and phase"
+
+
+def _adaptive(run: _Scenario, states: list[_CheckState], p: float) -> str:
+    settings, col = run.settings, run.collected
+    focal = list(dict.fromkeys(s.check.tenant for s in states))
+
+    def undecided() -> list[str]:
+        return list(dict.fromkeys(s.check.tenant for s in states if not s.decided))
+
+    def round_plans(rnd: int, target: int, tenants: list[str]) -> list[PhasePlan]:
+        plans = []
+        for t in tenants:
+            need = max(target, col.n(t, "shared")) - col.n(t, "solo")
+            if need > 0:
+                plans.append(PhasePlan("solo", rnd, {t: need}))
+        shared = {t: max(target - col.n(t, "shared"), 0) if t in tenants else 0 for t in run.names}
+        if any(shared.values()):
+            plans.append(PhasePlan("shared", rnd, shared))
+        return plans
+
+    # 1. Calibration: a short round gives the rates the plan needs (its samples count too).
+    calib = min(settings.round_iterations, CALIBRATION_ITERATIONS)
+    plans = round_plans(0, calib, focal)
+    share = max(run.left() * CALIBRATION_SHARE / len(plans), 0.5)
+    plans = [PhasePlan(x.phase, x.round, x.iterations, max_seconds=share) for x in plans]
+    if not run.run_round(plans, final=False):
+        return _finish(run, states, p, f"undecided: {run.limit_reason()} during calibration")
+    _check_colocated(run)
+
+    looks: list[int] = []
+    reason = ""
+    while True:
+        active = undecided()
+        n_now = min(col.pairs(t) for t in active)
+        n_max = _reachable(run, active)
+        spent = max(s.test.spent_total for s in states if not s.decided)
+        if not looks or looks[0] <= n_now:
+            looks = plan_looks(
+                p,
+                settings.confidence,
+                n_now,
+                n_max,
+                theta=_theta(run, active, p),
+                rho=states[0].test.rho,
+                spent=spent,
+            )
+        else:
+            looks = [n for n in looks if n < n_max] + [n_max]
+        if n_max <= n_now or not looks:
+            reason = (
+                f"undecided: {run.limit_reason()}"
+                if n_max < settings.max_iterations
+                else (
+                    f"undecided: the budget of {settings.max_iterations} iterations per tenant and "
+                    "phase ran out"
+                )
+            )
+            _judge(run, states, n_max, final=True)
+            break
+        target = looks[0]
+        final = target >= n_max
+        run.run_round(round_plans(run.rounds, target, active), final=final)
+        n_after = _reachable(run, active)
+        left_gain = n_after - min(col.pairs(t) for t in active)
+        final = final or left_gain < max(MIN_LOOK_GAIN * n_after, 1)
+        _judge(run, states, max(n_max, 1), final=final)
+        if not undecided():
+            reason = f"every SLO decided after {run.rounds} round(s)"
+            break
+        if final or all(s.test.exhausted for s in states if not s.decided):
+            limit = (
+                f"the budget of {settings.max_iterations} iterations per tenant and phase ran out"
+                if n_after >= settings.max_iterations
+                else run.limit_reason()
+            )
+            reason = f"undecided: {limit}"
+            break
+        looks = looks[1:]
+    return _finish(run, states, p, reason)
+
+
+def _reachable(run: _Scenario, tenants: list[str]) -> int:
+    """Samples per phase that every one of ``tenants`` can reach within the budget."""
+    col, settings = run.collected, run.settings
+    n_now = min(col.pairs(t) for t in tenants)
+    solo_rates = [col.rate(t, "solo") for t in tenants]
+    shared_rates = [col.rate(t, "shared") for t in tenants]
+    if min(solo_rates + shared_rates) <= 0:
+        return n_now
+    # One more sample pair costs a solo sample of each tenant, one after the other, and a
+    # shared phase as long as its slowest tenant needs; every phase costs its overhead.
+    per_pair = sum(1.0 / r for r in solo_rates) + 1.0 / min(shared_rates)
+    spare = run.left() - col.overhead() * (len(tenants) + 1) * 2
+    more = int(max(spare, 0.0) / per_pair)
+    return min(settings.max_iterations, n_now + more)
+
+
+def _theta(run: _Scenario, tenants: list[str], p: float) -> float:
+    """The share of raw samples that count toward the floor, as the look plan assumes it.
+
+    Warmup trimming removes some samples of every round (MSER-5 takes about 8-13% even of
+    stationary data, more after a real transient), and clustering in the tail (extremal
+    index ``theta``) makes the rest count less. Both are read off the data so far; theta is
+    kept within [0.5, 1] (a short calibration cannot see it better) and trimming at >= 10%.
+    """
+    grouped = group(run.collected.records, run.names)
+    thetas, trimmed = [], []
+    for t in tenants:
+        for phase in ("solo", "shared"):
+            data = grouped[t].phase(phase)
+            values = data.latency("host")
+            if len(values) >= 20:
+                kept, labels, cut = trim_warmup(values, data.segments())
+                thetas.append(tail_dependence(kept, labels, p)[1])
+                trimmed.append(cut / len(values))
+    theta = min(max(min(thetas, default=1.0), 0.5), 1.0)
+    kept_share = 1.0 - min(max(max(trimmed, default=0.1), 0.1), 0.5)
+    return theta * kept_share
+
+
+def _judge(run: _Scenario, states: list[_CheckState], n_max: int, final: bool) -> None:
+    """A look for every undecided check that has new samples since its last look."""
+    grouped = group(run.collected.records, run.names)
+    for state in states:
+        if state.decided:
+            continue
+        check = state.check
+        n = run.collected.pairs(check.tenant)
+        if n <= 0 or (state.test.info and n <= state.test.info[-1]):
+            continue
+        level = state.test.level(n, max(n_max, n), final=final)
+        ts = grouped[check.tenant]
+        solo, shared = ts.solo, ts.shared
+        df = evaluate(
+            check,
+            solo.latency(check.clock),
+            shared.latency(check.clock),
+            solo_segments=solo.segments(),
+            shared_segments=shared.segments(),
+            level=level,
+            confidence=run.settings.confidence,
+            note=f"sequential look {len(state.test.info)} ({state.test.describe()})",
+            on_inconclusive=run.settings.inconclusive,
+            # A look that cannot decide skips the bootstrap (same verdict); the last look
+            # always reports the full interval.
+            full_interval=final,
+        )
+        state.df, state.looks = df, len(state.test.info)
+        state.decided = df.verdict(check.threshold) != "inconclusive"
+        if run.progress and math.isfinite(df.value):
+            run.progress.estimate(check.tenant, df.value, df.ci)
+
+
+def _finish(run: _Scenario, states: list[_CheckState], p: float, reason: str) -> str:
+    """Say what deciding would need; give tenants without an SLO a short solo profile."""
+    col = run.collected
+    for state in states:
+        if state.decided or state.df is None:
+            continue
+        t = state.check.tenant
+        need = samples_to_decide(state.df, state.check.threshold, run.settings.confidence)
+        if need is None:
+            state.power = (
+                f"the estimate {state.df.value:.3g} sits on the threshold "
+                f"{state.check.threshold:g}: no sample count decides it"
+            )
+            continue
+        more = max(need - col.pairs(t), 0)
+        rates = [col.rate(t, "solo"), col.rate(t, "shared")]
+        seconds = sum(more / r for r in rates if r > 0) if min(rates) > 0 else math.nan
+        state.power = (
+            f"at this noise, deciding against {state.check.threshold:g} needs about {more} more "
+            f"samples per phase"
+            + (f", about {seconds:.0f} s more of phases" if math.isfinite(seconds) else "")
+        )
+    background = [t for t in run.names if col.n(t, "solo") == 0]
+    profiled = []
+    for t in background:
+        share = min(run.left(), max(1.0, PROFILE_SHARE * run.settings.max_seconds))
+        if share <= 0.05:
+            break
+        plan = PhasePlan("solo", run.rounds, {t: PROFILE_ITERATIONS}, max_seconds=share)
+        if run.run(plan) is None:
+            break
+        profiled.append(t)
+    if profiled:
+        run.rounds += 1
+        run.notes.append(
+            f"tenants without an SLO got one short solo profile phase each (round "
+            f"{run.rounds - 1}): {', '.join(profiled)}"
+        )
+    return reason

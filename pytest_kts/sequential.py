@@ -1,32 +1,52 @@
-"""Adaptive stopping: look at the data after each round and stop as soon as every check is
-decided, without letting the repeated looks inflate the false-fail rate.
+"""Adaptive stopping: look at the data a few times and stop as soon as every check is decided,
+without letting the repeated looks inflate the false-fail rate, and within a time budget.
 
-Each look ``k`` spends a share ``alpha_k`` of the error budget ``alpha = 1 - confidence``
-(``sum_k alpha_k <= alpha``, Lan-DeMets alpha spending). By default the spending is turned
-into per-look interval levels with group-sequential boundaries, which account for the looks
-sharing their data; ``boundary="union"`` uses the spending itself as each look's level
-(union bound: valid whatever the dependence between looks, but wider). Either way the
-probability that *any* look wrongly says ``fail`` is at most ``alpha / 2`` (for the
-group-sequential boundaries, under the normal approximation of the log DF estimates that
-the intervals themselves rest on; our simulations in ``benchmarks/`` check it end to end).
-``docs/statistics.md`` gives the simulations behind the defaults.
+Two parts, both pure:
+
+* :class:`SequentialTest` spends the error budget ``alpha = 1 - confidence`` of one check over
+  its looks (Lan-DeMets alpha spending on the *information fraction* ``t = n / n_max``,
+  Kim-DeMets power family ``alpha * t ** rho``), and turns each look's spending into the
+  level of that look's interval with group-sequential boundaries for looks at *any* sample
+  counts (the looks share their data, so crossing at one look mostly implies crossing at the
+  next, and a union bound would double-count). ``n_max`` may change between looks (the time
+  budget turned out shorter or longer than planned): the spending is re-planned on the new
+  fraction, and the look declared final spends whatever is left.
+* :func:`plan_looks` chooses the sample counts of the looks from what the budget allows: the
+  first look no earlier than the sample floor of its own level (below it no distribution-free
+  claim about a percentile is possible), the next ones growing geometrically to ``n_max``.
+
+The probability that *any* look wrongly says ``fail`` is at most ``alpha / 2``, under the
+normal approximation of the log DF estimates that the intervals rest on (the sample
+percentile is asymptotically a mean, by its Bahadur representation, so the standardised
+estimate follows a Brownian motion in information time). ``docs/statistics.md`` says what is
+proved, what is approximated and what ``benchmarks/eval_verdicts.py`` simulates.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from pytest_kts.stats import min_samples, norm_ppf
 from pytest_kts.verdict import DegradationFactor, degradation
 
-__all__ = ["Check", "SequentialPlan", "evaluate", "group_sequential_boundaries"]
+__all__ = [
+    "Check",
+    "SequentialTest",
+    "evaluate",
+    "first_decisive_n",
+    "group_sequential_boundaries",
+    "plan_looks",
+    "samples_to_decide",
+]
 
-SPENDINGS = ("power", "equal")
-BOUNDARIES = ("group-sequential", "union")
 _GRID = 301  # points of the numerical integration per look: boundaries within 1e-3 in z
+DEFAULT_RHO = 2.0
+DEFAULT_GROWTH = 2.0
 
 
 @dataclass(frozen=True)
@@ -55,149 +75,196 @@ def _norm_pdf(x: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
-@functools.lru_cache(maxsize=32)
-def _boundaries_cached(increments: tuple[float, ...]) -> np.ndarray:
-    return group_sequential_boundaries(np.array(increments))
+@functools.lru_cache(maxsize=256)
+def _boundaries_cached(increments: tuple[float, ...], info: tuple[float, ...]) -> np.ndarray:
+    return group_sequential_boundaries(np.array(increments), np.array(info))
 
 
-def group_sequential_boundaries(increments: np.ndarray) -> np.ndarray:
+def group_sequential_boundaries(
+    increments: Sequence[float] | np.ndarray, info: Sequence[float] | np.ndarray | None = None
+) -> np.ndarray:
     """One-sided z boundaries ``c_k`` with ``P(Z_j < c_j for j < k, Z_k >= c_k) = increments[k]``.
 
-    ``Z_k = S_k / sqrt(k)`` with ``S_k`` a sum of ``k`` independent standard normals: the
-    canonical joint distribution of a statistic whose information grows by equal steps, here
-    the log DF estimate after equal rounds (the sample percentile is asymptotically a mean,
-    by its Bahadur representation). Armitage-McPherson-Rowe recursion on a grid: the density
-    of ``S_k`` on the continuation region is carried from look to look and each ``c_k`` found
-    by bisection. An increment of 0 gives ``c_k = inf`` (no decision at that look).
+    ``Z_k = S(I_k) / sqrt(I_k)`` with ``S`` a standard Brownian motion and ``I_k = info[k]``
+    the information at look ``k`` (here: samples per phase; any increasing positive numbers,
+    default ``1, 2, ..., K``, equal steps). This is the canonical joint distribution of an
+    estimate whose precision grows with its sample count. Armitage-McPherson-Rowe recursion on
+    a grid: the density of ``S`` on the continuation region is carried from look to look, and
+    each ``c_k`` is found by bisection. An increment of 0 gives ``c_k = inf`` (no decision).
     """
     inc = np.asarray(increments, dtype=np.float64)
+    levels = np.arange(1.0, inc.size + 1) if info is None else np.asarray(info, dtype=np.float64)
+    if levels.shape != inc.shape:
+        raise ValueError("increments and info must have the same length")
+    if np.any(levels <= 0) or np.any(np.diff(levels) <= 0):
+        raise ValueError(f"info must be positive and increasing, got {levels.tolist()}")
     out = np.empty(inc.size)
-    # Density of S_{k-1} restricted to the continuation region, on grid u with weights w.
+    # Density of S at the previous look, restricted to its continuation region, on grid u.
     u = np.zeros(1)
     w = np.ones(1)
-    f = np.ones(1)  # S_0 = 0 with probability 1
-    for k in range(1, inc.size + 1):
+    f = np.ones(1)  # S(0) = 0 with probability 1
+    previous = 0.0
+    for k in range(inc.size):
+        step = math.sqrt(levels[k] - previous)
+        spread = math.sqrt(levels[k])
         mass = w * f
 
-        def crossing(b: float, u: np.ndarray = u, mass: np.ndarray = mass) -> float:
-            return float(mass @ _norm_sf(b - u))
+        def crossing(
+            b: float, u: np.ndarray = u, mass: np.ndarray = mass, sd: float = step
+        ) -> float:
+            return float(mass @ _norm_sf((b - u) / sd))
 
-        if inc[k - 1] <= 0:
+        if inc[k] <= 0:
             b = math.inf
         else:
-            lo, hi = -10.0 * math.sqrt(k), 40.0 * math.sqrt(k)
-            for _ in range(56):  # crossing() falls monotonically in b; 50 sqrt(k) / 2**56
+            lo, hi = -10.0 * spread, 40.0 * spread
+            for _ in range(60):  # crossing() falls monotonically in b
                 mid = 0.5 * (lo + hi)
-                lo, hi = (mid, hi) if crossing(mid) > inc[k - 1] else (lo, mid)
+                lo, hi = (mid, hi) if crossing(mid) > inc[k] else (lo, mid)
             b = 0.5 * (lo + hi)
-        out[k - 1] = b / math.sqrt(k)
-        top = min(b, 8.0 * math.sqrt(k))
-        s = np.linspace(-8.0 * math.sqrt(k), top, _GRID)
+        out[k] = b / spread
+        top = min(b, 8.0 * spread)
+        s = np.linspace(-8.0 * spread, top, _GRID)
         ws = np.full(_GRID, s[1] - s[0])
         ws[[0, -1]] *= 0.5  # trapezoid rule
-        f = _norm_pdf(s[:, None] - u[None, :]) @ mass
+        f = _norm_pdf((s[:, None] - u[None, :]) / step) @ mass / step
         u, w = s, ws
+        previous = levels[k]
     return out
 
 
-class SequentialPlan:
-    """How the error budget ``1 - confidence`` is spread over looks ``1, 2, ...``.
+@dataclass
+class SequentialTest:
+    """The error budget of one check, spent over looks at growing sample counts.
 
-    Spending: with ``max_looks`` known (the runner's round budget), the cumulative budget
-    spent by look ``k`` is ``alpha * (k / max_looks) ** rho`` (Kim-DeMets power family;
-    ``spending="equal"`` is ``rho = 1``); ``rho > 1`` keeps most of it for the last looks,
-    where the samples are. ``max_looks=None`` (open-ended) spends ``alpha / (k (k + 1))`` at
-    look ``k``, which sums to ``alpha`` over infinitely many looks. Looks before
-    ``first_look`` spend nothing; looks past ``max_looks`` get nothing (inconclusive).
-
-    Boundaries: ``"group-sequential"`` (default, needs ``max_looks``) turns the spending
-    into per-look interval levels with the canonical joint distribution of the looks
-    (Lan-DeMets), so that the probability of a false fail *at any look* is the spent
-    ``alpha / 2`` although each look's own level is larger than its spending. ``"union"``
-    uses each look's spending as its level (Bonferroni): valid whatever the dependence
-    between looks, at the price of wider intervals (for 32 looks and rho = 2 the last look's
-    z is 2.96 instead of 2.24).
+    Call :meth:`level` once per look with that look's sample count ``n`` (samples per phase,
+    the smaller side) and the count the budget is now expected to reach, ``n_max``. Spending
+    is ``alpha * min(1, n / n_max) ** rho`` cumulatively, all of ``alpha`` at a look declared
+    ``final`` (or once ``n >= n_max``); past looks keep what they spent. The returned level is
+    the two-sided ``alpha`` of the look's interval: its one-sided half is the boundary that
+    keeps the chance of a false fail *at any look so far* at the spent ``alpha / 2``.
     """
 
-    def __init__(
-        self,
-        confidence: float = 0.95,
-        max_looks: int | None = None,
-        *,
-        spending: str = "power",
-        rho: float = 2.0,
-        first_look: int = 1,
-        boundary: str = "group-sequential",
-    ) -> None:
-        if not 0.0 < confidence < 1.0:
-            raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-        if max_looks is not None and max_looks < 1:
-            raise ValueError(f"max_looks must be >= 1 or None, got {max_looks}")
-        if spending not in SPENDINGS:
-            raise ValueError(f"spending must be one of {SPENDINGS}, got {spending!r}")
-        if boundary not in BOUNDARIES:
-            raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
-        if rho <= 0:
-            raise ValueError(f"rho must be > 0, got {rho}")
-        if first_look < 1 or (max_looks is not None and first_look > max_looks):
-            raise ValueError(f"first_look must be in [1, max_looks], got {first_look}")
-        self.confidence = float(confidence)
-        self.alpha = 1.0 - self.confidence
-        self.max_looks = max_looks
-        self.spending = spending
-        self.rho = 1.0 if spending == "equal" else float(rho)
-        self.first_look = int(first_look)
-        # Open-ended plans have no information fraction to build boundaries on.
-        self.boundary = boundary if max_looks is not None else "union"
-        self._levels: np.ndarray | None = None
+    confidence: float = 0.95
+    rho: float = DEFAULT_RHO
+    info: list[float] = field(default_factory=list)
+    spent: list[float] = field(default_factory=list)  # cumulative, two-sided
+    levels: list[float] = field(default_factory=list)
 
-    def __repr__(self) -> str:
-        return (
-            f"SequentialPlan(confidence={self.confidence}, max_looks={self.max_looks}, "
-            f"spending={self.spending!r}, rho={self.rho}, first_look={self.first_look}, "
-            f"boundary={self.boundary!r})"
+    def __post_init__(self) -> None:
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        if not self.rho > 0:
+            raise ValueError(f"rho must be > 0, got {self.rho}")
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.confidence
+
+    @property
+    def spent_total(self) -> float:
+        return self.spent[-1] if self.spent else 0.0
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the whole budget has been spent (no later look can decide anything)."""
+        return self.spent_total >= self.alpha * (1 - 1e-12)
+
+    def planned_spending(self, n: float, n_max: float, final: bool = False) -> float:
+        """Cumulative two-sided budget a look at ``n`` of ``n_max`` would have spent."""
+        if final or n >= n_max:
+            return self.alpha
+        return self.alpha * (max(n, 0.0) / n_max) ** self.rho
+
+    def level(self, n: int, n_max: int, *, final: bool = False) -> float:
+        """Record a look at ``n`` samples and return its interval's two-sided level."""
+        if n <= 0 or n_max <= 0:
+            raise ValueError(f"n and n_max must be positive, got {n}, {n_max}")
+        if self.info and n <= self.info[-1]:
+            raise ValueError(f"looks need new samples: {n} after {self.info[-1]}")
+        cumulative = max(self.planned_spending(n, n_max, final), self.spent_total)
+        self.info.append(float(n))
+        self.spent.append(cumulative)
+        increments = np.diff(np.array([0.0, *self.spent])) / 2.0  # one side: false fails
+        z = _boundaries_cached(tuple(increments.tolist()), tuple(self.info))[-1]
+        level = float(2.0 * _norm_sf(np.array(z))) if math.isfinite(z) else 0.0
+        self.levels.append(level)
+        return level
+
+    def describe(self) -> str:
+        looks = ", ".join(
+            f"n={n:.0f}: spent {s:.3g}, level {lv:.3g}"
+            for n, s, lv in zip(self.info, self.spent, self.levels, strict=False)
         )
+        return f"alpha {self.alpha:g} spent as alpha*(n/n_max)^{self.rho:g} over looks [{looks}]"
 
-    def _cumulative(self, look: int) -> float:
-        """Budget spent by the end of ``look`` (0 before the first counted look)."""
-        k = look - self.first_look + 1  # counted looks so far
-        if k <= 0:
-            return 0.0
-        if self.max_looks is None:
-            return self.alpha * (1.0 - 1.0 / (k + 1))  # telescoping sum of 1/(j(j+1))
-        total = self.max_looks - self.first_look + 1
-        return self.alpha * min(1.0, k / total) ** self.rho
 
-    def alpha_for_look(self, look: int) -> float:
-        """Share of the two-sided budget spent at look ``look`` (1-based); sums to at most
-        ``1 - confidence`` over all looks."""
-        if look < 1:
-            raise ValueError(f"looks are numbered from 1, got {look}")
-        if self.max_looks is not None and look > self.max_looks:
-            return 0.0
-        return max(0.0, self._cumulative(look) - self._cumulative(look - 1))
+def first_decisive_n(
+    p: float,
+    confidence: float,
+    n_max: int,
+    *,
+    theta: float = 1.0,
+    rho: float = DEFAULT_RHO,
+    spent: float = 0.0,
+) -> int | None:
+    """Smallest sample count whose look could decide: its spending reaches its own floor.
 
-    def level_for_look(self, look: int) -> float:
-        """Two-sided ``alpha`` of the interval to use at look ``look``.
+    The floor (:func:`pytest_kts.stats.min_samples`) at a look's level ``a`` is the number of
+    independent samples that bounding the ``p``-th percentile at one-sided ``1 - a/2`` needs;
+    with tail clusters of extremal index ``theta`` a look needs ``floor / theta`` samples.
+    The level of a first look is its spending (later looks get a little more, which this
+    ignores: it only makes the plan conservative). ``None`` when even ``n_max`` is short.
+    """
+    alpha = 1.0 - confidence
+    theta = min(max(theta, 1e-3), 1.0)
 
-        Equal to :meth:`alpha_for_look` for union boundaries; larger for group-sequential
-        ones (the looks share most of their data, so crossing at one look mostly implies
-        crossing at the next, and the union bound double-counts).
-        """
-        spent = self.alpha_for_look(look)
-        if self.boundary == "union" or spent == 0.0:
-            return spent
-        if self._levels is None:
-            assert self.max_looks is not None
-            inc = np.array([self.alpha_for_look(k) for k in range(1, self.max_looks + 1)])
-            z = _boundaries_cached(tuple(inc / 2.0))  # one side: the false-fail side
-            self._levels = 2.0 * _norm_sf(z)
-        return float(self._levels[look - 1])
+    def decisive(n: int) -> bool:
+        a = alpha if n >= n_max else max(alpha * (n / n_max) ** rho - spent, 0.0)
+        if a <= 0:
+            return False
+        return n * theta >= min_samples(p, 1.0 - a / 2.0)
 
-    def spent(self, look: int) -> float:
-        """Total two-sided budget spent through ``look``; never exceeds ``1 - confidence``."""
-        last = look if self.max_looks is None else min(look, self.max_looks)
-        return math.fsum(self.alpha_for_look(k) for k in range(1, last + 1))
+    if not decisive(n_max):
+        return None
+    lo, hi = 1, n_max
+    while lo < hi:  # decisive() is monotone in n: more samples, more budget, lower floor
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if decisive(mid) else (mid + 1, hi)
+    return lo
+
+
+def plan_looks(
+    p: float,
+    confidence: float,
+    n_now: int,
+    n_max: int,
+    *,
+    theta: float = 1.0,
+    rho: float = DEFAULT_RHO,
+    growth: float = DEFAULT_GROWTH,
+    spent: float = 0.0,
+) -> list[int]:
+    """Sample counts (per phase) of the looks still to come, the last one at ``n_max``.
+
+    The first is the earliest that could decide (:func:`first_decisive_n`, and past ``n_now``);
+    the next grow by ``growth``; a look that would leave less than a ``growth``-th step to
+    ``n_max`` is merged into the last. Few looks: each costs budget, and geometric steps keep
+    the time to a verdict within a constant factor of the earliest possible one. When no look
+    within ``n_max`` can reach its floor, one look at ``n_max`` (it will say what is missing).
+    """
+    if n_max <= n_now:
+        return [n_max] if n_max > 0 else []
+    first = first_decisive_n(p, confidence, n_max, theta=theta, rho=rho, spent=spent)
+    if first is None:
+        return [n_max]
+    looks = [max(first, n_now + 1)]
+    while looks[-1] * growth < n_max:
+        looks.append(math.ceil(looks[-1] * growth))
+    looks = [n for n in looks if n < n_max] + [n_max]
+    if len(looks) > 2 and n_max < looks[-2] * math.sqrt(growth):
+        del looks[-2]  # a last step much shorter than the others buys little: merge it
+    return looks
 
 
 def evaluate(
@@ -207,40 +274,64 @@ def evaluate(
     *,
     solo_segments: np.ndarray | None,
     shared_segments: np.ndarray | None,
-    plan: SequentialPlan,
-    look: int,
+    level: float,
+    confidence: float = 0.95,
+    note: str = "",
     trim: bool = True,
     on_inconclusive: str = "warn",
     full_interval: bool = True,
 ) -> DegradationFactor:
-    """The degradation factor for ``check`` at look ``look`` with this look's error share.
+    """The degradation factor for ``check`` with the two-sided level ``level`` of this look.
 
-    Use ``result.verdict(check.threshold)``: ``"pass"``/``"fail"`` are final (stop measuring
-    this check), ``"inconclusive"`` means another round is needed, or, past the plan's last
-    look, that the budget ran out undecided (the gate's ``on_inconclusive`` policy applies).
+    ``result.verdict(check.threshold)``: ``"pass"``/``"fail"`` are final (stop measuring this
+    check); ``"inconclusive"`` means another look is needed or, at the last look, that the
+    budget ran out undecided (the gate's ``on_inconclusive`` policy applies).
     ``full_interval=False`` skips the bootstrap when the verdict is inconclusive anyway (same
     verdict, narrower rank-based interval reported; for simulations that look many times).
     """
-    alpha = plan.level_for_look(look)
     result = degradation(
         solo,
         shared,
         p=check.p,
-        confidence=plan.confidence,
+        confidence=confidence,
         clock=check.clock,
         solo_segments=solo_segments,
         shared_segments=shared_segments,
         trim=trim,
-        alpha=alpha,
+        alpha=level,
         on_inconclusive=on_inconclusive,
         undecided_at=None if full_interval else check.threshold,
     )
-    result.method += f"; sequential look {look} of {plan.max_looks or 'open-ended'} ({plan!r})"
-    if alpha == 0.0 and look < plan.first_look:
-        result.reason = f"look {look} precedes the plan's first decision look {plan.first_look}"
-    elif alpha == 0.0:
-        result.reason = (
-            f"look {look} is past the plan's last look ({plan.max_looks}): no error budget "
-            "left, the budget ran out undecided"
-        )
+    if note:
+        result.method += f"; {note}"
+    if level == 0.0:
+        result.reason = "no error budget left for this look: the budget ran out undecided"
     return result
+
+
+def samples_to_decide(df: DegradationFactor, threshold: float, confidence: float) -> int | None:
+    """About how many samples per phase would decide ``df`` against ``threshold``.
+
+    At the noise ``df``'s interval shows (its standard error shrinks as ``1 / sqrt(n)``), the
+    count at which an interval at the full ``confidence`` would clear the threshold, and at
+    least the sample floor. A power hint for an undecided check, not a promise: the estimate
+    itself moves as samples come in. ``None`` when the estimate sits on the threshold.
+    """
+    gap = abs(math.log(df.value) - math.log(threshold)) if df.value > 0 else math.inf
+    if gap < 1e-9:
+        return None
+    floor = min_samples(df.p, 1.0 - (1.0 - confidence) / 2.0)
+    n = min(df.n_solo, df.n_shared)
+    z = norm_ppf(1.0 - df.alpha / 2.0) if df.alpha > 0 else math.inf
+    centre = math.log(df.value)
+    lo, hi = df.ci
+    spreads = []
+    if math.isfinite(hi) and math.isfinite(z):
+        spreads.append((math.log(hi) - centre) / z)
+    if lo > 0 and math.isfinite(z):
+        spreads.append((centre - math.log(lo)) / z)
+    if not spreads or n <= 0:
+        return floor
+    z_final = norm_ppf(1.0 - (1.0 - confidence) / 2.0)
+    needed = n * (z_final * max(spreads) / gap) ** 2
+    return max(floor, math.ceil(needed))

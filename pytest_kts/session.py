@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from pytest_kts import machine
+from pytest_kts.backends import make_backend
 from pytest_kts.backends.base import Backend, TenantSpec
 from pytest_kts.config import RunSettings
 from pytest_kts.errors import RegressionError
 from pytest_kts.matrix import MatrixResult, run_matrix
 from pytest_kts.results import ScenarioResult
-from pytest_kts.runner import Budget, ProgressSink, make_backend, run_scenario
+from pytest_kts.runner import Budget, ProgressSink, run_scenario
 
 
 @dataclass
@@ -30,6 +31,10 @@ class KtsSession:
     matrices: list[MatrixResult] = field(default_factory=list)
     report_paths: list[Path] = field(default_factory=list)
     report_error: str | None = None
+    # Resident tenant workers kept across scenarios, by (sharing, device, environment): a
+    # later scenario that declares the same tenants skips their start-up (torch import,
+    # CUDA init, build, warmup), which is most of a test's fixed cost.
+    pool: dict[tuple[Any, ...], Backend] = field(default_factory=dict)
 
     @classmethod
     def create(cls, settings: RunSettings) -> KtsSession:
@@ -47,23 +52,29 @@ class KtsSession:
         p: float,
         progress: ProgressSink | None = None,
     ) -> ScenarioResult:
-        with self._gpu(settings) as (backend, gpu_uuid):
+        with self._gpu(settings) as (backend, gpu_uuid, pooled):
             telemetry_factory = None
             if gpu_uuid is not None:
                 telemetry_factory = _telemetry_factory(gpu_uuid)
-            result = run_scenario(
-                name,
-                tenants,
-                settings,
-                slo,
-                p,
-                progress,
-                device=self.device,
-                backend=backend,
-                budget=self.budget,
-                telemetry_factory=telemetry_factory,
-                machine=machine.facts(self.device),
-            )
+            try:
+                result = run_scenario(
+                    name,
+                    tenants,
+                    settings,
+                    slo,
+                    p,
+                    progress,
+                    device=self.device,
+                    backend=backend,
+                    budget=self.budget,
+                    telemetry_factory=telemetry_factory,
+                    machine=machine.facts(self.device),
+                    keep_backend=pooled,
+                )
+            except BaseException:
+                if pooled:
+                    self._drop(backend)  # a failed scenario's workers serve no other
+                raise
         if result.telemetry is not None:
             result.warnings += result.telemetry.clock_warnings(result.windows)
         if settings.cluster and settings.prometheus:
@@ -133,7 +144,7 @@ class KtsSession:
         settings: RunSettings,
         include_all: bool = True,
     ) -> MatrixResult:
-        with self._gpu(settings) as (backend, _):
+        with self._gpu(settings, pool=False) as (backend, _, _):
             result = run_matrix(
                 name, tenants, settings, backend, device=self.device, include_all=include_all,
                 machine=machine.facts(self.device),
@@ -142,10 +153,14 @@ class KtsSession:
         return result
 
     @contextlib.contextmanager
-    def _gpu(self, settings: RunSettings) -> Iterator[tuple[Backend, str | None]]:
-        """A backend whose tenants use one GPU that no other scenario is using meanwhile."""
+    def _gpu(
+        self, settings: RunSettings, pool: bool = True
+    ) -> Iterator[tuple[Backend, str | None, bool]]:
+        """A backend whose tenants use one GPU that no other scenario is using meanwhile,
+        whether it comes from the session's pool, and the GPU's UUID."""
         if self.device != "cuda" or settings.cluster:
-            yield make_backend(settings), None
+            backend, pooled = self._backend(settings, {}, pool)
+            yield backend, None, pooled
             return
         from pytest_kts import gpulock
 
@@ -156,7 +171,37 @@ class KtsSession:
             env = {}
             if lease.uuid.startswith("GPU-"):
                 env["CUDA_VISIBLE_DEVICES"] = lease.uuid
-            yield make_backend(settings, env), lease.uuid if lease.uuid.startswith("GPU-") else None
+            backend, pooled = self._backend(settings, env, pool)
+            yield backend, lease.uuid if lease.uuid.startswith("GPU-") else None, pooled
+
+    def _backend(
+        self, settings: RunSettings, env: Mapping[str, str], pool: bool
+    ) -> tuple[Backend, bool]:
+        """The pooled backend for these settings where pooling applies, else a fresh one.
+
+        Pooled: local time-slicing only (MPS has a daemon per run, streams one process for
+        all tenants, a cluster its Jobs).
+        """
+        if not pool or settings.cluster or settings.sharing != "timeslice":
+            return make_backend(settings, env), False
+        key = (settings.sharing, self.device, tuple(sorted(env.items())))
+        backend = self.pool.get(key)
+        if backend is None or not getattr(backend, "reusable", False):
+            backend = make_backend(settings, env)
+            self.pool[key] = backend
+        return backend, True
+
+    def _drop(self, backend: Backend) -> None:
+        for key, pooled in list(self.pool.items()):
+            if pooled is backend:
+                del self.pool[key]
+        backend.close()
+
+    def close(self) -> None:
+        """Stop every pooled worker. Idempotent; the plugin calls it when pytest ends."""
+        while self.pool:
+            _, backend = self.pool.popitem()
+            backend.close()
 
     def write_report(self, directory: Path) -> None:
         from pytest_kts.report import write_report

@@ -555,7 +555,7 @@ def quantile_inflation(x: np.ndarray, segments: np.ndarray | None, p: float) -> 
     return tail_dependence(x, segments, p)[0]
 
 
-def rank_se_log(x: np.ndarray, p: float, inflation: float = 1.0) -> float:
+def rank_se_log(x: np.ndarray, p: float, inflation: float = 1.0, side: str = "both") -> float:
     """Standard error of log(p-th percentile) from the spread of nearby order statistics.
 
     The rank of the true percentile among ``n`` samples has sd ``s = sqrt(n p (1-p) F)``
@@ -564,17 +564,23 @@ def rank_se_log(x: np.ndarray, p: float, inflation: float = 1.0) -> float:
     (Siddiqui-Bloch-Gastwirth with the natural bandwidth). Fractional ranks interpolate
     linearly here only, the percentile itself stays nearest-rank. ``inf`` when ``np + s > n``:
     the sample has not reached far enough into the tail to bound the percentile from above.
+    ``side="lower"`` uses the ranks ``np - s`` and ``np`` only: the spread that a *lower*
+    bound for the percentile needs, which exists with far fewer samples.
     """
+    if side not in ("both", "lower"):
+        raise ValueError(f"side must be 'both' or 'lower', got {side!r}")
     values = _finite(x)
     n = values.size
     if n < 2 or np.any(values <= 0):
         return math.inf
     q = p / 100.0
     s = math.sqrt(n * q * (1 - q) * inflation)
-    hi = n * q + s
+    hi = n * q + s if side == "both" else n * q
     if hi > n:
         return math.inf
     lo = max(1.0, n * q - s)
+    if hi <= lo:
+        return math.inf
     logs = np.log(np.sort(values))
     ranks = np.arange(1, n + 1, dtype=np.float64)
     v_lo, v_hi = np.interp([lo, hi], ranks, logs)

@@ -100,8 +100,8 @@ class DegradationFactor:
     def verdict(self, threshold: float) -> str:
         """``"pass"`` (CI below), ``"fail"`` (CI above) or ``"inconclusive"``."""
         t = float(threshold)
-        if self.reason is not None:
-            return "inconclusive"
+        # A bound that the samples cannot give is 0 or infinity (see ``reason``), so the
+        # interval alone decides.
         lo, hi = self.ci
         if hi < t:
             return "pass"
@@ -224,6 +224,10 @@ class DegradationFactor:
 # ---------------------------------------------------------------------------------------------
 
 
+def _finite_or(value: float, fallback: float) -> float:
+    return value if math.isfinite(value) else fallback
+
+
 def _seed_from(*parts: np.ndarray | float | str) -> int:
     """A seed that is a function of the inputs, so the same data always gives the same CI."""
     h = hashlib.blake2b(digest_size=8)
@@ -322,21 +326,41 @@ def degradation(
     nc_so, nc_sh = so.size * th_so, sh.size * th_sh
 
     reasons = []
+    # A lower bound for DF needs an upper bound for the solo percentile, and an upper bound
+    # for DF one for the shared percentile: each needs the order-statistic floor, counted in
+    # independent clusters of exceedances (with theta < 1 a run of slow iterations is one
+    # observation of the tail, not many). The other two bounds exist with far fewer samples.
+    # So a phase short of the floor removes one side of the interval, not both: a clear
+    # regression can fail once the *solo* phase has its floor, whatever the shared phase's
+    # clustering, and a clear pass needs the shared phase's floor.
+    floor = min_samples(p, 1.0 - a / 2) if a > 0 else 0
+    solo_ok = a > 0 and nc_so >= floor
+    shared_ok = a > 0 and nc_sh >= floor
     if a <= 0:
         reasons.append("no error budget left for this look (alpha = 0)")
-    else:
-        floor = min_samples(p, 1.0 - a / 2)
-        if min(nc_so, nc_sh) < floor:
-            # The order-statistic floor, counted in independent clusters of exceedances:
-            # with theta < 1 a run of slow iterations is one observation of the tail, not many.
-            more = max(floor / th_so - so.size, floor / th_sh - sh.size)
-            reasons.append(
-                f"too few samples: bounding {_fmt_p(p)} at one-sided confidence {1 - a / 2:.4g} "
-                f"needs >= {floor} independent samples per phase; have solo {nc_so:.0f} "
-                f"(n={so.size}, extremal index {th_so:.2f}), shared {nc_sh:.0f} "
-                f"(n={sh.size}, extremal index {th_sh:.2f}): about {math.ceil(more)} more "
-                "per phase"
-            )
+    elif not (solo_ok or shared_ok):
+        more = max(floor / th_so - so.size, floor / th_sh - sh.size)
+        reasons.append(
+            f"too few samples: bounding {_fmt_p(p)} at one-sided confidence {1 - a / 2:.4g} "
+            f"needs >= {floor} independent samples per phase; have solo {nc_so:.0f} "
+            f"(n={so.size}, extremal index {th_so:.2f}), shared {nc_sh:.0f} "
+            f"(n={sh.size}, extremal index {th_sh:.2f}): about {math.ceil(more)} more "
+            "per phase"
+        )
+    elif not solo_ok:
+        reasons.append(
+            f"no lower bound: bounding the solo {_fmt_p(p)} at one-sided confidence "
+            f"{1 - a / 2:.4g} needs >= {floor} independent samples; have {nc_so:.0f} "
+            f"(n={so.size}, extremal index {th_so:.2f}): a fail verdict needs about "
+            f"{math.ceil(floor / th_so - so.size)} more solo samples"
+        )
+    elif not shared_ok:
+        reasons.append(
+            f"no upper bound: bounding the shared {_fmt_p(p)} at one-sided confidence "
+            f"{1 - a / 2:.4g} needs >= {floor} independent samples; have {nc_sh:.0f} "
+            f"(n={sh.size}, extremal index {th_sh:.2f}): a pass verdict needs about "
+            f"{math.ceil(floor / th_sh - sh.size)} more shared samples"
+        )
 
     b_so = round(block_length(so, so_lab))
     b_sh = round(block_length(sh, sh_lab))
@@ -346,13 +370,23 @@ def degradation(
     z = norm_ppf(1.0 - a / 2) if a > 0 else math.inf
     centre = math.log(value) if value > 0 else -math.inf
     se_rank = (rank_se_log(so, p, f_so), rank_se_log(sh, p, f_sh))
-    rank_only = bool(reasons)  # below the floor the verdict is inconclusive whatever the CI
+    # Where a phase's rank interval reaches past its largest sample, its lower half still
+    # bounds the percentile from below.
+    se_low = (
+        rank_se_log(so, p, f_so, side="lower"),
+        rank_se_log(sh, p, f_sh, side="lower"),
+    )
+    rank_only = not (solo_ok or shared_ok)  # no bound either side: inconclusive whatever the CI
     if not rank_only and undecided_at is not None and math.isfinite(z):
-        # The final standard error is never below the rank-based one, so if the rank-based
-        # interval already contains the threshold the verdict is inconclusive: skip the
-        # bootstrap (the sequential runner's looks are mostly of this kind).
-        half = z * math.hypot(*se_rank)
-        rank_only = centre - half <= math.log(undecided_at) <= centre + half
+        # The final standard errors are never below the rank-based ones, so if the
+        # rank-based bounds cannot decide against the threshold, neither can the final ones:
+        # skip the bootstrap (the sequential runner's looks are mostly of this kind).
+        t = math.log(undecided_at)
+        lo_rank = centre - z * math.hypot(se_rank[0], _finite_or(se_rank[1], se_low[1]))
+        hi_rank = centre + z * math.hypot(_finite_or(se_rank[0], se_low[0]), se_rank[1])
+        can_fail = solo_ok and lo_rank > t
+        can_pass = shared_ok and hi_rank < t
+        rank_only = not (can_fail or can_pass)
     tiny = np.finfo(np.float64).tiny
     ses = list(se_rank)
     if not rank_only:
@@ -363,19 +397,25 @@ def degradation(
             # (AR(1) rho = 0.9, 4 rounds: 13% one-sided misses at nominal 2.5%); the rank-based
             # standard error with the copula inflation guards that case: the larger is used.
             ses[i] = max(se_boot, ses[i])
-    se = math.hypot(ses[0], ses[1])  # the two phases are independent runs
-    if not math.isfinite(se) and not reasons:
+    # The two phases are independent runs. The lower bound of DF takes the solo phase's
+    # upper side and the shared phase's lower side; the upper bound the other two.
+    se_lo = math.hypot(ses[0], _finite_or(ses[1], se_low[1]))
+    se_hi = math.hypot(_finite_or(ses[0], se_low[0]), ses[1])
+    if (solo_ok or shared_ok) and not (math.isfinite(se_lo) or math.isfinite(se_hi)):
         reasons.append(
             "too few samples in the tail: the rank interval of a phase's percentile reaches "
             "past its largest sample (strong autocorrelation); more rounds are needed"
         )
-    if a <= 0 or not math.isfinite(se):
-        ci = (0.0, math.inf)
-    else:
-        ci = (math.exp(centre - z * se), math.exp(centre + z * se))
+    lo = math.exp(centre - z * se_lo) if solo_ok and math.isfinite(se_lo) else 0.0
+    hi = math.exp(centre + z * se_hi) if shared_ok and math.isfinite(se_hi) else math.inf
+    ci = (lo, hi)
 
     if rank_only:
-        why = "below the sample floor" if reasons else f"already contains {undecided_at:g}"
+        why = (
+            "below the sample floor"
+            if not (solo_ok or shared_ok)
+            else f"cannot decide against {undecided_at:g}"
+        )
         method = (
             f"rank-based interval only ({why}, no bootstrap), Gaussian-copula "
             f"inflation {f_so:.2f}/{f_sh:.2f}, nearest-rank {_fmt_p(p)}, "

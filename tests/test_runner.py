@@ -1,8 +1,15 @@
-"""The runner's logic against a backend that synthesises samples (no processes, fast)."""
+"""The runner's logic against a backend that synthesises samples on a simulated clock.
+
+The backend models what matters for phase sizing and budgets: each tenant has a period per
+phase (seconds per iteration), a phase lasts until its measured tenants reach their targets
+or its time share ends, background tenants produce samples for as long as the phase lasts,
+and every phase costs a fixed overhead. No processes, no sleeping: fast and exact.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,43 +21,69 @@ from pytest_kts.errors import ConfigError
 from pytest_kts.protocol import LineReader, Sample
 from pytest_kts.runner import Budget, run_scenario
 
+OVERHEAD_S = 0.1
 
-class SyntheticBackend(Backend):
-    """Latencies lognormal around 1 ms; in shared phases tenant ``slow`` has its tail scaled."""
 
-    name = "synthetic"
+class SimulatedBackend(Backend):
+    """Lognormal latencies; in shared phases tenant ``slow``'s tail is scaled by ``tail_factor``."""
 
-    def __init__(self, tail_factor: float = 1.0, seconds_per_phase: float = 1.0) -> None:
+    name = "simulated"
+
+    def __init__(
+        self,
+        tail_factor: float = 1.0,
+        periods: dict[str, float] | None = None,
+        shared_slowdown: float = 1.0,
+        seed: int = 7,
+    ) -> None:
         self.tail_factor = tail_factor
-        self.seconds_per_phase = seconds_per_phase
+        self.periods = periods or {"slow": 0.01, "other": 0.01}
+        self.shared_slowdown = shared_slowdown
         self.plans: list[PhasePlan] = []
-        self.clock_ns = 1_000_000_000
-        self.rng = np.random.default_rng(7)
+        self.outputs: list[PhaseOutput] = []
+        self.clock_ns = 1_000_000_000_000
+        self.rng = np.random.default_rng(seed)
         self.started = self.closed = False
 
     def start(self, tenants: Sequence[TenantSpec], device: str) -> None:
         self.started = True
 
+    def period(self, tenant: str, phase: str) -> float:
+        slowdown = self.shared_slowdown if phase == "shared" else 1.0
+        return self.periods[tenant] * slowdown
+
     def run_phase(self, plan: PhasePlan, timeout_s: float) -> PhaseOutput:
         self.plans.append(plan)
-        start = self.clock_ns
+        sent = self.clock_ns
+        start = sent + int(OVERHEAD_S * 1e9)
+        needed = max(n * self.period(t, plan.phase) for t, n in plan.iterations.items() if n > 0)
+        # The share counts from when the phase is sent, its start overhead included.
+        duration = (
+            needed if plan.max_seconds is None else min(needed, plan.max_seconds - OVERHEAD_S)
+        )
+        cut = duration < needed
         readers = {}
-        for tenant, n in plan.iterations.items():
+        for tenant, target in plan.iterations.items():
+            period = self.period(tenant, plan.phase)
+            n = int(duration / period + 1e-9)
+            if not plan.until_stopped:
+                n = min(n, target)
             lat = self.rng.lognormal(0.0, 0.25, size=n)
-            if plan.phase == "shared" and tenant == "slow":
+            if plan.phase == "shared" and tenant == "slow" and n:
                 tail = lat > np.quantile(lat, 0.9)
                 lat[tail] *= self.tail_factor
             reader = LineReader()
-            t = start
             for i, ms in enumerate(lat):
-                s = Sample(
-                    tenant, plan.phase, plan.round, i, t, t + int(ms * 1e6), ms, float("nan")
+                t = start + int(i * period * 1e9)
+                reader.samples.append(
+                    Sample(tenant, plan.phase, plan.round, i, t, t + int(ms * 1e6), ms, math.nan)
                 )
-                reader.samples.append(s)
-                t += int(self.seconds_per_phase * 1e9 / n)
             readers[tenant] = reader
-        self.clock_ns += int(self.seconds_per_phase * 1e9)
-        return PhaseOutput(plan, readers, start, self.clock_ns)
+        end = start + int(duration * 1e9)
+        self.clock_ns = end
+        out = PhaseOutput(plan, readers, start, end, cut=cut, sent_ns=sent)
+        self.outputs.append(out)
+        return out
 
     def close(self) -> None:
         self.closed = True
@@ -66,8 +99,12 @@ def run(backend: Backend, settings: RunSettings, **kw: object):  # type: ignore[
     return run_scenario("t", TENANTS, settings, device="cpu", backend=backend, **kw)  # type: ignore[arg-type]
 
 
+def wall(backend: SimulatedBackend) -> float:
+    return sum(o.wall_seconds for o in backend.outputs)
+
+
 def test_fixed_protocol_interleaves_rounds_and_reverses_order() -> None:
-    backend = SyntheticBackend()
+    backend = SimulatedBackend()
     result = run(backend, RunSettings(iterations=300, round_iterations=100))
     assert backend.started and backend.closed
     phases = [(p.phase, p.tenants) for p in backend.plans]
@@ -77,57 +114,135 @@ def test_fixed_protocol_interleaves_rounds_and_reverses_order() -> None:
     assert len(backend.plans) == 9
     assert len(result.tenants["slow"].samples.solo) == 300
     assert result.stop_reason.startswith("fixed protocol")
-    assert result.gpu_seconds == pytest.approx(9.0)
+    assert result.gpu_seconds == pytest.approx(wall(backend))
 
 
-def test_adaptive_run_stops_once_every_slo_is_decided() -> None:
-    backend = SyntheticBackend(tail_factor=4.0)
-    settings = RunSettings(round_iterations=200, max_iterations=4000, max_seconds=1e6)
-    result = run(backend, settings, slo={"slow": 1.3, "other": 1.3})
-    verdicts = {c["tenant"]: c["verdict"] for c in result.checks}
-    assert verdicts == {"slow": "fail", "other": "pass"}
-    rounds = len(backend.plans) // 3
-    assert rounds < 4000 // 200  # decided before the budget
+def test_a_clear_regression_fails_at_the_first_look_after_calibration() -> None:
+    backend = SimulatedBackend(tail_factor=4.0)
+    settings = RunSettings(max_seconds=1e6)
+    result = run(backend, settings, slo={"slow": 1.3})
+    check = result.checks[0]
+    assert check["verdict"] == "fail"
+    assert check["looks"] == 1
+    # The look came no earlier than its own floor, and not much later: about twice the
+    # 368 samples a p99 claim at 95% needs at the least (plus what warmup trimming takes).
+    assert 368 <= check["n"] <= 2.2 * 368
     assert result.stop_reason.startswith("every SLO decided")
-    # The test's assertion sees the DF of the last look, at that look's error rate.
     df = result.tenants["slow"].df(99)
     assert df is not None and df.verdict(1.3) == "fail" and df.alpha < 0.05
 
 
-def test_adaptive_rounds_give_solo_time_only_to_tenants_with_an_slo() -> None:
-    backend = SyntheticBackend(tail_factor=4.0)
-    settings = RunSettings(round_iterations=200, max_iterations=4000, max_seconds=1e6)
-    run(backend, settings, slo={"slow": 1.3})
+def test_phases_end_on_the_slo_tenants_counts_and_co_tenants_run_as_background() -> None:
+    backend = SimulatedBackend(tail_factor=1.0, periods={"slow": 0.01, "other": 0.5})
+    run(backend, RunSettings(max_seconds=1e6), slo={"slow": 1.3})
+    shared = [p for p in backend.plans if p.phase == "shared"]
+    assert shared and all(p.iterations["other"] == 0 for p in shared)  # background
+    assert all(p.measured == ("slow",) for p in shared)
+    # A co-tenant with a 50x longer period does not stretch the shared phase: it lasts what
+    # the SLO tenant's target takes.
+    for plan, out in zip(backend.plans, backend.outputs, strict=False):
+        if plan.phase == "shared":
+            assert out.seconds == pytest.approx(plan.iterations["slow"] * 0.01)
+            assert not out.cut
+
+
+def test_tenants_without_an_slo_get_one_short_solo_profile_only() -> None:
+    backend = SimulatedBackend(tail_factor=1.0)
+    result = run(backend, RunSettings(max_seconds=1e6), slo={"slow": 1.3})
     solo_other = [p for p in backend.plans if p.phase == "solo" and p.tenants == ("other",)]
     solo_slow = [p for p in backend.plans if p.phase == "solo" and p.tenants == ("slow",)]
-    assert [p.round for p in solo_other] == [0]
-    assert len(solo_slow) > 1
+    assert len(solo_other) == 1 and solo_other[0] is backend.plans[-1]  # at the end
+    assert solo_other[0].iterations["other"] == 100
+    assert len(solo_slow) >= 2  # calibration, then the looks
+    assert "solo profile" in result.stop_reason
 
 
-def test_budget_in_seconds_stops_before_a_round_that_would_overrun() -> None:
-    backend = SyntheticBackend(tail_factor=1.3, seconds_per_phase=10.0)  # true DF ~ threshold
-    settings = RunSettings(round_iterations=100, max_iterations=100_000, max_seconds=95.0)
+def test_solo_and_shared_samples_of_slo_tenants_stay_balanced() -> None:
+    backend = SimulatedBackend(tail_factor=1.25, periods={"slow": 0.01, "other": 0.01})
+    result = run(backend, RunSettings(max_seconds=1e6), slo={"slow": 1.3})
+    samples = result.tenants["slow"].samples
+    n_solo, n_shared = len(samples.solo), len(samples.shared)
+    assert abs(n_solo - n_shared) <= 0.05 * max(n_solo, n_shared)
+
+
+def test_a_slow_background_co_tenant_cannot_stretch_the_test_past_its_budget() -> None:
+    # The SLO tenant is fast; the co-tenant takes a second per iteration. Fixed protocol
+    # counted the co-tenant's iterations too; the adaptive one must not wait for them.
+    backend = SimulatedBackend(periods={"slow": 0.005, "other": 1.0})
+    result = run(backend, RunSettings(max_seconds=40.0), slo={"slow": 1.3})
+    assert wall(backend) <= 40.0 + 1e-6
+    assert result.gpu_seconds <= 40.0 + 1e-6
+
+
+def test_the_budget_cuts_a_phase_short_and_keeps_its_samples() -> None:
+    # The fixed protocol with a co-tenant too slow for the budget: its phases are cut.
+    backend = SimulatedBackend(periods={"slow": 0.01, "other": 1.0})
+    result = run(backend, RunSettings(iterations=400, round_iterations=200, max_seconds=30.0))
+    assert wall(backend) <= 30.0 + 1e-6
+    cut = [o for o in backend.outputs if o.cut]
+    assert cut, "a phase of the slow co-tenant should have been cut"
+    kept = sum(len(r.samples) for o in cut for r in o.readers.values())
+    assert kept > 0
+    assert len(result.tenants["other"].samples.solo) + len(
+        result.tenants["other"].samples.shared
+    ) == sum(len(o.readers["other"].samples) for o in backend.outputs if "other" in o.readers)
+    assert "time share" in result.stop_reason
+
+
+def test_the_look_plan_fits_the_budget_and_spends_all_of_it() -> None:
+    # True DF at the threshold: never decided, so the run goes to its last look.
+    backend = SimulatedBackend(tail_factor=1.3 ** (1 / 1.0), periods={"slow": 0.02, "other": 0.02})
+    settings = RunSettings(max_seconds=60.0, max_iterations=100_000)
     result = run(backend, settings, slo={"slow": 1.3})
-    assert result.gpu_seconds <= 95.0
-    assert "budget" in result.stop_reason and "undecided" in result.stop_reason
-    assert result.checks[0]["verdict"] == "inconclusive"
+    assert wall(backend) <= 60.0 + 1e-6
+    check = result.checks[0]
+    assert check["verdict"] in ("inconclusive", "pass", "fail")
+    # The whole error budget was spent by the last look, which came near the end of the time.
+    spending = check["spending"]
+    assert "spent 0.05," in spending
+    assert wall(backend) > 0.7 * 60.0
+    if check["verdict"] == "inconclusive":
+        assert check["power"] and "more samples per phase" in check["power"]
+
+
+def test_the_iteration_cap_ends_the_plan_and_is_named() -> None:
+    backend = SimulatedBackend(tail_factor=1.3)
+    result = run(backend, RunSettings(max_seconds=1e6, max_iterations=1000), slo={"slow": 1.3})
+    assert max(len(result.tenants["slow"].samples.solo), 0) <= 1000 * 1.05
+    if result.checks[0]["verdict"] == "inconclusive":
+        assert "1000 iterations" in result.stop_reason
 
 
 def test_session_budget_is_shared_across_scenarios() -> None:
     budget = Budget(seconds=50.0)
-    settings = RunSettings(round_iterations=100, max_iterations=100_000, max_seconds=1e6)
-    run(SyntheticBackend(1.3, 10.0), settings, slo={"slow": 1.3}, budget=budget)
-    assert budget.spent <= 50.0
-    second = run(SyntheticBackend(1.3, 10.0), settings, slo={"slow": 1.3}, budget=budget)
-    assert "session's budget" in second.stop_reason
+    settings = RunSettings(max_iterations=100_000, max_seconds=1e6)
+    first = SimulatedBackend(1.3, periods={"slow": 0.05, "other": 0.05})
+    run(first, settings, slo={"slow": 1.3}, budget=budget)
+    assert budget.spent <= 50.0 + 1e-6
+    second = SimulatedBackend(1.3, periods={"slow": 0.05, "other": 0.05})
+    result = run(second, settings, slo={"slow": 1.3}, budget=budget)
+    assert budget.spent <= 50.0 + 1e-6
+    assert "session's budget" in result.stop_reason
 
 
 def test_bad_scenarios_are_refused() -> None:
     with pytest.raises(ConfigError, match="at least 2"):
-        run_scenario("t", TENANTS[:1], RunSettings(), device="cpu", backend=SyntheticBackend())
+        run_scenario("t", TENANTS[:1], RunSettings(), device="cpu", backend=SimulatedBackend())
     with pytest.raises(ConfigError, match="does not declare"):
-        run(SyntheticBackend(), RunSettings(), slo={"nobody": 1.3})
+        run(SimulatedBackend(), RunSettings(), slo={"nobody": 1.3})
     with pytest.raises(ConfigError, match="for the local backend"):
-        from pytest_kts.runner import make_backend
+        from pytest_kts.backends import make_backend
 
         make_backend(dataclasses.replace(RunSettings(), cluster=True, sharing="mps"))
+
+
+def test_a_phase_plan_checks_its_targets() -> None:
+    with pytest.raises(ValueError, match="positive target"):
+        PhasePlan("shared", 0, {"a": 0, "b": 0})
+    with pytest.raises(ValueError, match=">= 0"):
+        PhasePlan("solo", 0, {"a": -1})
+    with pytest.raises(ValueError, match="solo or shared"):
+        PhasePlan("both", 0, {"a": 1})
+    plan = PhasePlan("shared", 0, {"a": 10, "b": 0})
+    assert plan.measured == ("a",) and plan.until_stopped
+    assert not PhasePlan("solo", 0, {"a": 10}).until_stopped

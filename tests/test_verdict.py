@@ -64,7 +64,11 @@ def test_verdicts_follow_the_interval() -> None:
     assert df.verdict(2.5) == "pass"
     assert df.verdict(1.68) == "inconclusive"
     assert df.verdict(1.42) == "inconclusive"  # touching the bound is not "entirely above"
-    assert make_df((1.42, 2.22), reason="too few").verdict(1.3) == "inconclusive"
+    # A bound the samples cannot give is 0 or infinity; the verdict follows what exists.
+    assert make_df((0.0, math.inf), reason="too few").verdict(1.3) == "inconclusive"
+    one_sided = make_df((1.42, math.inf), reason="no upper bound")
+    assert one_sided.verdict(1.3) == "fail"
+    assert one_sided.verdict(2.5) == "inconclusive"
 
 
 def test_comparisons_decided() -> None:

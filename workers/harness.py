@@ -146,6 +146,52 @@ def machine_facts(device: str) -> dict[str, Any]:
     return facts
 
 
+class PhaseControl:
+    """Stops a phase from outside its loop: the backend's ``stop`` line, or the end of stdin.
+
+    Phases are numbered (``seq``) so that a ``stop`` meant for one phase can never end the
+    next one, whatever the order in which the reader thread and the loop see them. Sleeps
+    between iterations wait on the control, so a stop ends a sleeping tenant at once (a
+    tenant with a one-second period must not hold a phase, or Ctrl-C, for a second).
+    """
+
+    _ALL = 1 << 62
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopped = -1
+        self._current = 0
+        self._wake = threading.Event()
+
+    def begin(self, seq: int) -> None:
+        """Phase ``seq`` starts: a stop seen for an earlier phase no longer counts."""
+        with self._lock:
+            self._current = seq
+            if self._stopped < seq:
+                self._wake.clear()
+
+    def stop(self, seq: int | None = None) -> None:
+        """Stop phase ``seq`` (the running one when ``None``) at its next iteration."""
+        with self._lock:
+            self._stopped = max(self._stopped, self._current if seq is None else int(seq))
+            if self._stopped >= self._current:
+                self._wake.set()
+
+    def close(self) -> None:
+        """No more phases: the backend has gone (end of stdin) or asked the worker to exit."""
+        with self._lock:
+            self._stopped = self._ALL
+            self._wake.set()
+
+    def stopped(self, seq: int) -> bool:
+        return self._stopped >= seq
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, or less when a stop arrives."""
+        if seconds > 0:
+            self._wake.wait(seconds)
+
+
 def run_phase(
     step: Callable[[], object],
     *,
@@ -157,42 +203,52 @@ def run_phase(
     iterations: int,
     arrival: Arrival,
     start_at_ns: int | None = None,
-    keep_running: threading.Event | None = None,
+    control: PhaseControl | None = None,
+    seq: int = 0,
+    until_stopped: bool = False,
     min_duration_s: float = 0.0,
+    max_duration_s: float | None = None,
 ) -> int:
     """Run one phase and emit a sample per iteration; return how many were recorded.
 
     ``start_at_ns`` (epoch) is a barrier by the clock: co-tenants given the same instant start
-    together. With ``keep_running`` set, the loop goes on past ``iterations`` (announcing
-    ``target_reached``) until the event is cleared, so a co-tenant still measuring keeps its
-    contention; ``min_duration_s`` does the same by time, for backends with no control channel.
+    together. The loop ends after ``iterations`` samples (announcing ``target_reached``), unless
+    ``until_stopped``: then it goes on until ``control`` stops phase ``seq``, so a co-tenant
+    keeps its contention up for as long as the phase lasts. A stop always ends the loop at the
+    next iteration, below the target too (the phase's time share ran out; the samples so far
+    are kept). ``min_duration_s`` and ``max_duration_s`` do the same by time, for backends with
+    no control channel (a Kubernetes Job).
     """
+    control = control or PhaseControl()
     if start_at_ns is not None:
         delay = (start_at_ns - time.time_ns()) / 1e9
         if delay > 0:
-            time.sleep(delay)
+            control.sleep(delay)
     emit.event("phase_start", {"phase": phase, "round": round, "iterations": iterations})
     # Epoch and monotonic clocks are read once; per-iteration stamps derive from the monotonic one.
     epoch0, mono0 = time.time_ns(), time.perf_counter_ns()
-    deadline = mono0 + int(min_duration_s * 1e9)
+    keep_until = mono0 + int(min_duration_s * 1e9)
+    cut_at = None if max_duration_s is None else mono0 + int(max_duration_s * 1e9)
     open_loop = arrival.kind != "closed"
     next_gap = arrival.gaps() if open_loop else None
     intended = mono0
     i = 0
     announced = False
-    while True:
+    while not control.stopped(seq):
+        now = time.perf_counter_ns()
+        if cut_at is not None and now >= cut_at:
+            break
         if i >= iterations:
             if not announced:
                 emit.event("target_reached", {"phase": phase, "round": round, "n": i})
                 announced = True
-            more_by_event = keep_running is not None and keep_running.is_set()
-            more_by_time = time.perf_counter_ns() < deadline
-            if not (more_by_event or more_by_time):
+            if not (until_stopped or now < keep_until):
                 break
         if open_loop:
-            now = time.perf_counter_ns()
             if intended > now:
-                time.sleep((intended - now) / 1e9)
+                control.sleep((intended - now) / 1e9)
+                if control.stopped(seq):
+                    break
         else:
             intended = time.perf_counter_ns()
         end, host_ms, device_ms = clock.time(step, intended)
@@ -213,7 +269,7 @@ def run_phase(
             assert next_gap is not None
             intended += int(next_gap() * 1e9)
         elif arrival.sleep_s > 0:
-            time.sleep(arrival.sleep_s)
+            control.sleep(arrival.sleep_s)
     emit.event("phase_end", {"phase": phase, "round": round, "n": i})
     emit.flush()
     return i

@@ -17,7 +17,10 @@ import sys
 import threading
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.harness import PhaseControl
 
 EXIT_USAGE = 2
 EXIT_OOM = 3
@@ -49,6 +52,7 @@ def parse_args(argv: Sequence[str] | None, *, workload: str | None = None) -> ar
     p.add_argument("--iterations", type=int, default=int(_env("ITERATIONS", "800") or 800))
     p.add_argument("--start-at-ns", type=int, default=None)
     p.add_argument("--min-duration-s", type=float, default=0.0)
+    p.add_argument("--max-duration-s", type=float, default=None)
     p.add_argument("--serve", action="store_true", help="stay resident; phases come on stdin")
     args = p.parse_args(argv)
     if args.sleep_ms is None:
@@ -96,15 +100,18 @@ def read_commands(stream: Iterable[str]) -> Iterator[dict[str, Any]]:
             yield command
 
 
-def _command_reader(commands: queue.Queue[dict[str, Any] | None], stop: threading.Event) -> None:
-    """Reads the backend's commands; a ``stop`` clears the keep-running flag at once."""
+def _command_reader(commands: queue.Queue[dict[str, Any] | None], control: PhaseControl) -> None:
+    """Reads the backend's commands; a ``stop`` ends the running phase at its next iteration."""
     for command in read_commands(sys.stdin):
         if command.get("cmd") == "stop":
-            stop.clear()
+            seq = command.get("seq")
+            control.stop(int(seq) if isinstance(seq, int) else None)
             continue
+        if command.get("cmd") == "exit":
+            control.close()
         commands.put(command)
-    # EOF: the backend has gone. Stop any phase in progress and exit.
-    stop.clear()
+    # EOF: the backend has gone. Stop any phase in progress at once and exit.
+    control.close()
     commands.put(None)
 
 
@@ -130,7 +137,14 @@ def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> i
     args = parse_args(argv, workload=workload)
 
     from pytest_kts.protocol import check_tenant_name
-    from workers.harness import Arrival, Clock, Emitter, machine_facts, run_phase
+    from workers.harness import (
+        Arrival,
+        Clock,
+        Emitter,
+        PhaseControl,
+        machine_facts,
+        run_phase,
+    )
 
     try:
         check_tenant_name(args.tenant)
@@ -163,28 +177,28 @@ def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> i
                     step, clock=clock, emit=emit, tenant=args.tenant, phase=args.phase,
                     round=args.round, iterations=args.iterations, arrival=arrival,
                     start_at_ns=args.start_at_ns, min_duration_s=args.min_duration_s,
+                    max_duration_s=args.max_duration_s,
                 )  # fmt: skip
                 return 0
             commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
-            keep_running = threading.Event()
-            threading.Thread(
-                target=_command_reader, args=(commands, keep_running), daemon=True
-            ).start()
+            control = PhaseControl()
+            threading.Thread(target=_command_reader, args=(commands, control), daemon=True).start()
+            seq = 0
             while (command := commands.get()) is not None:
                 if command.get("cmd") == "exit":
                     break
                 if command.get("cmd") != "run":
                     emit.event("error", {"kind": "protocol", "message": f"unknown {command}"})
                     continue
-                if command.get("keep_running"):
-                    keep_running.set()
+                seq = int(command.get("seq", seq + 1))
+                control.begin(seq)
                 run_phase(
                     step, clock=clock, emit=emit, tenant=args.tenant, phase=command["phase"],
                     round=int(command["round"]), iterations=int(command["iterations"]),
-                    arrival=arrival, start_at_ns=command.get("start_at_ns"),
-                    keep_running=keep_running,
+                    arrival=arrival, start_at_ns=command.get("start_at_ns"), control=control,
+                    seq=seq, until_stopped=bool(command.get("until_stopped")),
+                    max_duration_s=command.get("max_duration_s"),
                 )  # fmt: skip
-                keep_running.clear()
             return 0
     except LookupError as exc:
         emit.event("error", {"kind": "no_device", "message": str(exc)})

@@ -15,8 +15,9 @@ only way to ask the hardware to favour one tenant's kernels over another's.
 (5), ``arrival`` (closed), ``rate_hz``, ``seed`` (0), ``params`` ({}), ``priority`` (0).
 
 Commands on stdin, one JSON object a line, as for ``workers.run --serve`` but addressed:
-``{"cmd": "run", "tenant": T, "phase", "round", "iterations", "start_at_ns", "keep_running"}``;
-``{"cmd": "stop", "tenant": T}`` (no tenant: every tenant); ``{"cmd": "exit"}`` (the process).
+``{"cmd": "run", "tenant": T, "seq", "phase", "round", "iterations", "start_at_ns",
+"until_stopped", "max_duration_s"}``; ``{"cmd": "stop", "tenant": T, "seq": S}`` (no tenant: every
+tenant); ``{"cmd": "exit"}`` (the process).
 
 Output: the usual protocol lines, each tenant under its own name (``KTS_META`` with
 ``"sharing": "streams"`` and ``"streams": true|false``, ``KTS_EVENT ready``, ``KTS_APP,v2``).
@@ -47,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from workers.harness import Emitter
+from workers.harness import Emitter, PhaseControl
 from workers.run import (
     EXIT_NO_DEVICE,
     EXIT_OOM,
@@ -254,7 +255,7 @@ class _Tenant:
     emit: SharedLockEmitter
     ready: bool = False
     commands: queue.Queue[dict[str, Any] | None] = field(default_factory=queue.Queue)
-    keep_running: threading.Event = field(default_factory=threading.Event)
+    control: PhaseControl = field(default_factory=PhaseControl)
     thread: threading.Thread | None = None
 
 
@@ -341,16 +342,18 @@ class _Process:
                 arrival = Arrival(a.arrival, sleep_ms / 1000.0, a.rate_hz, a.seed)
                 tenant.emit.event("ready", {"pid": os.getpid()})
                 tenant.ready = True
+                seq = 0
                 while (command := tenant.commands.get()) is not None:
-                    if command.get("keep_running"):
-                        tenant.keep_running.set()
+                    seq = int(command.get("seq", seq + 1))
+                    tenant.control.begin(seq)
                     run_phase(
                         step, clock=clock, emit=tenant.emit, tenant=a.name,
                         phase=command["phase"], round=int(command["round"]),
                         iterations=int(command["iterations"]), arrival=arrival,
-                        start_at_ns=command.get("start_at_ns"), keep_running=tenant.keep_running,
+                        start_at_ns=command.get("start_at_ns"), control=tenant.control, seq=seq,
+                        until_stopped=bool(command.get("until_stopped")),
+                        max_duration_s=command.get("max_duration_s"),
                     )  # fmt: skip
-                    tenant.keep_running.clear()
         except BaseException as exc:
             self.fail(tenant, exc)
         finally:
@@ -366,8 +369,9 @@ class _Process:
             targets = [self.tenants[name]] if name in self.tenants else []
             if name is None:
                 targets = list(self.tenants.values())
+            seq = command.get("seq")
             for t in targets:
-                t.keep_running.clear()
+                t.control.stop(int(seq) if isinstance(seq, int) else None)
             return True
         if cmd == "run" and name in self.tenants:
             self.tenants[name].commands.put(command)
@@ -379,7 +383,7 @@ class _Process:
     def shutdown(self) -> bool:
         """Ask every thread to finish; True when all did (then a normal exit is safe)."""
         for t in self.tenants.values():
-            t.keep_running.clear()
+            t.control.close()
             t.commands.put(None)
         for t in self.tenants.values():
             if t.thread is not None:

@@ -75,34 +75,74 @@ class TenantSpec:
 
 @dataclass(frozen=True)
 class PhasePlan:
-    """One phase of one round: which tenants run and how many iterations each must record.
+    """One phase of one round: which tenants run, how many iterations each must record, and
+    how long the phase may last.
 
-    In a shared phase, a tenant that reaches its target keeps running (its later samples
-    are kept too) until every tenant has reached its own, so that no tenant's shared
-    samples are taken while a co-tenant has already gone quiet.
+    A tenant's target may be 0: in a shared phase that makes it a *background* co-tenant,
+    which runs for as long as the phase lasts and never lengthens it. A shared phase ends
+    when every tenant with a positive target has reached it; until then every tenant keeps
+    running (its later samples are kept too), so that no tenant's shared samples are taken
+    while a co-tenant has gone quiet. ``max_seconds`` is the phase's time share in wall time,
+    counted from when the backend starts the phase (its start barrier included): when it runs
+    out, the backend stops every tenant at its next iteration, the phase ends below its
+    targets, and its samples are kept (``PhaseOutput.cut``).
     """
 
     phase: str  # "solo" | "shared"
     round: int
-    iterations: Mapping[str, int]  # tenant -> target
+    iterations: Mapping[str, int]  # tenant -> target (0: background, runs until the phase ends)
+    max_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.phase not in ("solo", "shared"):
+            raise ValueError(f"phase must be solo or shared, got {self.phase!r}")
+        if any(int(n) < 0 for n in self.iterations.values()):
+            raise ValueError(f"iteration targets must be >= 0, got {dict(self.iterations)}")
+        if not any(int(n) > 0 for n in self.iterations.values()):
+            raise ValueError("a phase needs at least one tenant with a positive target")
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds}")
 
     @property
     def tenants(self) -> tuple[str, ...]:
         return tuple(self.iterations)
 
+    @property
+    def measured(self) -> tuple[str, ...]:
+        """Tenants whose target ends the phase (the others are background)."""
+        return tuple(t for t, n in self.iterations.items() if int(n) > 0)
+
+    @property
+    def until_stopped(self) -> bool:
+        """Whether tenants keep running past their targets until the phase is stopped."""
+        return self.phase == "shared" and len(self.iterations) > 1
+
 
 @dataclass
 class PhaseOutput:
-    """What a phase produced: per tenant, every line accounted for; and its wall window."""
+    """What a phase produced: per tenant, every line accounted for; and its wall window.
+
+    ``cut`` is true when the phase's time share ended it before every target was reached;
+    ``sent_ns`` is when the backend started the phase (before the start barrier), so
+    ``ended_ns - sent_ns`` is the phase's whole cost in wall time.
+    """
 
     plan: PhasePlan
     readers: dict[str, LineReader]
     started_ns: int
     ended_ns: int
+    cut: bool = False
+    sent_ns: int | None = None
 
     @property
     def seconds(self) -> float:
         return (self.ended_ns - self.started_ns) / 1e9
+
+    @property
+    def wall_seconds(self) -> float:
+        """Seconds from sending the phase to its end: what a budget is charged."""
+        began = self.started_ns if self.sent_ns is None else min(self.sent_ns, self.started_ns)
+        return (self.ended_ns - began) / 1e9
 
 
 class Backend(abc.ABC):

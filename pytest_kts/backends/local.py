@@ -30,7 +30,9 @@ from pytest_kts.mps import MpsDaemon
 from pytest_kts.protocol import Event, LineReader, Meta
 
 # Time between sending a phase and its common start: enough for every worker to read it.
-_BARRIER_MARGIN_S = 0.25
+_BARRIER_MARGIN_S = 0.1
+# A worker also stops by itself this long after its phase's share, should a stop line be lost.
+_CUT_BACKSTOP_S = 2.0
 _STDERR_TAIL_LINES = 30
 _EOF = object()
 
@@ -85,6 +87,7 @@ class LocalBackend(Backend):
         env: Mapping[str, str] | None = None,
         python: str | None = None,
         sharing: str = "timeslice",
+        max_idle: int = 8,
     ) -> None:
         self.startup_timeout_s = startup_timeout_s
         self.env = dict(env or {})
@@ -95,25 +98,70 @@ class LocalBackend(Backend):
         self._device = "cpu"
         self.sharing = sharing
         self._mps: MpsDaemon | None = None
+        self._seq = 0
+        self._last_used: dict[str, float] = {}
+        self.max_idle = max_idle
+        self.reused = 0  # workers a later start() found resident and kept
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, tenants: Sequence[TenantSpec], device: str) -> None:
+        """Start every tenant's worker and wait until all are ready.
+
+        A backend that has run before (a session's pool, see :attr:`reusable`) keeps the
+        workers whose spec is unchanged, replaces the others, and leaves workers of earlier
+        scenarios resident but idle: an idle tenant runs nothing, so it takes no time from
+        the phases; at most ``max_idle`` of them are kept.
+        """
         names = [t.name for t in tenants]
         if len(set(names)) != len(names):
             raise ValueError(f"tenant names must be unique, got {names}")
+        if self._workers and device != self._device:
+            raise ValueError(f"backend started on {self._device}, asked for {device}")
         self._device = device
         try:
-            if self.sharing == "mps":
+            if self.sharing == "mps" and self._mps is None:
                 if device != "cuda":
                     raise ConfigError("--kts-sharing mps needs a CUDA device")
                 self._mps = MpsDaemon()
                 self.env.update(self._mps.start())
             for spec in tenants:
+                worker = self._workers.get(spec.name)
+                if worker is not None and worker.spec == spec and worker.process.poll() is None:
+                    self.reused += 1
+                    continue
+                if worker is not None:
+                    self._retire(spec.name)
                 self._spawn(spec, device)
             self._await_ready()
+            self._trim_idle(names)
+            self._last_used.update(dict.fromkeys(names, time.monotonic()))
         except BaseException:
             self.close()
             raise
+
+    def _trim_idle(self, active: Sequence[str]) -> None:
+        idle = sorted(
+            (t for t in self._workers if t not in active), key=lambda t: self._last_used.get(t, 0)
+        )
+        for tenant in idle[: max(len(idle) - self.max_idle, 0)]:
+            self._retire(tenant)
+
+    def _retire(self, tenant: str) -> None:
+        """Stop one worker (a pool replacing or dropping it); the others stay."""
+        worker = self._workers.pop(tenant)
+        self._last_used.pop(tenant, None)
+        self._send(worker, {"cmd": "exit"})
+        with contextlib.suppress(OSError):
+            if worker.process.stdin:
+                worker.process.stdin.close()
+        self._stop_process(worker, 5.0)
+        self._discard_stderr(worker)
+
+    @staticmethod
+    def _discard_stderr(worker: _Worker) -> None:
+        worker.stderr_file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(worker.stderr_file.name)
 
     def _spawn(self, spec: TenantSpec, device: str) -> None:
         env = dict(os.environ)
@@ -151,8 +199,12 @@ class LocalBackend(Backend):
         deadline = time.monotonic() + self.startup_timeout_s
         reader = LineReader()
         while not all(w.ready for w in self._workers.values()):
-            tenant, item = self._next_line(deadline, "to start (import, CUDA init, build, warmup)")
-            worker = self._workers[tenant]
+            got = self._next_line(deadline, "to start (import, CUDA init, build, warmup)")
+            assert got is not None  # not quiet: a timeout raises
+            tenant, item = got
+            worker = self._workers.get(tenant)
+            if worker is None:
+                continue  # a line from a worker that was just retired
             if item is _EOF:
                 self._fail_exited(worker, "exited while starting")
             record = reader.feed(str(item))
@@ -177,11 +229,7 @@ class LocalBackend(Backend):
         deadline = time.monotonic() + 5.0
         for worker in self._workers.values():
             self._stop_process(worker, max(deadline - time.monotonic(), 0.1))
-            worker.stderr_file.close()
-            try:
-                os.unlink(worker.stderr_file.name)
-            except OSError:
-                pass
+            self._discard_stderr(worker)
         if self._mps is not None:
             self._mps.stop()
 
@@ -214,31 +262,48 @@ class LocalBackend(Backend):
         readers = {t: LineReader() for t in plan.tenants}
         ended: set[str] = set()
         reached: set[str] = set()
-        keep_running = plan.phase == "shared" and len(plan.tenants) > 1
-        start_at = time.time_ns() + int(_BARRIER_MARGIN_S * 1e9)
+        measured = set(plan.measured)
+        self._seq += 1
+        seq = self._seq
+        sent_ns = time.time_ns()
+        start_at = sent_ns + int(_BARRIER_MARGIN_S * 1e9)
         for tenant, n in plan.iterations.items():
-            self._send(
-                self._workers[tenant],
-                {
-                    "cmd": "run",
-                    "phase": plan.phase,
-                    "round": plan.round,
-                    "iterations": int(n),
-                    "start_at_ns": start_at,
-                    "keep_running": keep_running,
-                },
-            )
-        deadline = time.monotonic() + _BARRIER_MARGIN_S + timeout_s
-        stopped = False
+            command: dict[str, Any] = {
+                "cmd": "run",
+                "seq": seq,
+                "phase": plan.phase,
+                "round": plan.round,
+                "iterations": int(n),
+                "start_at_ns": start_at,
+                "until_stopped": plan.until_stopped,
+            }
+            if plan.max_seconds is not None:
+                # A backstop only: the backend stops the phase itself when its share ends.
+                command["max_duration_s"] = plan.max_seconds + _CUT_BACKSTOP_S
+            self._send(self._workers[tenant], command)
+        now = time.monotonic()
+        deadline = now + _BARRIER_MARGIN_S + timeout_s
+        # The share counts from now, barrier included: it is what the phase may cost in wall time.
+        cut_at = None if plan.max_seconds is None else now + plan.max_seconds
+        stopped = cut = False
+        what = f"to finish its {plan.phase} phase (round {plan.round}) within {timeout_s:.0f} s"
         while len(ended) < len(plan.tenants):
-            what = f"to finish its {plan.phase} phase (round {plan.round}) within {timeout_s:.0f} s"
-            tenant, item = self._next_line(deadline, what, among=plan.tenants)
-            worker = self._workers[tenant]
+            if not stopped and cut_at is not None and time.monotonic() >= cut_at:
+                # The phase's time share is spent: stop everyone, keep what was measured.
+                self._stop_phase(plan, seq)
+                stopped = cut = True
+            wake = deadline if stopped or cut_at is None else min(deadline, cut_at)
+            got = self._next_line(wake, what, among=plan.tenants, quiet=wake < deadline)
+            if got is None:
+                continue
+            tenant, item = got
+            worker = self._workers.get(tenant)
+            if worker is None or tenant not in readers:
+                # An idle tenant printing (a warning, say), or one the pool retired or that
+                # died idle (the next start() replaces it): not this phase's business.
+                continue
             if item is _EOF:
                 self._fail_exited(worker, f"exited during the {plan.phase} phase")
-            if tenant not in readers:
-                # An idle tenant printing (a warning, say): keep it visible, not as a sample.
-                continue
             record = readers[tenant].feed(str(item))
             if isinstance(record, Event):
                 self._check_error_event(worker, record)
@@ -246,19 +311,26 @@ class LocalBackend(Backend):
                     reached.add(tenant)
                 elif record.name == "phase_end":
                     ended.add(tenant)
-            if keep_running and not stopped and reached >= set(plan.tenants):
-                for t in plan.tenants:
-                    self._send(self._workers[t], {"cmd": "stop"})
+                    reached.add(tenant)
+            if not stopped and plan.until_stopped and reached >= measured:
+                self._stop_phase(plan, seq)
                 stopped = True
-        return PhaseOutput(plan, readers, start_at, time.time_ns())
+        return PhaseOutput(plan, readers, start_at, time.time_ns(), cut=cut, sent_ns=sent_ns)
+
+    def _stop_phase(self, plan: PhasePlan, seq: int) -> None:
+        for t in plan.tenants:
+            self._send(self._workers[t], {"cmd": "stop", "seq": seq})
 
     # -- helpers -------------------------------------------------------------------------
     def _next_line(
-        self, deadline: float, what: str, among: Sequence[str] | None = None
-    ) -> tuple[str, object]:
+        self, deadline: float, what: str, among: Sequence[str] | None = None, quiet: bool = False
+    ) -> tuple[str, object] | None:
+        """The next line from any worker; at ``deadline``, ``None`` if ``quiet`` else a hang."""
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                if quiet:
+                    return None
                 hung = [
                     t
                     for t in (among or list(self._workers))
@@ -330,6 +402,11 @@ class LocalBackend(Backend):
             "tenants": tenants,
             "gpu_uuids": sorted(uuids),
         }
+
+    @property
+    def reusable(self) -> bool:
+        """Whether a session may keep this backend for later scenarios (a worker pool)."""
+        return not self._closed and self._mps is None
 
     def check_colocated(self) -> None:
         """Every tenant on one physical GPU, or a :class:`ColocationError`."""

@@ -221,14 +221,14 @@ class StreamsBackend(LocalBackend):
         super()._send(worker, {**command, "tenant": worker.spec.name})
 
     def _next_line(
-        self, deadline: float, what: str, among: Sequence[str] | None = None
-    ) -> tuple[str, object]:
+        self, deadline: float, what: str, among: Sequence[str] | None = None, quiet: bool = False
+    ) -> tuple[str, object] | None:
         if among is not None:
             # LocalBackend blames the first tenant whose process is alive: here that is every
             # tenant, so point it at one still short of its target.
             suspects = [t for t in self._suspects() if t in among]
             among = suspects + [t for t in among if t not in suspects]
-        return super()._next_line(deadline, what, among)
+        return super()._next_line(deadline, what, among, quiet)
 
     def _fail_exited(self, worker: _Worker, what: str) -> None:
         if len(self._workers) > 1:
