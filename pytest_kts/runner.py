@@ -41,7 +41,7 @@ from pytest_kts.protocol import LineReader, Sample
 from pytest_kts.results import PhaseWindow, ScenarioResult, TenantResult
 from pytest_kts.samples import group
 from pytest_kts.sequential import Check, SequentialTest, evaluate, plan_looks, samples_to_decide
-from pytest_kts.stats import tail_dependence, trim_warmup
+from pytest_kts.stats import WARMUP_MAX_FRACTION, tail_dependence, trim_warmup
 from pytest_kts.verdict import DegradationFactor
 
 __all__ = ["Budget", "ProgressSink", "make_backend", "plan_checks", "run_scenario"]
@@ -53,8 +53,9 @@ CALIBRATION_SHARE = 0.15
 PHASE_SLACK = 2.0
 PHASE_SLACK_S = 1.0
 # The solo profile of a tenant without an SLO: a short phase at the end, for the report.
-PROFILE_ITERATIONS = 100
+PROFILE_ITERATIONS = 50
 PROFILE_SHARE = 0.05
+PROFILE_MAX_S = 2.0
 # Time kept free at the end of every phase for its stop to arrive.
 STOP_MARGIN_S = 0.05
 # Looks closer than this to the last one add too little information to pay for a round.
@@ -482,15 +483,19 @@ def _theta(run: _Scenario, tenants: list[str], p: float) -> float:
     grouped = group(run.collected.records, run.names)
     thetas, trimmed = [], []
     for t in tenants:
+        per_phase = []
         for phase in ("solo", "shared"):
             data = grouped[t].phase(phase)
             values = data.latency("host")
             if len(values) >= 20:
                 kept, labels, cut = trim_warmup(values, data.segments())
-                thetas.append(tail_dependence(kept, labels, p)[1])
+                per_phase.append(tail_dependence(kept, labels, p)[1])
                 trimmed.append(cut / len(values))
+        # A fail needs the solo phase's floor, a pass the shared one's: the earliest look
+        # that can decide either way follows the phase whose tail clusters less.
+        thetas.append(max(per_phase, default=1.0))
     theta = min(max(min(thetas, default=1.0), 0.5), 1.0)
-    kept_share = 1.0 - min(max(max(trimmed, default=0.1), 0.1), 0.5)
+    kept_share = 1.0 - min(max(max(trimmed, default=0.1), 0.1), WARMUP_MAX_FRACTION)
     return theta * kept_share
 
 
@@ -552,7 +557,9 @@ def _finish(run: _Scenario, states: list[_CheckState], p: float, reason: str) ->
     background = [t for t in run.names if col.n(t, "solo") == 0]
     profiled = []
     for t in background:
-        share = min(run.left(), max(1.0, PROFILE_SHARE * run.settings.max_seconds))
+        share = min(
+            run.left(), max(1.0, min(PROFILE_SHARE * run.settings.max_seconds, PROFILE_MAX_S))
+        )
         if share <= 0.05:
             break
         plan = PhasePlan("solo", run.rounds, {t: PROFILE_ITERATIONS}, max_seconds=share)

@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 _GRID = 301  # points of the numerical integration per look: boundaries within 1e-3 in z
-DEFAULT_RHO = 2.0
+DEFAULT_RHO = 1.0  # spend in proportion to samples: the earliest first look (docs/statistics.md)
 DEFAULT_GROWTH = 2.0
 
 

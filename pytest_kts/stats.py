@@ -38,6 +38,12 @@ __all__ = [
 
 # MSER-5: White (1997) batches of 5 damp single-sample noise before the truncation search.
 _MSER_BATCH = 5
+# The most of a round that warmup trimming may remove. MSER's own rule searches the first
+# half; our rounds are hundreds to thousands of iterations long, and a start-up transient
+# (clocks ramping up, caches) lasts a few dozen. What MSER finds beyond a quarter is drift
+# within the round (an idle GPU's clocks falling through a solo phase, say), which trimming
+# does not cure and which cost a p99 claim 40% of its samples on an H200 (docs/statistics.md).
+WARMUP_MAX_FRACTION = 0.25
 
 
 def _finite(x: np.ndarray | list[float]) -> np.ndarray:
@@ -163,7 +169,7 @@ def trim_warmup(
     x: np.ndarray,
     segments: np.ndarray | None = None,
     *,
-    max_fraction: float = 0.5,
+    max_fraction: float = WARMUP_MAX_FRACTION,
     cap_percentile: float | None = 90.0,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Finite samples with each segment's warmup removed (MSER-5 per segment).
@@ -229,7 +235,7 @@ def summarize(
         raise StatisticsError(
             f"no finite latency samples among {values.size}: the phase produced no measurements"
         )
-    kept, _, trimmed = trim_warmup(values, labels, max_fraction=0.5 if trim else 0.0)
+    kept, _, trimmed = trim_warmup(values, labels, max_fraction=WARMUP_MAX_FRACTION if trim else 0.0)
     p50, p95, p99, p999 = (percentile(kept, q) for q in (50.0, 95.0, 99.0, 99.9))
     throughput = math.nan
     if busy_seconds is not None and busy_seconds > 0 and math.isfinite(busy_seconds):

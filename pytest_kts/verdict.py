@@ -24,6 +24,7 @@ import numpy as np
 
 from pytest_kts.errors import KtsError, StatisticsError
 from pytest_kts.stats import (
+    WARMUP_MAX_FRACTION,
     block_length,
     bootstrap_percentiles,
     min_samples,
@@ -258,7 +259,7 @@ def _prepare(
             "(is this clock available on this device?)"
         )
     seg = None if segments is None else np.asarray(segments)
-    kept, labels, trimmed = trim_warmup(values, seg, max_fraction=0.5 if trim else 0.0)
+    kept, labels, trimmed = trim_warmup(values, seg, max_fraction=WARMUP_MAX_FRACTION if trim else 0.0)
     if np.any(kept < 0):
         raise StatisticsError(f"{name} latencies must be >= 0 ms; got negative values")
     return kept, labels, trimmed, int((~finite).sum())

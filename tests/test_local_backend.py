@@ -154,3 +154,53 @@ def test_interrupted_parent_leaves_no_worker_behind(how: str) -> None:
     parent.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
     parent.wait(timeout=30)
     assert wait_dead(pids, timeout=15) == []
+
+
+def test_background_tenant_never_lengthens_a_phase_and_a_stop_ends_its_sleep() -> None:
+    # The co-tenant sleeps 5 s between iterations; the SLO tenant needs ~20 quick ones.
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start([spec("slo", sleep_ms=1.0), spec("bg", "matmul", sleep_ms=5000.0)], "cpu")
+        out = backend.run_phase(PhasePlan("shared", 0, {"slo": 20, "bg": 0}), timeout_s=60)
+    assert len(out.readers["slo"].samples) >= 20
+    assert 1 <= len(out.readers["bg"].samples) <= 2  # it ran as background, then stopped
+    assert not out.cut
+    # Stopped in its sleep: the phase did not wait for the 5 s period to end.
+    assert out.seconds < 4.0
+
+
+def test_the_time_share_cuts_a_phase_and_keeps_its_samples() -> None:
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start([spec("a", sleep_ms=20.0), spec("b", "matmul", sleep_ms=20.0)], "cpu")
+        out = backend.run_phase(
+            PhasePlan("shared", 0, {"a": 10_000, "b": 0}, max_seconds=1.5), timeout_s=60
+        )
+        solo = backend.run_phase(PhasePlan("solo", 1, {"a": 10_000}, max_seconds=1.0), 60)
+        # The next phase is not ended by the stop of the one before (numbered stops).
+        after = backend.run_phase(PhasePlan("solo", 2, {"a": 5}), timeout_s=60)
+    assert out.cut and solo.cut and not after.cut
+    assert 5 <= len(out.readers["a"].samples) < 10_000
+    assert 5 <= len(solo.readers["a"].samples) < 10_000
+    assert len(after.readers["a"].samples) == 5
+    assert out.wall_seconds < 1.5 + 1.0  # the share, plus one iteration to stop
+
+
+def test_a_pooled_backend_keeps_unchanged_workers_and_replaces_changed_ones() -> None:
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start([spec("a"), spec("b", "matmul")], "cpu")
+        pid_a, pid_b = (backend._workers[t].process.pid for t in ("a", "b"))
+        backend.run_phase(PhasePlan("shared", 0, {"a": 5, "b": 5}), timeout_s=60)
+        # The next scenario: "a" with another size (same name), "b" unchanged, "c" new.
+        changed = TenantSpec(name="a", workload="fft", size=32, warmup=1)
+        backend.start([changed, spec("b", "matmul"), spec("c")], "cpu")
+        assert backend.reused == 1
+        assert backend._workers["b"].process.pid == pid_b
+        assert backend._workers["a"].process.pid != pid_a
+        assert wait_dead([pid_a]) == []
+        # The retired worker's end of output must not read as the new one's death.
+        out = backend.run_phase(PhasePlan("shared", 1, {"a": 5, "b": 5, "c": 5}), 60)
+        assert all(len(out.readers[t].samples) >= 5 for t in ("a", "b", "c"))
+        pids = [w.process.pid for w in backend._workers.values()]
+    assert wait_dead(pids) == []

@@ -152,7 +152,7 @@ def test_tenants_without_an_slo_get_one_short_solo_profile_only() -> None:
     solo_other = [p for p in backend.plans if p.phase == "solo" and p.tenants == ("other",)]
     solo_slow = [p for p in backend.plans if p.phase == "solo" and p.tenants == ("slow",)]
     assert len(solo_other) == 1 and solo_other[0] is backend.plans[-1]  # at the end
-    assert solo_other[0].iterations["other"] == 100
+    assert solo_other[0].iterations["other"] == 50
     assert len(solo_slow) >= 2  # calibration, then the looks
     assert "solo profile" in result.stop_reason
 

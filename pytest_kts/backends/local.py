@@ -93,7 +93,9 @@ class LocalBackend(Backend):
         self.env = dict(env or {})
         self.python = python or sys.executable
         self._workers: dict[str, _Worker] = {}
-        self._lines: queue.Queue[tuple[str, object]] = queue.Queue()
+        # (tenant, line or _EOF, the worker's process): a pool replaces a tenant's worker under
+        # the same name, so a line is checked against the process that printed it.
+        self._lines: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self._closed = False
         self._device = "cpu"
         self.sharing = sharing
@@ -180,20 +182,22 @@ class LocalBackend(Backend):
         self._workers[spec.name] = worker
         threading.Thread(
             target=self._pump,
-            args=(spec.name, process.stdout),
+            args=(spec.name, process.stdout, process),
             daemon=True,
             name=f"kts-{spec.name}",
         ).start()
 
-    def _pump(self, tenant: str, stream: IO[str] | None) -> None:
+    def _pump(
+        self, tenant: str, stream: IO[str] | None, process: subprocess.Popen[str] | None = None
+    ) -> None:
         assert stream is not None
         try:
             for line in stream:
-                self._lines.put((tenant, line))
+                self._lines.put((tenant, line, process))
         except (OSError, ValueError):
             pass
         finally:
-            self._lines.put((tenant, _EOF))
+            self._lines.put((tenant, _EOF, process))
 
     def _await_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
@@ -346,7 +350,13 @@ class LocalBackend(Backend):
                 )
             # A worker that exits is reported by its reader's EOF marker, through this queue.
             with contextlib.suppress(queue.Empty):
-                return self._lines.get(timeout=min(remaining, 0.5))
+                tenant, item, *source = self._lines.get(timeout=min(remaining, 0.5))
+                worker = self._workers.get(tenant)
+                if source and source[0] is not None and (
+                    worker is None or source[0] is not worker.process
+                ):
+                    continue  # from a worker the pool has retired: nobody's business now
+                return tenant, item
 
     def _fail_exited(self, worker: _Worker, what: str) -> None:
         try:
