@@ -235,7 +235,8 @@ def summarize(
         raise StatisticsError(
             f"no finite latency samples among {values.size}: the phase produced no measurements"
         )
-    kept, _, trimmed = trim_warmup(values, labels, max_fraction=WARMUP_MAX_FRACTION if trim else 0.0)
+    cap = WARMUP_MAX_FRACTION if trim else 0.0
+    kept, _, trimmed = trim_warmup(values, labels, max_fraction=cap)
     p50, p95, p99, p999 = (percentile(kept, q) for q in (50.0, 95.0, 99.0, 99.9))
     throughput = math.nan
     if busy_seconds is not None and busy_seconds > 0 and math.isfinite(busy_seconds):

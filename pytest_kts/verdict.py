@@ -259,7 +259,8 @@ def _prepare(
             "(is this clock available on this device?)"
         )
     seg = None if segments is None else np.asarray(segments)
-    kept, labels, trimmed = trim_warmup(values, seg, max_fraction=WARMUP_MAX_FRACTION if trim else 0.0)
+    cap = WARMUP_MAX_FRACTION if trim else 0.0
+    kept, labels, trimmed = trim_warmup(values, seg, max_fraction=cap)
     if np.any(kept < 0):
         raise StatisticsError(f"{name} latencies must be >= 0 ms; got negative values")
     return kept, labels, trimmed, int((~finite).sum())
