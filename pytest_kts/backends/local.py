@@ -352,8 +352,10 @@ class LocalBackend(Backend):
             with contextlib.suppress(queue.Empty):
                 tenant, item, *source = self._lines.get(timeout=min(remaining, 0.5))
                 worker = self._workers.get(tenant)
-                if source and source[0] is not None and (
-                    worker is None or source[0] is not worker.process
+                if (
+                    source
+                    and source[0] is not None
+                    and (worker is None or source[0] is not worker.process)
                 ):
                     continue  # from a worker the pool has retired: nobody's business now
                 return tenant, item
