@@ -70,6 +70,8 @@ class Scenario:
     rho: float = 0.5
     sigma: float = 0.25
     trace: int | None = None  # index into the traces, for A/A on real samples
+    period_s: float | None = None  # the SLO tenant's seconds per iteration (else PERIOD_S)
+    real_shared: bool = False  # with a trace: the shared phase from its real shared rounds
 
 
 def ar1(rng: np.random.Generator, length: int, rho: float, sigma: float, df: float) -> np.ndarray:
@@ -109,10 +111,17 @@ class ModelBackend(Backend):
 
     name = "model"
 
-    def __init__(self, sc: Scenario, rng: np.random.Generator, trace: TraceBlocks | None) -> None:
-        self.sc, self.rng, self.trace = sc, rng, trace
+    def __init__(
+        self,
+        sc: Scenario,
+        rng: np.random.Generator,
+        trace: TraceBlocks | None,
+        shared_trace: TraceBlocks | None = None,
+    ) -> None:
+        self.sc, self.rng, self.trace, self.shared_trace = sc, rng, trace, shared_trace
         self.clock_ns = 10**18
         self.outputs: list[PhaseOutput] = []
+        self.period = dict(PERIOD_S, fft=sc.period_s or PERIOD_S["fft"])
 
     def start(self, tenants: Sequence[TenantSpec], device: str) -> None:
         pass
@@ -122,6 +131,8 @@ class ModelBackend(Backend):
 
     def _latencies(self, tenant: str, phase: str, n: int) -> np.ndarray:
         if tenant == "fft" and self.trace is not None:
+            if phase == "shared" and self.shared_trace is not None:
+                return self.shared_trace.draw(n)
             return self.trace.draw(n)
         df = self.sc.df if (tenant == "fft" and phase == "shared") else 1.0
         return ar1(self.rng, n, self.sc.rho, self.sc.sigma, df)
@@ -129,18 +140,18 @@ class ModelBackend(Backend):
     def run_phase(self, plan: PhasePlan, timeout_s: float) -> PhaseOutput:
         sent = self.clock_ns
         start = sent + int(OVERHEAD_S * 1e9)
-        needed = max(n * PERIOD_S[t] for t, n in plan.iterations.items() if n > 0)
+        needed = max(n * self.period[t] for t, n in plan.iterations.items() if n > 0)
         limit = math.inf if plan.max_seconds is None else plan.max_seconds - OVERHEAD_S
         duration = max(min(needed, limit), 0.0)
         readers = {}
         for tenant, target in plan.iterations.items():
-            n = int(duration / PERIOD_S[tenant] + 1e-9)
+            n = int(duration / self.period[tenant] + 1e-9)
             if not plan.until_stopped:
                 n = min(n, target)
             lat = self._latencies(tenant, plan.phase, n)
             reader = LineReader()
             for i, ms in enumerate(lat):
-                t0 = start + int(i * PERIOD_S[tenant] * 1e9)
+                t0 = start + int(i * self.period[tenant] * 1e9)
                 reader.samples.append(
                     Sample(tenant, plan.phase, plan.round, i, t0, t0 + int(ms * 1e6), ms, math.nan)
                 )
@@ -160,10 +171,16 @@ class Outcome:
     total_seconds: float  # every phase, the background tenant's solo profile included
 
 
-def run_once(sc: Scenario, seed: int, i: int, rounds: list[np.ndarray] | None) -> Outcome:
+Rounds = list[np.ndarray]
+
+
+def run_once(
+    sc: Scenario, seed: int, i: int, rounds: tuple[Rounds, Rounds | None] | None
+) -> Outcome:
     rng = np.random.default_rng([seed, i])
-    trace = TraceBlocks(rounds, rng) if rounds is not None else None
-    backend = ModelBackend(sc, rng, trace)
+    trace = TraceBlocks(rounds[0], rng) if rounds is not None else None
+    shared = TraceBlocks(rounds[1], rng) if rounds is not None and rounds[1] else None
+    backend = ModelBackend(sc, rng, trace, shared)
     settings = RunSettings(max_seconds=sc.max_seconds, max_iterations=3200)
     result = run_scenario(
         "eval", TENANTS, settings, {"fft": sc.threshold}, 99.0, device="cpu", backend=backend
@@ -173,15 +190,15 @@ def run_once(sc: Scenario, seed: int, i: int, rounds: list[np.ndarray] | None) -
     return Outcome(check["verdict"], check["looks"], check["n"], sum(mine), result.gpu_seconds)
 
 
-def _job(args: tuple[Scenario, int, int, list[np.ndarray] | None, float]) -> Outcome:
+def _job(args: tuple[Scenario, int, int, tuple[Rounds, Rounds | None] | None, float]) -> Outcome:
     sc, seed, i, rounds, rho = args
     sequential.DEFAULT_RHO = rho  # worker processes see the spending under test
     return run_once(sc, seed, i, rounds)
 
 
-def floor_seconds() -> float:
+def floor_seconds(period_s: float | None = None) -> float:
     """The order-statistic floor in time: 368 solo and 368 shared samples at the FFT's rate."""
-    return 2 * min_samples(99, 0.975) * PERIOD_S["fft"]
+    return 2 * min_samples(99, 0.975) * (period_s or PERIOD_S["fft"])
 
 
 def scenarios(sigmas: list[float], rhos: list[float]) -> Iterator[Scenario]:
@@ -196,18 +213,45 @@ def scenarios(sigmas: list[float], rhos: list[float]) -> Iterator[Scenario]:
                                rho=rho, sigma=sigma)  # fmt: skip
 
 
-def traces() -> list[tuple[str, list[np.ndarray]]]:
+@dataclass
+class Trace:
+    name: str
+    solo: Rounds
+    shared: Rounds
+    period_s: float  # the tenant's solo seconds per iteration, from its stamps
+    df: float  # the trace's own host DF p99 (all samples, one look)
+
+
+def _rounds(phase: object) -> Rounds:
+    x = phase.latency("host")  # type: ignore[attr-defined]
+    labels = phase.round  # type: ignore[attr-defined]
+    rounds = [x[(labels == k) & np.isfinite(x)] for k in np.unique(labels)]
+    return [r for r in rounds if r.size >= 2 * TraceBlocks.BLOCK]
+
+
+def traces() -> list[Trace]:
+    from pytest_kts.verdict import degradation
+
     found = []
     for path in sorted(glob.glob(str(ROOT / "tests" / "data" / "*.csv"))):
         for name, ts in from_csv(Path(path).read_text()).items():
-            solo = ts.solo
-            if not solo.has_clock("host"):
+            if not (ts.solo.has_clock("host") and ts.shared.has_clock("host")):
                 continue
-            x = solo.latency("host")
-            rounds = [x[(solo.round == k) & np.isfinite(x)] for k in np.unique(solo.round)]
-            rounds = [r for r in rounds if r.size >= 2 * TraceBlocks.BLOCK]
-            if rounds:
-                found.append((f"{Path(path).name}:{name} (host, {x.size} solo samples)", rounds))
+            solo, shared = _rounds(ts.solo), _rounds(ts.shared)
+            if not solo or not shared:
+                continue
+            start = np.asarray(ts.solo.start_ns)
+            gaps = np.diff(start)[np.diff(np.asarray(ts.solo.round)) == 0] / 1e9
+            period = float(np.median(gaps)) if gaps.size else PERIOD_S["fft"]
+            df = degradation(
+                ts.solo.latency("host"),
+                ts.shared.latency("host"),
+                solo_segments=ts.solo.segments(),
+                shared_segments=ts.shared.segments(),
+            ).value
+            size = ts.solo.latency("host").size
+            label = f"{Path(path).name}:{name} (host, {size} solo samples, {1 / period:.0f}/s)"
+            found.append(Trace(label, solo, shared, period, df))
     return found
 
 
@@ -230,7 +274,9 @@ def summarize(sc: Scenario, outs: list[Outcome]) -> str:
     passes = np.array([o.seconds for o in outs if o.verdict == "pass"])
     looks = np.array([o.looks for o in outs])
     t_fail = (
-        f"{np.median(fails):.1f} ({np.median(fails) / floor_seconds():.2f}x)" if fails.size else "-"
+        f"{np.median(fails):.1f} ({np.median(fails) / floor_seconds(sc.period_s):.2f}x)"
+        if fails.size
+        else "-"
     )
     t_pass = f"{np.median(passes):.1f}" if passes.size else "-"
     return (
@@ -262,14 +308,22 @@ def main() -> None:
     t0 = time.time()
     rows, trace_rows = [], []
     found = traces()
-    todo: list[tuple[Scenario, list[np.ndarray] | None]] = [
+    todo: list[tuple[Scenario, tuple[Rounds, Rounds | None] | None]] = [
         (sc, None) for sc in scenarios(args.sigma, args.rho)
     ]
-    for k, (name, rounds) in enumerate(found):
+    for k, tr in enumerate(found):
         for thr, secs in ((1.3, 60.0), (1.0, 900.0)):
-            sc = Scenario(f"A/A {name} vs {thr}, max {secs:.0f} s", 1.0, thr, secs, trace=k)
-            todo.append((sc, rounds))
-    todo = [(sc, r) for sc, r in todo if args.only in sc.name]
+            sc = Scenario(
+                f"A/A {tr.name} vs {thr}, max {secs:.0f} s", 1.0, thr, secs, trace=k,
+                period_s=tr.period_s,
+            )  # fmt: skip
+            todo.append((sc, (tr.solo, None)))
+        if tr.df > 1.3:
+            sc = Scenario(
+                f"real shared phase (its DF {tr.df:.2f}) {tr.name} vs 1.3, max 900 s",
+                tr.df, 1.3, 900.0, trace=k, period_s=tr.period_s, real_shared=True,
+            )  # fmt: skip
+            todo.append((sc, (tr.solo, tr.shared)))
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         for k, (sc, rounds) in enumerate(todo):
             jobs = [(sc, args.seed + k, i, rounds, args.spend_rho) for i in range(args.runs)]
@@ -302,14 +356,17 @@ def main() -> None:
         HEADER,
         *rows,
         "",
-        "## Real traces (A/A)",
+        "## Real traces (GPU runs)",
         "",
     ]
     if trace_rows:
         lines += [
-            "Both phases are rebuilt from random 50-sample blocks of the tenant's *solo* "
+            "A/A: both phases are rebuilt from random 50-sample blocks of the tenant's *solo* "
             "host-clock rounds (the first block of each phase is a round's real start, so its "
-            "warmup stays in place): the true DF is 1.0.",
+            "warmup stays in place): the true DF is 1.0. 'real shared phase': the solo phase "
+            "from the solo rounds, the shared phase from the trace's *shared* rounds, at the "
+            "tenant's own rate: the detection of a real co-location regression, and its time "
+            "to fail against the floor time at that rate. Traces: `tests/data/README.md`.",
             "",
             HEADER,
             *trace_rows,
