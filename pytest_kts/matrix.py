@@ -21,6 +21,7 @@ from pytest_kts.config import RunSettings
 from pytest_kts.errors import ConfigError
 from pytest_kts.protocol import Sample
 from pytest_kts.results import PhaseWindow
+from pytest_kts.runner import STOP_MARGIN_S, Budget
 from pytest_kts.samples import PhaseSamples
 from pytest_kts.verdict import DegradationFactor, degradation
 
@@ -112,7 +113,14 @@ def run_matrix(
     device: str,
     include_all: bool = True,
     machine: dict[str, Any] | None = None,
+    budget: Budget | None = None,
 ) -> MatrixResult:
+    """Every tenant solo, every pair shared (and all together), in interleaved rounds.
+
+    Each phase gets an equal share of the time left (``--kts-max-seconds`` for the test, the
+    session's ``budget``); a phase whose share ends is cut and keeps its samples, and the
+    rounds stop when no time is left, so a matrix stays inside its budget like a scenario.
+    """
     if len(tenants) < 2:
         raise ConfigError("a contention matrix needs at least 2 tenants")
     names = [t.name for t in tenants]
@@ -126,6 +134,8 @@ def run_matrix(
     windows: list[PhaseWindow] = []
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     seconds = 0.0
+    budget = budget or Budget()
+    phases_left = rounds * (len(names) + len(groups))
     with backend:
         backend.start(tenants, device)
         for rnd in range(rounds):
@@ -134,11 +144,18 @@ def run_matrix(
             if rnd % 2:
                 plans.reverse()
             for plan in plans:
+                left = min(settings.max_seconds - seconds, budget.left)
+                if left <= STOP_MARGIN_S:
+                    break
+                share = left / phases_left
+                phases_left -= 1
+                plan = PhasePlan(plan.phase, plan.round, plan.iterations, max_seconds=share)
                 out = backend.run_phase(plan, settings.timeout)
+                budget.spent += out.wall_seconds
                 windows.append(
                     PhaseWindow(plan.phase, rnd, plan.tenants, out.started_ns, out.ended_ns)
                 )
-                seconds += windows[-1].seconds
+                seconds += out.wall_seconds
                 for tenant, reader in out.readers.items():
                     if plan.phase == "solo":
                         solo_records[tenant] += reader.samples

@@ -147,7 +147,7 @@ class KtsSession:
         with self._gpu(settings, pool=False) as (backend, _, _):
             result = run_matrix(
                 name, tenants, settings, backend, device=self.device, include_all=include_all,
-                machine=machine.facts(self.device),
+                machine=machine.facts(self.device), budget=self.budget,
             )  # fmt: skip
         self.matrices.append(result)
         return result
