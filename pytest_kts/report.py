@@ -398,6 +398,7 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
                     if c.get("reason") and c["verdict"] == "inconclusive"
                     else ""
                 )
+                + (f"; {c['power']}" if c.get("power") else "")
             )
         out.append("")
     # Both clocks side by side: the point of the tool on a modern GPU.
