@@ -34,8 +34,8 @@ def per_iteration(size: int, iterations: int, device: str) -> dict[str, float]:
     import torch
 
     from pytest_kts.protocol import LineReader
-    from workers.harness import Arrival, Clock, Emitter, run_phase
-    from workers.workloads import build_fft
+    from pytest_kts.workers.harness import Arrival, Clock, Emitter, run_phase
+    from pytest_kts.workers.workloads import build_fft
 
     dev = torch.device(device)
     if device == "cpu":

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pytest_kts.constants import DEVICES, INCONCLUSIVE_POLICIES, SHARING_MODES
 from pytest_kts.errors import ConfigError
 
-DEVICES = ("auto", "cuda", "cpu")
-INCONCLUSIVE_POLICIES = ("warn", "fail", "skip", "error")
-SHARING_MODES = ("timeslice", "mps", "streams")
+__all__ = ["DEVICES", "INCONCLUSIVE_POLICIES", "OPTIONS", "SHARING_MODES", "RunSettings", "resolve"]
 
 
 def _positive_int(text: str) -> int:

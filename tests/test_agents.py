@@ -6,7 +6,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from workers.agents import build_decode, build_embed, build_prefill  # noqa: E402
+from pytest_kts.workers.agents import build_decode, build_embed, build_prefill  # noqa: E402
 
 CPU = torch.device("cpu")
 # Tiny but structurally complete: 4 query heads over 2 KV heads (GQA), 2 layers.

@@ -193,7 +193,7 @@ def test_settings_that_cannot_work_are_refused_before_any_process() -> None:
 def test_worker_cli_refuses_bad_arguments() -> None:
     def run(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "workers.streams", *argv],
+            [sys.executable, "-m", "pytest_kts.workers.streams", *argv],
             capture_output=True, text=True, timeout=60, cwd=HERE.parent,
         )  # fmt: skip
 

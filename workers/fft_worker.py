@@ -1,11 +1,11 @@
-"""The original study's FFT worker: ``python -m workers.fft_worker`` (knobs from the environment:
-ITERATIONS 800, MATRIX_SIZE 4096, SLEEP_MS 100, WARMUP 5, PHASE)."""
+"""The original study's FFT worker: ``python -m pytest_kts.workers.fft_worker`` (knobs from the
+environment: ITERATIONS 800, MATRIX_SIZE 4096, SLEEP_MS 100, WARMUP 5, PHASE)."""
 
 from __future__ import annotations
 
 import sys
 
-from workers.run import main
+from .run import main
 
 if __name__ == "__main__":
     sys.exit(main(workload="fft"))

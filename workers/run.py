@@ -1,4 +1,4 @@
-"""A tenant's worker process: ``python -m workers.run``.
+"""A tenant's worker process: ``python -m pytest_kts.workers.run``.
 
 Standalone, it runs one phase and exits (a Kubernetes Job, or by hand). With ``--serve`` it
 stays resident: it builds its workload once, says ``ready``, and runs the phases the local
@@ -20,11 +20,19 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from workers.harness import PhaseControl
+    from .harness import PhaseControl
 
-EXIT_USAGE = 2
-EXIT_OOM = 3
-EXIT_NO_DEVICE = 4
+from pytest_kts.constants import (
+    ARRIVALS,
+    DEVICES,
+    EXIT_NO_DEVICE,
+    EXIT_OOM,
+    EXIT_USAGE,
+    PHASES,
+    WORKER_MODULE,
+)
+
+__all__ = ["EXIT_NO_DEVICE", "EXIT_OOM", "EXIT_USAGE", "main", "parse_args"]
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -33,21 +41,21 @@ def _env(name: str, default: str | None = None) -> str | None:
 
 
 def parse_args(argv: Sequence[str] | None, *, workload: str | None = None) -> argparse.Namespace:
-    from workers.workloads import DEFAULT_SLEEP_MS
+    from .workloads import DEFAULT_SLEEP_MS
 
-    p = argparse.ArgumentParser(prog="python -m workers.run", description=__doc__)
+    p = argparse.ArgumentParser(prog=f"python -m {WORKER_MODULE}", description=__doc__)
     default_workload = workload or _env("WORKLOAD", "fft")
     p.add_argument("--tenant", default=_env("TENANT"))
     p.add_argument("--workload", default=default_workload)
     p.add_argument("--size", type=int, default=int(_env("MATRIX_SIZE", "4096") or 4096))
     p.add_argument("--sleep-ms", type=float, default=None)
     p.add_argument("--warmup", type=int, default=int(_env("WARMUP", "5") or 5))
-    p.add_argument("--arrival", choices=("closed", "constant", "poisson"), default="closed")
+    p.add_argument("--arrival", choices=ARRIVALS, default="closed")
     p.add_argument("--rate-hz", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=_env("DEVICE", "auto"))
+    p.add_argument("--device", choices=DEVICES, default=_env("DEVICE", "auto"))
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--phase", choices=("solo", "shared"), default=_env("PHASE", "solo"))
+    p.add_argument("--phase", choices=PHASES, default=_env("PHASE", "solo"))
     p.add_argument("--round", type=int, default=int(_env("KTS_ROUND", "0") or 0))
     p.add_argument("--iterations", type=int, default=int(_env("ITERATIONS", "800") or 800))
     p.add_argument("--start-at-ns", type=int, default=None)
@@ -137,7 +145,8 @@ def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> i
     args = parse_args(argv, workload=workload)
 
     from pytest_kts.protocol import check_tenant_name
-    from workers.harness import (
+
+    from .harness import (
         Arrival,
         Clock,
         Emitter,
@@ -161,7 +170,7 @@ def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> i
         if device == "cpu":
             # Co-tenants share few cores: one thread each unless told otherwise.
             torch.set_num_threads(int(_env("KTS_CPU_THREADS", "1") or 1))
-        from workers.workloads import resolve
+        from .workloads import resolve
 
         factory = resolve(args.workload)
         with torch.inference_mode():

@@ -1,4 +1,6 @@
-"""Every tenant in ONE process, each on its own CUDA stream: ``python -m workers.streams``.
+"""Every tenant in ONE process, each on its own CUDA stream.
+
+``python -m pytest_kts.workers.streams``.
 
 The "streams" sharing mode. Tenants are Python threads of one interpreter; on a GPU each
 thread launches its work on its own ``torch.cuda.Stream`` with the tenant's priority (lower
@@ -6,7 +8,7 @@ number = higher priority). Stream priorities only act between streams of one CUD
 the notes found that priority streams in *separate* processes changed nothing, so this is the
 only way to ask the hardware to favour one tenant's kernels over another's.
 
-    python -m workers.streams --serve --device auto|cuda|cpu [--switch-interval-ms MS] \\
+    python -m pytest_kts.workers.streams --serve --device auto|cuda|cpu [--switch-interval-ms MS] \\
         --tenant-json '{"name": "fft", "workload": "fft", "size": 4096, "priority": -3}' \\
         --tenant-json '{"name": "gemm", "workload": "matmul", "size": 4096}'
 
@@ -48,8 +50,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from workers.harness import Emitter, PhaseControl
-from workers.run import (
+from pytest_kts.constants import DEVICES, STREAMS_WORKER_MODULE
+
+from .harness import Emitter, PhaseControl
+from .run import (
     EXIT_NO_DEVICE,
     EXIT_OOM,
     EXIT_USAGE,
@@ -128,11 +132,11 @@ class TenantArgs:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m workers.streams",
+        prog=f"python -m {STREAMS_WORKER_MODULE}",
         description="Every tenant as a thread and CUDA stream of one process (sharing: streams).",
     )
     p.add_argument("--serve", action="store_true", help="stay resident; phases come on stdin")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default=_env("DEVICE", "auto"))
+    p.add_argument("--device", choices=DEVICES, default=_env("DEVICE", "auto"))
     p.add_argument(
         "--switch-interval-ms", type=float, default=None, metavar="MS",
         help="the interpreter's thread switch interval (sys.setswitchinterval); Python's own "
@@ -294,8 +298,8 @@ class _Process:
     def tenant_main(self, tenant: _Tenant) -> None:
         import torch
 
-        from workers.harness import Arrival, Clock, machine_facts, run_phase
-        from workers.workloads import DEFAULT_SLEEP_MS, resolve
+        from .harness import Arrival, Clock, machine_facts, run_phase
+        from .workloads import DEFAULT_SLEEP_MS, resolve
 
         a = tenant.args
         self.routed.bind(a.name)

@@ -15,14 +15,15 @@ import torch
 Step = Callable[[], object]
 Factory = Callable[..., Step]
 
-# Built-ins by name; the agent-shaped models live in workers.agents.
+# Built-ins by name; the agent-shaped models live in the agents module beside this one.
+_HERE = __name__.rpartition(".")[0]  # "pytest_kts.workers" when installed
 BUILTIN: dict[str, str] = {
-    "fft": "workers.workloads:build_fft",
-    "matmul": "workers.workloads:build_matmul",
-    "gemm": "workers.workloads:build_matmul",
-    "decode": "workers.agents:build_decode",
-    "prefill": "workers.agents:build_prefill",
-    "embed": "workers.agents:build_embed",
+    "fft": f"{_HERE}.workloads:build_fft",
+    "matmul": f"{_HERE}.workloads:build_matmul",
+    "gemm": f"{_HERE}.workloads:build_matmul",
+    "decode": f"{_HERE}.agents:build_decode",
+    "prefill": f"{_HERE}.agents:build_prefill",
+    "embed": f"{_HERE}.agents:build_embed",
 }
 
 # The original study's closed-loop sleeps, used when a worker is started without --sleep-ms.

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from pytest_kts.constants import ARRIVALS
 from pytest_kts.protocol import LineReader, check_tenant_name
-
-ARRIVALS = ("closed", "constant", "poisson")
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,8 @@ class TenantSpec:
             raise ValueError(f"tenant {self.name}: an open-loop arrival needs rate_hz > 0")
 
     def worker_argv(self, device: str) -> list[str]:
-        """Arguments after ``python -m workers.run``; the same for a local process and a Job."""
+        """Arguments after ``python -m pytest_kts.workers.run``; the same for a local process and
+        a Job."""
         argv = [
             "--tenant", self.name,
             "--workload", self.workload,

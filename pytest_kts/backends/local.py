@@ -1,10 +1,10 @@
 """Tenants as separate OS processes on one device.
 
-Each tenant is a fresh interpreter (``python -m workers.run --serve``: spawned, never forked,
-so no CUDA state is inherited) that builds its workload once and stays resident across phases.
-Phases start together by a barrier on the epoch clock. A worker that crashes, hangs or runs
-out of GPU memory ends the phase with a :class:`WorkerError` carrying the tail of its stderr;
-:meth:`LocalBackend.close` always leaves no process behind, Ctrl-C included.
+Each tenant is a fresh interpreter (``python -m pytest_kts.workers.run --serve``: spawned, never
+forked, so no CUDA state is inherited) that builds its workload once and stays resident across
+phases. Phases start together by a barrier on the epoch clock. A worker that crashes, hangs or
+runs out of GPU memory ends the phase with a :class:`WorkerError` carrying the tail of its
+stderr; :meth:`LocalBackend.close` always leaves no process behind, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pytest_kts.backends.base import Backend, PhaseOutput, PhasePlan, TenantSpec
+from pytest_kts.constants import WORKER_MODULE
 from pytest_kts.errors import ColocationError, ConfigError, WorkerError
 from pytest_kts.mps import MpsDaemon
 from pytest_kts.protocol import Event, LineReader, Meta
@@ -38,7 +39,8 @@ _EOF = object()
 
 
 def _project_paths() -> list[str]:
-    """Where a spawned worker finds ``workers`` and a user's ``module:function`` tenants."""
+    """Where a spawned worker finds this package (when it runs from a source tree) and a
+    user's ``module:function`` tenants (the working directory)."""
     here = Path(__file__).resolve().parents[2]
     return [str(here), os.getcwd()]
 
@@ -176,7 +178,7 @@ class LocalBackend(Backend):
         stderr_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker
             "w+", prefix=f"kts-{spec.name}-", suffix=".stderr", delete=False
         )
-        argv = [self.python, "-m", "workers.run", *spec.worker_argv(device), "--serve"]
+        argv = [self.python, "-m", WORKER_MODULE, *spec.worker_argv(device), "--serve"]
         process = spawn_worker(argv, env, stderr_file)
         worker = _Worker(spec, process, stderr_file)
         self._workers[spec.name] = worker

@@ -1,15 +1,15 @@
 """Every tenant as a CUDA stream of ONE process, each with a stream priority.
 
-The "streams" sharing mode, next to time-slicing (separate processes, :class:`LocalBackend`)
-and MPS. One resident ``python -m workers.streams --serve`` holds every tenant as a thread on
-its own ``torch.cuda.Stream``; stream priorities act only between streams of one CUDA context,
-which is why this mode exists (see docs/sharing-modes.md).
+The "streams" sharing mode, next to time-slicing (separate processes, :class:`LocalBackend`) and
+MPS. One resident ``python -m pytest_kts.workers.streams --serve`` holds every tenant as a
+thread on its own ``torch.cuda.Stream``; stream priorities act only between streams of one CUDA
+context, which is why this mode exists (see docs/sharing-modes.md).
 
 It is :class:`LocalBackend` with one process instead of one per tenant: every tenant's
-``_Worker`` shares that process, commands carry a ``"tenant"`` key, and one reader thread
-routes each output line to its tenant by the name the line carries. Phases, the barrier,
-keep-running in shared phases, errors and cleanup are LocalBackend's own code (``close`` sends
-each tenant's "exit" to the one process: the first ends it, the rest meet a closed pipe).
+``_Worker`` shares that process, commands carry a ``"tenant"`` key, and one reader thread routes
+each output line to its tenant by the name the line carries. Phases, the barrier, keep-running
+in shared phases, errors and cleanup are LocalBackend's own code (``close`` sends each tenant's
+"exit" to the one process: the first ends it, the rest meet a closed pipe).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from pytest_kts.backends.base import TenantSpec
 from pytest_kts.backends.local import _EOF, LocalBackend, _project_paths, _Worker, spawn_worker
+from pytest_kts.constants import STREAMS_WORKER_MODULE
 from pytest_kts.errors import ConfigError
 from pytest_kts.protocol import LineReader
 
@@ -145,7 +146,7 @@ class StreamsBackend(LocalBackend):
         stderr_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker
             "w+", prefix="kts-streams-", suffix=".stderr", delete=False
         )
-        argv = [self.python, "-m", "workers.streams", "--serve", "--device", device]
+        argv = [self.python, "-m", STREAMS_WORKER_MODULE, "--serve", "--device", device]
         if self.switch_interval_ms is not None:
             argv += ["--switch-interval-ms", repr(float(self.switch_interval_ms))]
         for spec in tenants:
