@@ -122,7 +122,7 @@ def test_failed_df_assertion_is_explained(pytester: pytest.Pytester, env: None) 
             fft = kts.tenant("fft", size=32, sleep_ms=0.5, warmup=1)
             kts.tenant("matmul", size=32, sleep_ms=0.5, warmup=1)
             kts.run()
-            assert assert_df(fft, p=50) < 0.5
+            assert assert_df(fft, p=50) < 0.1  # far below any CPU-load swing: decided fail
         """
     )
     result = pytester.runpytest_subprocess(

@@ -105,7 +105,7 @@ def test_unequal_looks_hold_the_error_rate_by_monte_carlo(info: tuple[int, ...])
 
 
 def test_a_shrunk_budget_is_replanned_and_the_final_look_spends_the_rest() -> None:
-    test = SequentialTest(0.95)
+    test = SequentialTest(0.95, rho=2.0)
     first = test.level(700, 3200)
     assert first == pytest.approx(0.05 * (700 / 3200) ** 2)
     # The time budget turned out shorter: the next look is the last, at 1100 samples.
@@ -116,13 +116,14 @@ def test_a_shrunk_budget_is_replanned_and_the_final_look_spends_the_rest() -> No
 
 def test_the_first_look_comes_no_earlier_than_its_own_floor() -> None:
     for n_max in (400, 800, 1440, 3200, 10_000):
-        first = first_decisive_n(99, 0.95, n_max)
-        assert first is not None
-        level = 0.05 * min(first / n_max, 1.0) ** 2
-        assert first >= min_samples(99, 1 - level / 2)
-        # ... and no later than needed: one sample fewer would be below its floor.
-        below = 0.05 * ((first - 1) / n_max) ** 2
-        assert first - 1 < min_samples(99, 1 - below / 2)
+        for rho in (1.0, 2.0):
+            first = first_decisive_n(99, 0.95, n_max, rho=rho)
+            assert first is not None
+            level = 0.05 if first >= n_max else 0.05 * (first / n_max) ** rho
+            assert first >= min_samples(99, 1 - level / 2)
+            # ... and no later than needed: one sample fewer would be below its floor.
+            below = 0.05 * ((first - 1) / n_max) ** rho
+            assert first - 1 < min_samples(99, 1 - below / 2)
     assert first_decisive_n(99, 0.95, 300) is None  # 368 is the least any p99 claim needs
 
 
