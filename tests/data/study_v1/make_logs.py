@@ -53,7 +53,7 @@ def write_logs(directory: Path, seed: int = 1714) -> list[Path]:
         f"KTS_APP,v1,FFT,17,{T0 + 5},{T0 + 4},2.500000,solo",  # ends before it starts
         "KTS_APP,v1,FFT,18,abc,1714550000000000000,2.500000,solo",  # not a number
         *fft_solo[200:],
-        "KTS_APP,v1,FFT,19,1,2,2.5",  # a field short
+        "KTS_APP,v1,FFT,19,1,2",  # two fields short (a phaseless line has five)
         *fft_shared,
         fft_shared[-1][:24],  # the pod was killed mid-line
     ]
