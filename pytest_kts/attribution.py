@@ -43,6 +43,10 @@ from pytest_kts.stats import percentile
 # Evidence below this (a one-sided binomial z of the tail's overlap against the body's rate)
 # names nobody: a co-tenant overlapping 3 of 5 tail iterations by chance is not to blame.
 Z_BLAME = 2.0
+# A tail is only a tail when it outgrew what the solo percentile lets through by definition
+# (1% of iterations above the p99): at least this many times that, and this many iterations.
+TAIL_EXCESS = 2.0
+MIN_TAIL = 5
 # Below this fraction of the solo execution median, the solo wait is zero for a DF's purpose.
 WAIT_FLOOR = 0.01
 NO_DEVICE_CLOCK = (
@@ -71,6 +75,11 @@ def wait_exec(
     return wait, device.copy()
 
 
+def tail_grew(tail_n: int, n: int, p: float) -> bool:
+    """More shared iterations above the solo ``p``-th percentile than chance puts there."""
+    return tail_n >= MIN_TAIL and tail_n > TAIL_EXCESS * (100.0 - p) / 100.0 * n
+
+
 def _pct(x: np.ndarray, p: float) -> float:
     x = x[np.isfinite(x)]
     return percentile(x, p) if x.size else math.nan
@@ -97,14 +106,18 @@ class WaitSplit:
     shared: PartStats
     threshold_ms: float  # solo host p99: shared iterations above it are the tail
     tail_n: int
+    grew: bool  # the tail outgrew chance (see tail_grew); no split is claimed otherwise
     wait_share: float  # of the tail's growth over the solo medians; nan without growth
     exec_share: float
     df_wait: float  # shared p99 / solo p99 of the part (point estimates)
     df_exec: float
 
     def sentence(self) -> str:
-        if self.tail_n == 0:
-            return "no shared iteration was above the solo p99: no tail growth to split"
+        if not self.grew:
+            return (
+                f"no tail growth to split ({self.tail_n} shared iterations above the solo p99, "
+                "no more than chance puts there)"
+            )
         if not math.isfinite(self.wait_share):
             return f"{self.tail_n} tail iteration(s), but neither part grew over its solo median"
         return (
@@ -113,7 +126,7 @@ class WaitSplit:
         )
 
     def dominant(self) -> str | None:
-        if not math.isfinite(self.wait_share):
+        if not self.grew or not math.isfinite(self.wait_share):
             return None
         return "waiting" if self.wait_share >= 0.5 else "execution"
 
@@ -126,6 +139,7 @@ class WaitSplit:
                 "shared": self.shared.__dict__,
                 "threshold_ms": self.threshold_ms,
                 "tail_n": self.tail_n,
+                "tail_grew": self.grew,
                 "wait_share": self.wait_share,
                 "exec_share": self.exec_share,
                 "df_wait_p99": self.df_wait,
@@ -176,6 +190,7 @@ def split_wait(samples: TenantSamples, p: float = 99, launch_ms: float | None = 
         shared=h_stats,
         threshold_ms=threshold,
         tail_n=int(tail.sum()),
+        grew=tail_grew(int(tail.sum()), h_stats.n, p),
         wait_share=gw / total if total > 0 else math.nan,
         exec_share=ge / total if total > 0 else math.nan,
         # A solo wait that is all but zero makes any shared wait an "infinite" DF: say nothing.
@@ -305,6 +320,7 @@ class Attribution:
     threshold_ms: float  # solo host p99 of the tenant
     tail_n: int
     body_n: int
+    grew: bool  # the tail outgrew chance: nobody is blamed otherwise
     blames: tuple[Blame, ...] = field(default_factory=tuple)  # most to blame first
     # Per tail iteration, for plots: start/end ns and which co-tenants overlapped it.
     tail_start_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
@@ -324,20 +340,22 @@ class Attribution:
         raise KeyError(cotenant)
 
     def top(self) -> Blame | None:
-        """The co-tenant most to blame, if the evidence names one."""
+        """The co-tenant most to blame, if the tail grew and the evidence names one."""
+        if not self.grew:
+            return None
         return next((b for b in self.blames if b.blamed), None)
 
     def cell(self) -> str:
-        if self.tail_n == 0:
-            return "no tail"
+        if not self.grew:
+            return "no tail growth"
         top = self.top()
         return top.cell() if top is not None else "nobody clearly"
 
     def sentence(self) -> str:
-        if self.tail_n == 0:
+        if not self.grew:
             return (
-                f"{self.tenant}: no shared iteration above the solo p99 "
-                f"({self.threshold_ms:.4g} ms)"
+                f"{self.tenant}: {self.tail_n} shared iteration(s) above the solo p99 "
+                f"({self.threshold_ms:.4g} ms), no more than chance: no tail to attribute"
             )
         head = (
             f"{self.tenant}'s tail ({self.tail_n} shared iterations above the solo p99 "
@@ -360,6 +378,7 @@ class Attribution:
                 "threshold_ms": self.threshold_ms,
                 "tail_n": self.tail_n,
                 "body_n": self.body_n,
+                "tail_grew": self.grew,
                 "blamed_on": self.top().cotenant if self.top() else None,
                 "cotenants": [b.to_dict() for b in self.blames],
             }
@@ -408,6 +427,7 @@ def attribute(
         threshold_ms=threshold,
         tail_n=int(tail.sum()),
         body_n=int(body.sum()),
+        grew=tail_grew(int(tail.sum()), int(ok.sum()), p),
         blames=tuple(blames),
         tail_start_ns=shared.start_ns[tail],
         tail_end_ns=shared.end_ns[tail],
