@@ -279,11 +279,19 @@ def _assign_phase(
         return
     phase = _given_phase(path, given) or phase_from_path(path)
     if phase is None:
+        # Left out (and said so): a sample of no known phase has nothing to be compared with.
         logs.unphased[path] = len(missing)
+        reader.samples = [s for s in reader.samples if s.phase != protocol.UNPHASED]
         return
+    # The file's place among this tenant's files of this phase is its round: two solo runs
+    # of one tenant stay two series, never one.
+    tenants = {reader.samples[k].tenant for k in missing}
+    rnd = sum(
+        1
+        for p, ph in logs.assigned.items()
+        if ph == phase and tenants & {s.tenant for s in logs.readers[p].samples}
+    )
     logs.assigned[path] = phase
-    # The file's place among this phase's files is its round: two solo runs stay two series.
-    rnd = sum(1 for p, ph in logs.assigned.items() if ph == phase and p != path)
     for k in missing:
         reader.samples[k] = dataclasses.replace(reader.samples[k], phase=phase, round=rnd)
 
