@@ -29,10 +29,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+import numpy as np
+
 from pytest_kts import protocol
 from pytest_kts.backends.base import ARRIVALS, TenantSpec
 from pytest_kts.errors import ConfigError, KtsError, NoDeviceError
 from pytest_kts.protocol import LineReader, check_tenant_name
+from pytest_kts.samples import PHASE_CODES, SampleColumns, group_columns
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOG_PATTERNS = ("*.log", "*.log.gz", "*.txt", "*.out", "*.csv", "*.csv.gz")
@@ -154,12 +157,18 @@ class LogSet:
     """Every file read, per file and merged, with the files skipped and why."""
 
     readers: dict[Path, LineReader] = dataclasses.field(default_factory=dict)
+    # Each file's samples as columns (its reader's record list is drained as it reads).
+    columns: dict[Path, Any] = dataclasses.field(default_factory=dict)
     skipped: list[str] = dataclasses.field(default_factory=list)
     # Per file: samples that came without a phase and the phase the file's name gave them.
     assigned: dict[Path, str] = dataclasses.field(default_factory=dict)
     unphased: dict[Path, int] = dataclasses.field(default_factory=dict)
     # Per file: samples that started before the previous iteration of their tenant ended.
     stepped_back: dict[Path, int] = dataclasses.field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return sum(len(c) for c in self.columns.values())
 
     @property
     def merged(self) -> LineReader:
@@ -191,7 +200,16 @@ def _is_samples_csv(path: Path) -> bool:
     return head == ",".join(CSV_COLUMNS)
 
 
-def _read_samples_csv(path: Path, reader: LineReader, max_bytes: int | None) -> None:
+# Records are moved from a reader into columns in batches of this many: objects stay few.
+_DRAIN_EVERY = 8192
+
+
+def _drain(reader: LineReader, columns: Any) -> None:
+    columns.add(reader.samples)
+    reader.samples.clear()
+
+
+def _read_samples_csv(path: Path, reader: LineReader, columns: Any, max_bytes: int | None) -> None:
     """The plugin's own ``samples/<scenario>.csv``: one Sample per row, bad rows malformed."""
     from pytest_kts.samples import CSV_COLUMNS
 
@@ -226,6 +244,9 @@ def _read_samples_csv(path: Path, reader: LineReader, max_bytes: int | None) -> 
                 reader.malformed_examples.append(f"{line.strip()[:200]!r}: {exc}")
             continue
         reader.samples.append(sample)
+        if len(reader.samples) >= _DRAIN_EVERY:
+            _drain(reader, columns)
+    _drain(reader, columns)
 
 
 def read_logs(
@@ -245,21 +266,26 @@ def read_logs(
             logs.skipped.append(f"{path} (binary)")
             continue
         reader = LineReader()
+        columns = SampleColumns()
         try:
             if path.name.endswith((".csv", ".csv.gz")):
                 if not _is_samples_csv(path):
                     logs.skipped.append(f"{path} (a CSV, but not a samples CSV)")
                     continue
-                _read_samples_csv(path, reader, max_bytes)
+                _read_samples_csv(path, reader, columns, max_bytes)
             else:
                 for line in _read_bounded(path, reader, max_bytes=max_bytes):
                     reader.feed(line)
+                    if len(reader.samples) >= _DRAIN_EVERY:
+                        _drain(reader, columns)
+                _drain(reader, columns)
         except (OSError, EOFError) as exc:
             logs.skipped.append(f"{path} ({exc})")
             continue
         logs.readers[path] = reader
-        _assign_phase(logs, path, reader, given)
-        _count_steps_back(logs, path, reader)
+        logs.columns[path] = columns
+        _assign_phase(logs, path, columns, given)
+        _count_steps_back(logs, path, columns)
     return logs
 
 
@@ -272,41 +298,41 @@ def _given_phase(path: Path, given: Sequence[tuple[Path, str]]) -> str | None:
 
 
 def _assign_phase(
-    logs: LogSet, path: Path, reader: LineReader, given: Sequence[tuple[Path, str]]
+    logs: LogSet, path: Path, columns: Any, given: Sequence[tuple[Path, str]]
 ) -> None:
-    missing = [k for k, s in enumerate(reader.samples) if s.phase == protocol.UNPHASED]
-    if not missing:
+    cols = columns.arrays()
+    missing = cols["phase"] == PHASE_CODES[protocol.UNPHASED]
+    if not missing.any():
         return
     phase = _given_phase(path, given) or phase_from_path(path)
     if phase is None:
         # Left out (and said so): a sample of no known phase has nothing to be compared with.
-        logs.unphased[path] = len(missing)
-        reader.samples = [s for s in reader.samples if s.phase != protocol.UNPHASED]
+        logs.unphased[path] = int(missing.sum())
         return
     # The file's place among this tenant's files of this phase is its round: two solo runs
     # of one tenant stay two series, never one.
-    tenants = {reader.samples[k].tenant for k in missing}
+    tenants = columns.tenants(missing)
     rnd = sum(
-        1
-        for p, ph in logs.assigned.items()
-        if ph == phase and tenants & {s.tenant for s in logs.readers[p].samples}
+        1 for p, ph in logs.assigned.items() if ph == phase and tenants & logs.columns[p].tenants()
     )
     logs.assigned[path] = phase
-    for k in missing:
-        reader.samples[k] = dataclasses.replace(reader.samples[k], phase=phase, round=rnd)
+    cols["phase"][missing] = PHASE_CODES[phase]
+    cols["round"][missing] = rnd
 
 
-def _count_steps_back(logs: LogSet, path: Path, reader: LineReader) -> None:
+def _count_steps_back(logs: LogSet, path: Path, columns: Any) -> None:
     """One worker observes its completions one after another, open loop or closed: an end
     stamp earlier than the previous one in the file means the wall clock stepped back."""
-    last_end: dict[tuple[str, str, int], int] = {}
+    cols = columns.arrays()
     steps = 0
-    for s in reader.samples:
-        key = (s.tenant, s.phase, s.round)
-        prev = last_end.get(key)
-        if prev is not None and s.end_ns < prev:
-            steps += 1
-        last_end[key] = s.end_ns
+    for code in columns.names.values():
+        for phase in (0, 1):
+            mask = (cols["tenant"] == code) & (cols["phase"] == phase)
+            if not mask.any():
+                continue
+            rounds, end = cols["round"][mask], cols["end_ns"][mask]
+            for r in np.unique(rounds):
+                steps += int((np.diff(end[rounds == r]) < 0).sum())
     if steps:
         logs.stepped_back[path] = steps
 
@@ -319,9 +345,13 @@ _WORKLOAD_GUESS = {"fft": "fft", "gemm": "matmul", "matmul": "matmul"}
 def _tenant_accounting(logs: LogSet, tenant: str) -> dict[str, Any]:
     """This tenant's samples, and the line counts of the files that hold only its records."""
     out = {"lines": 0, "samples": 0, "foreign": 0, "malformed": 0, "malformed_examples": []}
-    for reader in logs.readers.values():
-        out["samples"] += sum(1 for s in reader.samples if s.tenant == tenant)
-        owners = {s.tenant for s in reader.samples} | {m.tenant for m in reader.metas}
+    for path, reader in logs.readers.items():
+        columns = logs.columns[path]
+        cols = columns.arrays()
+        if tenant in columns.names:
+            known = cols["phase"] != PHASE_CODES[protocol.UNPHASED]
+            out["samples"] += int(((cols["tenant"] == columns.names[tenant]) & known).sum())
+        owners = columns.tenants() | {m.tenant for m in reader.metas}
         if owners == {tenant}:
             acc = reader.accounting()
             for key in ("lines", "foreign", "malformed"):
@@ -378,15 +408,14 @@ def _spec(tenant: str, meta: dict[str, Any]) -> TenantSpec:
 def build_result(name: str, logs: LogSet, *, confidence: float = 0.95) -> Any:
     """A :class:`~pytest_kts.results.ScenarioResult` from saved lines (no checks yet)."""
     from pytest_kts.results import ScenarioResult, TenantResult
-    from pytest_kts.samples import group
 
     merged = logs.merged
-    if not merged.samples:
+    grouped = group_columns(logs.columns.values())
+    if not grouped:
         raise UsageError(
             f"no KTS_APP sample lines in {len(logs.readers)} file(s) ({merged.lines} lines: "
             f"{merged.foreign} foreign, {merged.malformed} malformed)"
         )
-    grouped = group(merged.samples)
     tenants = {}
     for tenant, samples in grouped.items():
         meta = _meta(merged, tenant)
@@ -404,7 +433,10 @@ def build_result(name: str, logs: LogSet, *, confidence: float = 0.95) -> Any:
     machine = {
         k: next((m[k] for m in metas if m.get(k)), None) for k in ("gpu_name", "gpu_uuid", "torch")
     }
-    first = min(int(s.start_ns) for s in merged.samples)
+    first = min(
+        int(p.start_ns.min()) for ts in grouped.values() for p in (ts.solo, ts.shared) if len(p)
+    )
+    n = sum(len(ts.solo) + len(ts.shared) for ts in grouped.values())
     return ScenarioResult(
         name=name,
         device=device or ("cuda" if has_device else "cpu"),
@@ -413,7 +445,7 @@ def build_result(name: str, logs: LogSet, *, confidence: float = 0.95) -> Any:
         machine={**{k: v for k, v in machine.items() if v}, "source": "saved logs"},
         backend={"backend": "logs", "files": [str(p) for p in logs.readers]},
         gpu_seconds=sum(w.seconds for w in windows),
-        stop_reason=f"offline: {len(merged.samples)} samples from {len(logs.readers)} file(s)",
+        stop_reason=f"offline: {n} samples from {len(logs.readers)} file(s)",
         confidence=confidence,
         started_at=datetime.fromtimestamp(first / 1e9, timezone.utc).isoformat(timespec="seconds"),
     )
@@ -446,7 +478,7 @@ def judge(result: Any, slo: dict[str, float], p: float, clock: str | None) -> No
 def _accounting_lines(logs: LogSet) -> list[str]:
     m = logs.merged
     lines = [
-        f"read {len(logs.readers)} file(s), {m.lines} lines: {len(m.samples)} samples, "
+        f"read {len(logs.readers)} file(s), {m.lines} lines: {logs.n_samples} samples, "
         f"{m.foreign} foreign, {m.malformed} malformed"
     ]
     if m.v1:
@@ -546,7 +578,8 @@ def _report_results(args: argparse.Namespace, files: list[Path]) -> tuple[list[A
     )
     results = []
     if logs.readers or not tables:
-        if logs.readers and not logs.merged.samples and logs.unphased:
+        known = logs.n_samples - sum(logs.unphased.values())
+        if logs.readers and not known and logs.unphased:
             raise UsageError(
                 f"no sample has a phase: {', '.join(map(str, logs.unphased))} hold v1 lines "
                 "with the phase left empty; name the files or folders solo/shared, or pass "
@@ -561,6 +594,7 @@ def _report_results(args: argparse.Namespace, files: list[Path]) -> tuple[list[A
     for path in tables:
         one = read_logs([path], max_bytes=args.max_bytes)
         all_logs.readers.update(one.readers)
+        all_logs.columns.update(one.columns)
         all_logs.skipped += one.skipped
         if not one.readers:
             continue

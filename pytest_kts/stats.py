@@ -412,6 +412,9 @@ def block_length(x: np.ndarray, segments: np.ndarray | None = None) -> float:
     return float(min(max(b, 1.0), b_max))
 
 
+_BOOT_CELLS = 1 << 23
+
+
 def bootstrap_percentiles(
     x: np.ndarray,
     segments: np.ndarray | None,
@@ -439,6 +442,8 @@ def bootstrap_percentiles(
     windows, start_of = _circular_windows(values, labels, b)
     n_blocks = -(-n // b)
     k = _rank(p, n) - 1
+    # Bound the resample matrix at _BOOT_CELLS values whatever n is (10^6 lines: ~64 MB).
+    chunk = max(1, min(chunk, _BOOT_CELLS // max(n_blocks * b, 1)))
     out = np.empty(replicates)
     for lo in range(0, replicates, chunk):
         hi = min(replicates, lo + chunk)
