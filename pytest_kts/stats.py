@@ -14,6 +14,7 @@ Conventions
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -354,6 +355,25 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+# Above this many lag-sample products the autocovariances are computed by FFT.
+_ACV_DIRECT_MAX = 1 << 24
+
+
+def _run_lag_sums(eps: np.ndarray, labels: np.ndarray, m_max: int) -> np.ndarray:
+    """``sum_t eps[t] * eps[t + k]`` over pairs inside one contiguous run of a label, k <= m_max."""
+    out = np.zeros(m_max + 1)
+    bounds = np.concatenate(([0], np.flatnonzero(labels[1:] != labels[:-1]) + 1, [eps.size]))
+    for lo, hi in itertools.pairwise(bounds.tolist()):
+        seg = eps[lo:hi]
+        if seg.size < 2:
+            continue
+        size = 1 << int(2 * seg.size - 1).bit_length()
+        f = np.fft.rfft(seg, size)
+        lags = np.fft.irfft(f * np.conj(f), size)[: min(m_max, seg.size - 1) + 1]
+        out[: lags.size] += lags
+    return out
+
+
 def _within_acv(series: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Autocovariances pairing samples of one segment only, and the Politis-White lag cut.
 
@@ -367,10 +387,15 @@ def _within_acv(series: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int
     m_max = min(math.ceil(math.sqrt(n)) + kn, n - 2)
     acv = np.empty(m_max + 1)
     acv[0] = eps @ eps / n
-    for k in range(1, m_max + 1):
-        # A pair at lag k counts only inside one segment (segments are contiguous runs).
-        mask = labels[:-k] == labels[k:]
-        acv[k] = (eps[:-k][mask] @ eps[k:][mask]) / n
+    if n * m_max > _ACV_DIRECT_MAX:
+        # Long series: every lag at once by FFT per contiguous run, O(n log n) instead of
+        # O(n sqrt n); the same pairs as the loop below (adjacent samples of one run).
+        acv[1:] = _run_lag_sums(eps, labels, m_max)[1:] / n
+    else:
+        for k in range(1, m_max + 1):
+            # A pair at lag k counts only inside one segment (segments are contiguous runs).
+            mask = labels[:-k] == labels[k:]
+            acv[k] = (eps[:-k][mask] @ eps[k:][mask]) / n
     if acv[0] <= 0:
         return np.zeros(m_max + 1), 1
     acorr = np.abs(acv / acv[0])
