@@ -190,3 +190,21 @@ def test_cpu_summary_says_why_there_is_no_split(tmp_path) -> None:
     assert fft["wait_split"] == {"reason": NO_DEVICE_CLOCK}
     assert "device" not in fft["attribution"] and fft["attribution"]["host"]["blamed_on"] == "gemm"
     assert "no device clock on this run" in (tmp_path / "results.md").read_text()
+
+
+def test_h100_traces_blame_the_gemm_for_the_ffts_waiting() -> None:
+    """FFT next to GEMM on an H100 under time-slicing (tests/data, recorded 2026-11-24)."""
+    from pathlib import Path
+
+    from pytest_kts.samples import from_csv
+
+    text = (Path(__file__).parent / "data" / "h100-fft-gemm-traces.csv").read_text()
+    grouped = from_csv(text)
+    tenants = {n: TenantResult(spec=TenantSpec(n, n, 1), samples=t) for n, t in grouped.items()}
+    fft = ScenarioResult(name="h100", device="cuda", tenants=tenants)["fft"]
+    a = fft.attribution()
+    assert a.grew and a.top() is not None and a.top().cotenant == "matmul"
+    assert a["matmul"].lift > 10 and a["matmul"].share > 0.5
+    assert fft.attribution(clock="device").top().cotenant == "matmul"
+    split = fft.wait_split()
+    assert split is not None and split.dominant() == "waiting" and split.wait_share > 0.9
