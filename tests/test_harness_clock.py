@@ -181,3 +181,21 @@ def test_builtin_steps_are_marked_graph_safe() -> None:
     cpu = torch.device("cpu")
     assert build_fft(cpu, 8, 0).kts_graph_safe
     assert build_matmul(cpu, 8, 0).kts_graph_safe
+
+
+def test_launch_gap_benchmark_runs_its_cpu_path(tmp_path) -> None:
+    import json
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import launch_gap
+    finally:
+        sys.path.pop(0)
+    assert launch_gap.main([str(tmp_path), "--quick", "--iterations", "30"]) == 0
+    report = json.loads((tmp_path / "launch_gap.json").read_text())
+    assert report["note"].startswith("no CUDA device")
+    assert [e["op"] for e in report["results"]] == ["fft 64", "matmul 64"]
+    assert report["results"][0]["modes"]["eager"]["timing_used"] == {"device_timing": "none"}
+    assert "| fft 64 |" in (tmp_path / "launch_gap.md").read_text()
