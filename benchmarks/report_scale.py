@@ -67,7 +67,9 @@ def write_logs(folder: Path, lines: int, seed: int = 0) -> None:
 def run_report(args: list[str]) -> dict[str, Any]:
     """One ``kts report`` in a child; its wall time and peak RSS (the child alone)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before, cpu0 = usage.ru_maxrss, usage.ru_utime + usage.ru_stime
+    load = os.getloadavg()[0]
     t = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest_kts.cli", "report", *args],
@@ -76,10 +78,14 @@ def run_report(args: list[str]) -> dict[str, Any]:
         env=env,
     )
     wall = time.perf_counter() - t
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak = usage.ru_maxrss
     return {
         "exit_code": proc.returncode,
         "wall_s": wall,
+        # CPU time of the child: what the work costs when other jobs share the cores.
+        "cpu_s": usage.ru_utime + usage.ru_stime - cpu0,
+        "load_average_before": load,
         # ru_maxrss of RUSAGE_CHILDREN is the largest child so far: run small sizes first.
         "peak_rss_mb": max(peak, before) / 1024,
         "stdout_head": proc.stdout[:400],
@@ -144,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         f"report files written: {args.out_report}. Command: `python benchmarks/report_scale.py "
         f"{' '.join(argv if argv is not None else sys.argv[1:])}`",
         "",
-        "| lines | exit | wall s | peak RSS MB | us per line |",
-        "|---|---|---|---|---|",
+        "| lines | exit | wall s | CPU s | peak RSS MB | us per line (wall) | load avg before |",
+        "|---|---|---|---|---|---|---|",
         *(
-            f"| {r['lines']} | {r['exit_code']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} "
-            f"| {r['us_per_line']:.1f} |"
+            f"| {r['lines']} | {r['exit_code']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
+            f"| {r['peak_rss_mb']:.0f} | {r['us_per_line']:.1f} | {r['load_average_before']:.1f} |"
             for r in rows
         ),
         "",
