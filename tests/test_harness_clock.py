@@ -43,7 +43,8 @@ class FakeTorch:
                 log.append("replay")
 
         @contextmanager
-        def graph(g: Graph):
+        def graph(g: Graph, capture_error_mode: str = "global"):
+            log.append(f"capture mode {capture_error_mode}")
             if capture_fails:
                 raise RuntimeError("operation not permitted when stream is capturing")
             log.append("capture begin")
@@ -118,6 +119,7 @@ def test_graph_replays_between_the_events_and_never_reruns_the_step(log: list[st
     assert clock.facts() == {"device_timing": "graph"}
     # Three warmup calls on a side stream, then one captured call.
     assert log.count("step") == 4 and "capture begin" in log
+    assert "capture mode thread_local" in log  # co-tenant threads may launch meanwhile
     log.clear()
     for _ in range(3):
         _, _, device_ms = clock.time(step, 0)

@@ -179,7 +179,9 @@ class Clock:
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: co-tenants in other threads of this process (the streams backend)
+        # keep launching while this one captures; their calls must not void the capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             step()
         graph.replay()
         torch.cuda.synchronize()
