@@ -84,6 +84,21 @@ def step_into(log: list[str], safe: bool = False):
     return step
 
 
+def fake_gate(log: list[str]) -> type:
+    class FakeGate:
+        def __init__(self, torch: object) -> None:
+            self.count = 0
+
+        def hold(self) -> None:
+            self.count += 1
+            log.append("hold")
+
+        def release(self) -> None:
+            log.append("release")
+
+    return FakeGate
+
+
 def test_requested_timing_from_the_environment() -> None:
     assert requested_timing({}) == "auto"
     assert requested_timing({"KTS_DEVICE_TIMING": " Gated "}) == "gated"
@@ -116,7 +131,10 @@ def test_cpu_clock_has_no_device_time() -> None:
 def test_graph_replays_between_the_events_and_never_reruns_the_step(log: list[str]) -> None:
     step = step_into(log, safe=True)
     clock = Clock(cuda=True, step=step, timing="auto")
-    assert clock.facts() == {"device_timing": "graph"}
+    # No driver here: the replay is not gated, and the clock says so.
+    facts = clock.facts()
+    assert facts["device_timing"] == "graph" and facts["graph_gated"] is False
+    assert facts["device_timing_notes"][0].startswith("graph replay not gated: ")
     # Three warmup calls on a side stream, then one captured call.
     assert log.count("step") == 4 and "capture begin" in log
     assert "capture mode thread_local" in log  # co-tenant threads may launch meanwhile
@@ -125,6 +143,19 @@ def test_graph_replays_between_the_events_and_never_reruns_the_step(log: list[st
         _, _, device_ms = clock.time(step, 0)
         assert device_ms == 0.25
     assert log == ["record start", "replay", "record end", "sync"] * 3
+
+
+def test_graph_replay_is_gated_where_the_driver_allows(
+    log: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(harness, "HostGate", fake_gate(log))
+    step = step_into(log, safe=True)
+    clock = Clock(cuda=True, step=step, timing="auto")
+    assert clock.facts() == {"device_timing": "graph", "graph_gated": True}
+    log.clear()
+    clock.time(step, 0)
+    # Not even the graph's own launch falls between the events.
+    assert log == ["hold", "record start", "replay", "record end", "release", "sync"]
 
 
 def test_failed_capture_falls_back_to_eager_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,18 +176,7 @@ def test_failed_capture_falls_back_to_eager_and_says_why(monkeypatch: pytest.Mon
 def test_gate_holds_the_stream_until_the_whole_step_is_queued(
     log: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    class FakeGate:
-        def __init__(self, torch: object) -> None:
-            self.count = 0
-
-        def hold(self) -> None:
-            self.count += 1
-            log.append("hold")
-
-        def release(self) -> None:
-            log.append("release")
-
-    monkeypatch.setattr(harness, "HostGate", FakeGate)
+    monkeypatch.setattr(harness, "HostGate", fake_gate(log))
     step = step_into(log)
     clock = Clock(cuda=True, step=step, timing="gated")
     assert clock.facts() == {"device_timing": "gated"}

@@ -35,7 +35,9 @@ _FLUSH_EVERY_NS = 200_000_000
 # How the device clock brackets a step (KTS_DEVICE_TIMING; docs/launch-gap.md says why):
 #   graph  the step captured once in a CUDA graph and replayed: one launch, so the event pair
 #          holds the work and no host dispatch. Only for steps marked ``kts_graph_safe``
-#          (all their state on the device), or when asked for by name.
+#          (all their state on the device), or when asked for by name. Where the driver
+#          allows, the replay is also queued behind a gate, so that not even the graph's
+#          own launch (a few us) falls inside the pair; a replay never synchronizes inside.
 #   gated  the stream held on a host-written flag (cuStreamWaitValue32) until the whole step is
 #          queued: the exact eager step, but launch and execution no longer overlap, so the
 #          host clock grows by up to the launch time. Opt-in, for device-clock studies.
@@ -144,6 +146,8 @@ class Clock:
     def facts(self) -> dict[str, Any]:
         """For KTS_META: the device timing used (or pending) and why it is not the one asked."""
         out: dict[str, Any] = {"device_timing": self.used or f"pending ({self.requested})"}
+        if self.used == "graph":
+            out["graph_gated"] = self._gate is not None
         if self.notes:
             out["device_timing_notes"] = list(self.notes)
         return out
@@ -158,6 +162,7 @@ class Clock:
             try:
                 if timing == "graph":
                     self._graph = self._capture(step)
+                    self._gate = self._replay_gate()
                 elif timing == "gated":
                     self._gate = self._probe_gate(step)
             except Exception as exc:  # capture or driver refused: say so, try the next one
@@ -187,6 +192,18 @@ class Clock:
         torch.cuda.synchronize()
         return graph
 
+    def _replay_gate(self) -> HostGate | None:
+        """A gate for graph replays, or None (and a note) where the driver has none."""
+        try:
+            gate = HostGate(self._torch)
+            gate.hold()
+            gate.release()
+            self._torch.cuda.synchronize()
+        except Exception as exc:
+            self.notes.append(f"graph replay not gated: {type(exc).__name__}: {exc}"[:300])
+            return None
+        return gate
+
     def _probe_gate(self, step: Callable[[], object]) -> HostGate:
         gate = HostGate(self._torch)
         watchdog = threading.Timer(_GATE_PROBE_S, gate.release)
@@ -212,9 +229,13 @@ class Clock:
             end = time.perf_counter_ns()
             return end, (end - intended_ns) / 1e6, math.nan
         if self._graph is not None:
+            if self._gate is not None:
+                self._gate.hold()
             self._start.record()
             self._graph.replay()
             self._end.record()
+            if self._gate is not None:
+                self._gate.release()
         elif self._gate is not None:
             self._gate.hold()
             self._start.record()
