@@ -155,6 +155,7 @@ class Clock:
     def prepare(self, step: Callable[[], object]) -> str:
         """Settle how ``step`` is timed: try each timing of the plan, keep the first that works."""
         self._prepared_for = step
+        self._graph = self._gate = None
         if not self.cuda:
             return "none"
         safe = bool(getattr(step, "kts_graph_safe", False))
@@ -210,9 +211,11 @@ class Clock:
         gate.hold()
         watchdog.start()
         started = time.perf_counter()
-        step()
-        watchdog.cancel()
-        gate.release()
+        try:
+            step()
+        finally:
+            watchdog.cancel()
+            gate.release()
         self._torch.cuda.synchronize()
         if time.perf_counter() - started >= _GATE_PROBE_S:
             raise RuntimeError("the step synchronizes inside: a held stream would deadlock it")
@@ -228,24 +231,20 @@ class Clock:
             step()
             end = time.perf_counter_ns()
             return end, (end - intended_ns) / 1e6, math.nan
-        if self._graph is not None:
-            if self._gate is not None:
-                self._gate.hold()
+        gate = self._gate
+        if gate is not None:
+            gate.hold()
+        try:
             self._start.record()
-            self._graph.replay()
+            if self._graph is not None:
+                self._graph.replay()
+            else:
+                step()
             self._end.record()
-            if self._gate is not None:
-                self._gate.release()
-        elif self._gate is not None:
-            self._gate.hold()
-            self._start.record()
-            step()
-            self._end.record()
-            self._gate.release()
-        else:
-            self._start.record()
-            step()
-            self._end.record()
+        finally:
+            # Whatever happened, never leave the stream held: a later sync would hang.
+            if gate is not None:
+                gate.release()
         self._end.synchronize()
         end = time.perf_counter_ns()
         return end, (end - intended_ns) / 1e6, self._start.elapsed_time(self._end)
