@@ -355,8 +355,9 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
-# Above this many lag-sample products the autocovariances are computed by FFT.
-_ACV_DIRECT_MAX = 1 << 24
+# Above this many lag-sample products (n = 10^4 with ~100 lags) the autocovariances are
+# computed by FFT; below, by the lag loop (the same pairs; equal to about 1e-15).
+_ACV_DIRECT_MAX = 1 << 20
 
 
 def _run_lag_sums(eps: np.ndarray, labels: np.ndarray, m_max: int) -> np.ndarray:
