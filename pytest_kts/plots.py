@@ -60,6 +60,10 @@ def write_plots(result: ScenarioResult, directory: Path) -> list[Path]:
         (FILES[1], _timeline_figure(result)),
         (FILES[2], _df_figure(result, dfs)),
     ]
+    drawn += [
+        (f"tail_attribution_{name}.png", _attribution_figure(result, name))
+        for name in result.tenants
+    ]
     paths = []
     for name, figure in drawn:
         if figure is not None:
@@ -430,3 +434,90 @@ def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
         figure.colorbar(image, ax=list(axes), label="DF = shared p99 / solo p99")
     figure.suptitle(f"Contention matrix: {matrix.name}", fontsize=10)
     return [_save(figure, directory / "contention_matrix.png")]
+
+
+# -- tail attribution ------------------------------------------------------------------------------
+
+# Most tenant iterations shown in the attribution timeline: a readable stretch, not the phase.
+ATTRIBUTION_WINDOW_ITERATIONS = 60
+
+
+def _attribution_window(
+    data: PhaseSamples, tail: np.ndarray, excess: np.ndarray
+) -> tuple[int, int]:
+    """A stretch of the shared phase around its worst tail iteration (ns, epoch)."""
+    worst = int(np.flatnonzero(tail)[np.argmax(excess[tail])])
+    half = ATTRIBUTION_WINDOW_ITERATIONS // 2
+    lo = max(0, worst - half)
+    hi = min(len(data) - 1, worst + half)
+    return int(data.start_ns[lo]), int(data.end_ns[hi])
+
+
+def _bars(phase: PhaseSamples, mask: np.ndarray, x0: int) -> list[tuple[float, float]]:
+    start = (phase.start_ns[mask] - x0) / 1e9
+    width = (phase.end_ns[mask] - phase.start_ns[mask]) / 1e9
+    return list(zip(start.tolist(), width.tolist(), strict=True))
+
+
+def _attribution_figure(result: ScenarioResult, tenant: str) -> Figure | None:
+    """The tenant's slow shared iterations over time, each co-tenant's busy intervals under it."""
+    t = result.tenants[tenant]
+    if len(result.tenants) < 2 or not len(t.samples.shared) or not len(t.samples.solo):
+        return None
+    a = t.attribution()
+    if not a.grew:
+        return None
+    data = t.samples.shared
+    finite = np.isfinite(data.host_ms)
+    tail = finite & (data.host_ms > a.threshold_ms)
+    lo, hi = _attribution_window(data, tail, np.where(finite, data.host_ms, -np.inf))
+    inside = (data.end_ns >= lo) & (data.start_ns <= hi)
+    rows = [b.cotenant for b in a.blames]
+    fig = _new_figure(11, 3.0 + 0.45 * (len(rows) + 1))
+    top, bottom = fig.subplots(
+        2, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 0.5 + 0.45 * (len(rows) + 1)]}
+    )
+    x0 = lo
+
+    def sec(ns: np.ndarray) -> np.ndarray:
+        return (np.asarray(ns, dtype=np.float64) - x0) / 1e9
+
+    body = inside & finite & ~tail
+    slow = inside & tail
+    top.scatter(sec(data.start_ns[body]), data.host_ms[body], s=10, color="0.55", label="ordinary")
+    top.scatter(sec(data.start_ns[slow]), data.host_ms[slow], s=16, color="#d62728", label="tail")
+    top.axhline(a.threshold_ms, color="k", lw=0.8, ls="--", label="solo p99")
+    top.set_ylabel(f"{tenant} host (ms)")
+    top.grid(True, alpha=0.3)
+    top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for ax in (top, bottom):
+        for s0, s1 in zip(data.start_ns[slow], data.end_ns[slow], strict=True):
+            ax.axvspan(sec(s0), sec(s1), color="#fcbba1", alpha=0.5, lw=0)
+    labels = [tenant]
+    bottom.broken_barh(
+        _bars(data, inside, x0),
+        (0.6, 0.8),
+        facecolors=["#d62728" if k else "0.55" for k in tail[inside]],
+    )
+    for k, name in enumerate(rows, start=1):
+        other = result.tenants[name].samples.shared
+        near = (other.end_ns >= lo) & (other.start_ns <= hi)
+        bottom.broken_barh(
+            _bars(other, near, x0),
+            (k + 0.6, 0.8),
+            facecolors=f"C{k % 10}",
+        )
+        b = a[name]
+        lift = "inf" if math.isinf(b.lift) else f"{b.lift:.1f}x"
+        labels.append(f"{name}\n{100 * b.share:.0f}%, lift {lift}")
+    bottom.set_yticks([k + 1.0 for k in range(len(labels))], labels, fontsize=8)
+    bottom.set_ylim(0.4, len(labels) + 0.6)
+    bottom.invert_yaxis()
+    bottom.set_xlabel("time (s) in the shared phase, around the slowest iteration")
+    top_b = a.top()
+    blamed = f"blamed on {top_b.cotenant}" if top_b else "no co-tenant stands out"
+    fig.suptitle(
+        f"{result.name}: {tenant}'s tail ({a.tail_n} iterations above the solo p99), {blamed}",
+        fontsize=11,
+    )
+    return fig

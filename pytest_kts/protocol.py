@@ -8,8 +8,15 @@ bare worker container.
 Formats
 -------
 ``KTS_APP,v1,{TENANT},{i},{epoch_ns_start},{epoch_ns_end},{latency_ms_device},{phase}``
-    The original study's line, read unchanged. It carries only the device latency; the
-    host latency is taken to be unknown (``nan``), never guessed from the epoch stamps.
+    The original study's line, read unchanged. The phase is optional: usually empty (a
+    trailing comma), sometimes left out with its comma; such a sample carries the phase
+    ``""`` (:data:`UNPHASED`) and whoever reads the file assigns it (``kts report`` takes it
+    from the file name or its options). The study stamps ``epoch_ns_start = time.time_ns()``
+    just before its start event and ``epoch_ns_end`` after ``torch.cuda.synchronize()``, so
+    the host latency is ``end - start``: launch to observed completion. A line whose epoch
+    stamps run backwards (``time.time_ns()`` stepped back, e.g. an NTP step) is counted as
+    malformed *and* as ``backwards``. Without its phase field a line must end in a latency
+    with six decimals (the study's ``:.6f``), so a line cut inside that number is caught.
 
 ``KTS_APP,v2,{tenant},{phase},{round},{i},{start_ns},{end_ns},{host_ms},{device_ms}``
     One iteration. ``start_ns`` is the epoch time the iteration was due to start (the
@@ -46,6 +53,10 @@ META_V2 = "KTS_META,v2,"
 EVENT_V2 = "KTS_EVENT,v2,"
 
 PHASES = ("solo", "shared")
+# A v1 sample whose line left the phase empty or out: the reader of the file assigns it.
+UNPHASED = ""
+# Longest line read whole: anything longer is counted as malformed and never held in memory.
+MAX_LINE_BYTES = 64 * 1024
 # An absent clock is written as a dash, never as an empty field, so that no cut line can pass
 # for a complete one.
 ABSENT = "-"
@@ -56,6 +67,10 @@ _EXAMPLES_KEPT = 5
 
 class ProtocolError(ValueError):
     """A line that claims to be ours (``KTS_`` prefix) but is not well formed."""
+
+
+class ClockWentBackwards(ProtocolError):
+    """A sample whose end stamp is before its start stamp: the wall clock stepped back."""
 
 
 def check_tenant_name(name: str) -> str:
@@ -77,7 +92,7 @@ class Sample:
     iteration: int
     start_ns: int
     end_ns: int
-    host_ms: float  # nan where unknown (v1 lines)
+    host_ms: float  # nan where unknown
     device_ms: float  # nan where there is no device clock (CPU)
 
 
@@ -176,9 +191,32 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+# The common case, a well-formed v2 sample as the harness writes it, in one match; anything
+# else (and any doubt) goes the long way, which also says what is wrong.
+_V2_FAST = re.compile(
+    r"KTS_APP,v2,([A-Za-z0-9][A-Za-z0-9_.-]{0,62}),(solo|shared),(\d+),(\d+),(\d+),(\d+),"
+    r"(\d+\.\d{6}),(\d+\.\d{6}|-)"
+)
+
+
 def parse_line(line: str) -> Record | None:
     """Parse one line. ``None`` for a foreign line; :class:`ProtocolError` for a bad one of ours."""
     line = line.strip().lstrip("\ufeff")
+    fast = _V2_FAST.fullmatch(line)
+    if fast is not None:
+        tenant, phase, rnd, i, start, end, host, device = fast.groups()
+        start_ns, end_ns = int(start), int(end)
+        if end_ns >= start_ns:
+            return Sample(
+                tenant,
+                phase,
+                int(rnd),
+                int(i),
+                start_ns,
+                end_ns,
+                float(host),
+                math.nan if device == ABSENT else float(device),
+            )
     # Tolerate a log prefix (kubectl --timestamps, a logging formatter) before our marker.
     at = line.find(PREFIX)
     if at < 0:
@@ -191,7 +229,7 @@ def parse_line(line: str) -> Record | None:
         tenant, phase, rnd, i, start, end, host, device = parts
         start_ns, end_ns = _int(start, "start_ns"), _int(end, "end_ns")
         if end_ns < start_ns:
-            raise ProtocolError("end_ns is before start_ns")
+            raise ClockWentBackwards("end_ns is before start_ns")
         return Sample(
             tenant=_tenant(tenant),
             phase=_phase(phase),
@@ -204,20 +242,33 @@ def parse_line(line: str) -> Record | None:
         )
     if line.startswith(SAMPLE_V1):
         parts = line[len(SAMPLE_V1) :].split(",")
-        if len(parts) != 6:
-            raise ProtocolError(f"v1 sample has {len(parts)} fields after the version, expected 6")
+        if len(parts) == 5:  # the optional phase left out together with its comma
+            parts.append(UNPHASED)
+            cut_guard = True
+        elif len(parts) == 6:
+            cut_guard = False
+        else:
+            raise ProtocolError(
+                f"v1 sample has {len(parts)} fields after the version, expected 5 or 6"
+            )
         tenant, i, start, end, device, phase = parts
         start_ns, end_ns = _int(start, "epoch_ns_start"), _int(end, "epoch_ns_end")
         if end_ns < start_ns:
-            raise ProtocolError("epoch_ns_end is before epoch_ns_start")
+            raise ClockWentBackwards("epoch_ns_end is before epoch_ns_start (the clock went back)")
+        if cut_guard and not _MS_V2.match(device):
+            raise ProtocolError(
+                f"v1 line without a phase must end in a six-decimal latency (a cut line?): "
+                f"{device!r}"
+            )
         return Sample(
             tenant=_tenant(tenant.lower()),
-            phase=_phase(phase),
+            phase=_phase(phase) if phase.strip() else UNPHASED,
             round=0,
             iteration=_int(i, "iteration"),
             start_ns=start_ns,
             end_ns=end_ns,
-            host_ms=math.nan,
+            # Launch to observed completion on the study's own clock (see the module doc).
+            host_ms=(end_ns - start_ns) / 1e6,
             device_ms=_ms(device, "latency_ms_device", optional=False),
         )
     if line.startswith(META_V2):
@@ -246,6 +297,9 @@ class LineReader:
     lines: int = 0
     foreign: int = 0
     malformed: int = 0
+    backwards: int = 0  # of the malformed: samples whose clock went backwards
+    oversized: int = 0  # of the malformed: lines over MAX_LINE_BYTES, never held whole
+    v1: int = 0  # of the samples: lines in the original study's format
     malformed_examples: list[str] = field(default_factory=list)
     foreign_examples: list[str] = field(default_factory=list)
 
@@ -255,6 +309,7 @@ class LineReader:
             record = parse_line(line)
         except ProtocolError as exc:
             self.malformed += 1
+            self.backwards += isinstance(exc, ClockWentBackwards)
             if len(self.malformed_examples) < _EXAMPLES_KEPT:
                 self.malformed_examples.append(f"{line.strip()[:200]!r}: {exc}")
             return None
@@ -266,11 +321,22 @@ class LineReader:
             return None
         if isinstance(record, Sample):
             self.samples.append(record)
+            self.v1 += SAMPLE_V1 in line
         elif isinstance(record, Meta):
             self.metas.append(record)
         else:
             self.events.append(record)
         return record
+
+    def feed_oversized(self, head: str) -> None:
+        """Account for a line longer than :data:`MAX_LINE_BYTES`, given only its start."""
+        self.lines += 1
+        self.malformed += 1
+        self.oversized += 1
+        if len(self.malformed_examples) < _EXAMPLES_KEPT:
+            self.malformed_examples.append(
+                f"{head.strip()[:60]!r}...: line longer than {MAX_LINE_BYTES} bytes"
+            )
 
     def feed_all(self, lines: Iterable[str]) -> LineReader:
         for line in lines:
@@ -284,6 +350,9 @@ class LineReader:
         self.lines += other.lines
         self.foreign += other.foreign
         self.malformed += other.malformed
+        self.backwards += other.backwards
+        self.oversized += other.oversized
+        self.v1 += other.v1
         room = _EXAMPLES_KEPT - len(self.malformed_examples)
         self.malformed_examples += other.malformed_examples[: max(room, 0)]
         room = _EXAMPLES_KEPT - len(self.foreign_examples)
@@ -295,5 +364,7 @@ class LineReader:
             "samples": len(self.samples),
             "foreign": self.foreign,
             "malformed": self.malformed,
+            "backwards": self.backwards,
+            "oversized": self.oversized,
             "malformed_examples": list(self.malformed_examples),
         }

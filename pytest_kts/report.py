@@ -42,6 +42,7 @@ HEADERS = (
     "it/s",
     "DF p99 [CI]",
     "verdict",
+    "tail blamed on",
 )
 
 
@@ -99,9 +100,30 @@ def _rows(result: ScenarioResult) -> list[list[str]]:
                         _num(s.throughput, 1),
                         _df_cell(df) if shared else "",
                         verdict,
+                        _blame_cell(result, tenant) if shared and clock == "host" else "",
                     ]
                 )
     return rows
+
+
+def _blame_cell(result: ScenarioResult, tenant: TenantResult) -> str:
+    if len(result.tenants) < 2:
+        return ""
+    return tenant.attribution().cell()
+
+
+def _attribution_lines(result: ScenarioResult) -> list[str]:
+    """One line per tenant: what its tail grew from (wait vs execution)."""
+    lines = []
+    for name, tenant in result.tenants.items():
+        split = tenant.wait_split()
+        if split is not None:
+            lines.append(
+                f"  {name}: {split.sentence()} (launch cost {split.launch_ms:.3f} ms subtracted)"
+            )
+    if not lines and result.device != "cuda" and len(result.tenants) > 1:
+        lines.append("  wait vs execution: no device clock on this run, so no split")
+    return lines
 
 
 def render_table(results: Sequence[ScenarioResult], *, fmt: str = "simple") -> str:
@@ -112,6 +134,7 @@ def render_table(results: Sequence[ScenarioResult], *, fmt: str = "simple") -> s
             f"{result.stop_reason}]"
         )
         blocks.append(head + "\n" + tabulate(_rows(result), headers=HEADERS, tablefmt=fmt))
+        blocks[-1] += "".join("\n" + line for line in _attribution_lines(result))
         blocks += [f"  warning: {w}" for w in result.warnings]
     return "\n\n".join(blocks)
 
@@ -184,7 +207,22 @@ def tenant_dict(tenant: TenantResult) -> dict[str, Any]:
         "lines": tenant.accounting,
         "phases": phases,
         "df": dfs,
+        **_attribution_dict(tenant),
     }
+
+
+def _attribution_dict(tenant: TenantResult) -> dict[str, Any]:
+    split = tenant.wait_split()
+    out: dict[str, Any] = {
+        "wait_split": split.to_dict() if split else {"reason": tenant.split_reason()},
+    }
+    if tenant.cotenants:
+        out["attribution"] = {
+            clock: tenant.attribution(clock=clock).to_dict()
+            for clock in ("host", "device")
+            if clock == "host" or "device" in tenant.clocks()
+        }
+    return out
 
 
 def scenario_dict(result: ScenarioResult) -> dict[str, Any]:
@@ -432,6 +470,7 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
             ),
             "",
         ]
+    out += _markdown_attribution(result)
     for w in result.warnings:
         out.append(f"> warning: {w}")
     if result.warnings:
@@ -450,3 +489,102 @@ def _tele_cells(t: PhaseTelemetry) -> list[str]:
         _num(t.power_mean_w, 0),
         str(t.samples),
     ]
+
+
+def _markdown_attribution(result: ScenarioResult) -> list[str]:
+    """Who took the tail: wait vs execution per tenant and phase, and the co-tenants to blame."""
+    out: list[str] = []
+    splits = []
+    for name, tenant in result.tenants.items():
+        split = tenant.wait_split()
+        if split is None:
+            continue
+        for phase, part in (("solo", split.solo), ("shared", split.shared)):
+            shared = phase == "shared"
+            splits.append(
+                [
+                    name,
+                    phase,
+                    _num(part.wait_p50),
+                    _num(part.wait_p99),
+                    _num(part.exec_p50),
+                    _num(part.exec_p99),
+                    _num(split.df_wait, 2) if shared else "",
+                    _num(split.df_exec, 2) if shared else "",
+                    split.sentence() if shared else f"launch cost {split.launch_ms:.4f} ms",
+                ]
+            )
+    if splits:
+        out += [
+            "Wait vs execution (ms; wait = host - device - launch cost, the launch cost being "
+            "the solo median of host - device; the tail is the shared iterations above the solo "
+            "host p99; DF per part is a point estimate at p99):",
+            "",
+            tabulate(
+                splits,
+                headers=[
+                    "tenant",
+                    "phase",
+                    "wait p50",
+                    "wait p99",
+                    "exec p50",
+                    "exec p99",
+                    "DF wait",
+                    "DF exec",
+                    "tail",
+                ],
+                tablefmt="github",
+            ),
+            "",
+        ]
+    elif len(result.tenants) > 1:
+        out += ["Wait vs execution: no device clock on this run, so no split.", ""]
+    rows = []
+    for name, tenant in result.tenants.items():
+        if not tenant.cotenants:
+            continue
+        a = tenant.attribution()
+        for b in a.blames:
+            rows.append(
+                [
+                    name,
+                    a.tail_n,
+                    b.cotenant,
+                    f"{100 * b.tail_overlap:.0f}%",
+                    f"{100 * b.body_overlap:.0f}%",
+                    _num(b.lift, 1),
+                    f"{100 * b.tail_busy:.0f}% / {100 * b.body_busy:.0f}%",
+                    f"{100 * b.share:.0f}%",
+                    _num(b.excess_ms, 1),
+                    _num(b.z, 1),
+                    "**yes**" if b.blamed else "no",
+                ]
+            )
+    if rows:
+        out += [
+            "Tail attribution (host intervals on the common clock): which co-tenants had work "
+            "in flight during each tenant's shared iterations above its solo p99, against "
+            "their overlap with ordinary iterations. The attributable share is "
+            "(tail busy - body busy) / (1 - body busy); blamed needs z >= 2. See "
+            "docs/attribution.md.",
+            "",
+            tabulate(
+                rows,
+                headers=[
+                    "tenant",
+                    "tail n",
+                    "co-tenant",
+                    "tail overlap",
+                    "body overlap",
+                    "lift",
+                    "busy tail / body",
+                    "attributable",
+                    "excess ms",
+                    "z",
+                    "blamed",
+                ],
+                tablefmt="github",
+            ),
+            "",
+        ]
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pytest_kts.attribution import NO_DEVICE_CLOCK, Attribution, WaitSplit, attribute, split_wait
 from pytest_kts.backends.base import TenantSpec
 from pytest_kts.samples import TenantSamples
 from pytest_kts.stats import Summary, summarize
@@ -43,6 +44,8 @@ class TenantResult:
     on_inconclusive: str = "warn"
     # Set by an adaptive run: the DF at its last look, at the error rate that look was given.
     sequential: dict[tuple[float, str], DegradationFactor] = field(default_factory=dict)
+    # The other tenants of the scenario, set by ScenarioResult: attribution needs their stamps.
+    cotenants: dict[str, TenantSamples] = field(default_factory=dict, repr=False, compare=False)
     # The table, the report files and the plots ask for the same figures; bootstrap them once.
     _cache: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -87,11 +90,13 @@ class TenantResult:
         if adaptive is not None and confidence is None:
             # Re-judging an adaptive run at the full error rate would undo the alpha spending.
             adaptive.on_inconclusive = self.on_inconclusive
+            adaptive.context = lambda: self.explanation(p)
             return adaptive
         key = ("df", float(p), clock, confidence or self.confidence)
         if key in self._cache:
             cached: DegradationFactor = self._cache[key]
             cached.on_inconclusive = self.on_inconclusive
+            cached.context = lambda: self.explanation(p)
             return cached
         solo, shared = self.samples.solo, self.samples.shared
         result = degradation(
@@ -104,8 +109,48 @@ class TenantResult:
             shared_segments=shared.segments(),
         )
         result.on_inconclusive = self.on_inconclusive
+        result.context = lambda: self.explanation(p)
         self._cache[key] = result
         return result
+
+    def attribution(self, p: float = 99, clock: str = "host") -> Attribution:
+        """Which co-tenants were running during this tenant's slow shared iterations.
+
+        ``result["fft"].attribution().shares()`` maps each co-tenant to the share of the tail
+        its presence explains, so a test can assert no single neighbour causes most of it.
+        """
+        key = ("attribution", float(p), clock)
+        if key not in self._cache:
+            self._cache[key] = attribute(self.samples, self.cotenants, p=p, clock=clock)
+        return self._cache[key]
+
+    def wait_split(self, p: float = 99) -> WaitSplit | None:
+        """Wait versus execution (``None`` without a device clock: see :meth:`split_reason`)."""
+        key = ("wait_split", float(p))
+        if key not in self._cache:
+            try:
+                self._cache[key] = split_wait(self.samples, p)
+            except ValueError:
+                self._cache[key] = None
+        return self._cache[key]
+
+    def split_reason(self) -> str | None:
+        return NO_DEVICE_CLOCK if "device" not in self.clocks() else None
+
+    def explanation(self, p: float = 99) -> list[str]:
+        """Lines for a failed assertion: what the tail grew from and whom it overlapped."""
+        lines = []
+        split = self.wait_split(p)
+        if split is not None:
+            lines.append(
+                f"{split.sentence()} (launch cost {split.launch_ms:.4g} ms subtracted: "
+                f"{split.launch_source})"
+            )
+        elif self.split_reason():
+            lines.append(f"wait vs execution: {self.split_reason()}")
+        if self.cotenants:
+            lines.append(self.attribution(p).sentence())
+        return lines
 
 
 @dataclass
@@ -124,6 +169,10 @@ class ScenarioResult:
     started_at: str = ""
     warnings: list[str] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)  # against a baseline
+
+    def __post_init__(self) -> None:
+        for name, tenant in self.tenants.items():
+            tenant.cotenants = {n: t.samples for n, t in self.tenants.items() if n != name}
 
     def __getitem__(self, tenant: str) -> TenantResult:
         return self.tenants[tenant]

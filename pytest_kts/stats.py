@@ -14,6 +14,7 @@ Conventions
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -361,6 +362,26 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+# Above this many lag-sample products (n = 10^4 with ~100 lags) the autocovariances are
+# computed by FFT; below, by the lag loop (the same pairs; equal to about 1e-15).
+_ACV_DIRECT_MAX = 1 << 20
+
+
+def _run_lag_sums(eps: np.ndarray, labels: np.ndarray, m_max: int) -> np.ndarray:
+    """``sum_t eps[t] * eps[t + k]`` over pairs inside one contiguous run of a label, k <= m_max."""
+    out = np.zeros(m_max + 1)
+    bounds = np.concatenate(([0], np.flatnonzero(labels[1:] != labels[:-1]) + 1, [eps.size]))
+    for lo, hi in itertools.pairwise(bounds.tolist()):
+        seg = eps[lo:hi]
+        if seg.size < 2:
+            continue
+        size = 1 << int(2 * seg.size - 1).bit_length()
+        f = np.fft.rfft(seg, size)
+        lags = np.fft.irfft(f * np.conj(f), size)[: min(m_max, seg.size - 1) + 1]
+        out[: lags.size] += lags
+    return out
+
+
 def _within_acv(series: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Autocovariances pairing samples of one segment only, and the Politis-White lag cut.
 
@@ -374,10 +395,15 @@ def _within_acv(series: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int
     m_max = min(math.ceil(math.sqrt(n)) + kn, n - 2)
     acv = np.empty(m_max + 1)
     acv[0] = eps @ eps / n
-    for k in range(1, m_max + 1):
-        # A pair at lag k counts only inside one segment (segments are contiguous runs).
-        mask = labels[:-k] == labels[k:]
-        acv[k] = (eps[:-k][mask] @ eps[k:][mask]) / n
+    if n * m_max > _ACV_DIRECT_MAX:
+        # Long series: every lag at once by FFT per contiguous run, O(n log n) instead of
+        # O(n sqrt n); the same pairs as the loop below (adjacent samples of one run).
+        acv[1:] = _run_lag_sums(eps, labels, m_max)[1:] / n
+    else:
+        for k in range(1, m_max + 1):
+            # A pair at lag k counts only inside one segment (segments are contiguous runs).
+            mask = labels[:-k] == labels[k:]
+            acv[k] = (eps[:-k][mask] @ eps[k:][mask]) / n
     if acv[0] <= 0:
         return np.zeros(m_max + 1), 1
     acorr = np.abs(acv / acv[0])
@@ -419,6 +445,9 @@ def block_length(x: np.ndarray, segments: np.ndarray | None = None) -> float:
     return float(min(max(b, 1.0), b_max))
 
 
+_BOOT_CELLS = 1 << 23
+
+
 def bootstrap_percentiles(
     x: np.ndarray,
     segments: np.ndarray | None,
@@ -446,6 +475,8 @@ def bootstrap_percentiles(
     windows, start_of = _circular_windows(values, labels, b)
     n_blocks = -(-n // b)
     k = _rank(p, n) - 1
+    # Bound the resample matrix at _BOOT_CELLS values whatever n is (10^6 lines: ~64 MB).
+    chunk = max(1, min(chunk, _BOOT_CELLS // max(n_blocks * b, 1)))
     out = np.empty(replicates)
     for lo in range(0, replicates, chunk):
         hi = min(replicates, lo + chunk)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,6 +87,9 @@ class DegradationFactor:
     dropped_solo: int = 0  # non-finite (unmeasured) samples ignored
     dropped_shared: int = 0
     last_comparison: tuple[str, float, bool, str] | None = field(default=None, repr=False)
+    # Extra lines for explain(), supplied by whoever holds the samples (results.TenantResult:
+    # wait vs execution and co-tenant attribution); failures in it never hide the verdict.
+    context: Callable[[], list[str]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.on_inconclusive not in POLICIES:
@@ -214,6 +217,11 @@ class DegradationFactor:
                 "this look (sequential plan)"
             )
         lines.append(f"method: {self.method}")
+        if self.context is not None:
+            try:
+                lines += self.context()
+            except Exception as exc:  # an explanation must not turn a verdict into an error
+                lines.append(f"(no attribution: {type(exc).__name__}: {exc})")
         return lines
 
     def _holds(self, op: str, v: str) -> bool:

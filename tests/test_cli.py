@@ -53,22 +53,25 @@ def test_report_v1_logs_counts_garbage_and_explains_the_clock(
     assert "read 2 file(s), " in out
     assert f"{m.SAMPLES} samples, {m.FOREIGN} foreign, {m.MALFORMED} malformed" in out
     assert out.count("  malformed: ") == m.MALFORMED
-    assert "only the device clock" in out
+    assert "launch to observed completion" in out
+    assert f"({m.SAMPLES} in the study's v1 format)" in out
+    assert "1 sample line(s) end before they start: time.time_ns() went backwards" in out
     rows = [line.split() for line in out.splitlines() if line.startswith(("fft ", "gemm "))]
+    # Both clocks: the host clock is end - start of the study's epoch stamps.
     assert [(r[0], r[1], r[2]) for r in rows] == [
-        ("fft", "solo", "device"),
-        ("fft", "shared", "device"),
-        ("gemm", "solo", "device"),
-        ("gemm", "shared", "device"),
+        (t, phase, clock)
+        for t in ("fft", "gemm")
+        for clock in ("host", "device")
+        for phase in ("solo", "shared")
     ]
-    fft_shared = rows[1]
-    assert 1.4 < float(fft_shared[10]) < 1.9  # the study's FFT DF of about 1.66
+    for fft_shared in (rows[1], rows[3]):
+        assert 1.4 < float(fft_shared[10]) < 1.9  # the study's FFT DF of about 1.66
 
 
 def test_report_slo_failed_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "report", str(DATA), "--slo", "FFT=1.3")
     assert code == 1
-    assert "fft: DF p99 (device)" in out and out.rstrip().endswith("fail")
+    assert "fft: DF p99 (host)" in out and out.rstrip().endswith("fail")
 
 
 def test_report_slo_held_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,7 +132,7 @@ def test_report_v2_logs_use_the_host_clock_without_the_v1_note(
         (tmp_path / f"{tenant}.log").write_text("\n".join(lines) + "\n")
     code, out, _ = run(capsys, "report", str(tmp_path), "--slo", "fft=1.3")
     assert code == 1
-    assert "only the device clock" not in out
+    assert "study's v1 format" not in out
     assert "fft: DF p99 (host)" in out
     assert "0 foreign, 0 malformed" in out
 
@@ -326,3 +329,120 @@ def test_run_end_to_end_on_the_cpu(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "ad-hoc  [cpu" in out
     assert "kts ad-hoc: shared round 0: fft, matmul" in err  # progress on a non-TTY stream
     assert (tmp_path / "summary.json").is_file()
+
+
+# -- the study's logs as they are: phase from names or options, both clocks, attribution --------
+
+
+@pytest.mark.parametrize("layout", ["folders", "names"])
+def test_report_study_layouts_take_the_phase_from_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], layout: str
+) -> None:
+    expect = make_logs.write_study_layout(tmp_path, layout)
+    code, out, err = run(capsys, "report", str(tmp_path), "--slo", "fft=1.3")
+    assert err == ""
+    assert (
+        f"{expect['samples']} samples, {expect['foreign']} foreign, "
+        f"{expect['malformed']} malformed" in out
+    )
+    assert out.count("phaseless v1 lines read as solo") == 2
+    assert out.count("phaseless v1 lines read as shared") == 2
+    rows = [line.split() for line in out.splitlines() if line.startswith(("fft ", "gemm "))]
+    assert {(r[0], r[1], r[2]) for r in rows} == {
+        (t, p, c) for t in ("fft", "gemm") for p in ("solo", "shared") for c in ("host", "device")
+    }
+    # The FFT waits behind the GEMM: its host DF is large, its device DF about 1.05.
+    fft_host = next(r for r in rows if r[:3] == ["fft", "shared", "host"])
+    fft_device = next(r for r in rows if r[:3] == ["fft", "shared", "device"])
+    assert float(fft_host[10]) > 2
+    assert 0.95 < float(fft_device[10]) < 1.2
+    # Attribution from the two logs that cover the same time.
+    assert "gemm" in fft_host[-4] and "lift" in " ".join(fft_host)
+    assert "fft: tail growth is" in out and "waiting for the GPU" in out
+    assert code == 1 and "fft: DF p99 (host)" in out
+
+
+def test_report_study_plain_names_need_solo_and_shared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expect = make_logs.write_study_layout(tmp_path, "plain")
+    code, _, err = run(capsys, "report", str(tmp_path))
+    assert code == 2
+    assert_one_line_error(err, "no sample has a phase", "--solo PATH... --shared PATH...")
+    files = expect["files"]
+    code, out, err = run(
+        capsys,
+        "report",
+        "--solo",
+        files["FFT/solo"],
+        files["GEMM/solo"],
+        "--shared",
+        files["FFT/shared"],
+        files["GEMM/shared"],
+    )
+    assert code == 0 and err == ""
+    assert f"{expect['samples']} samples" in out
+    assert "fft: tail growth is" in out
+
+
+def test_report_flags_a_clock_that_stepped_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_logs.write_study_layout(tmp_path, "names")
+    path = tmp_path / "fft_solo.log"
+    lines = path.read_text().splitlines()
+    # Iteration 100 observed its end before iteration 99 did: an NTP step back.
+    k = next(i for i, line in enumerate(lines) if line.startswith("KTS_APP,v1,FFT,100,"))
+    f = lines[k].split(",")
+    step = 5 * 10**9
+    f[4], f[5] = str(int(f[4]) - step), str(int(f[5]) - step)
+    lines[k] = ",".join(f)
+    path.write_text("\n".join(lines) + "\n")
+    code, out, _ = run(capsys, "report", str(tmp_path))
+    assert code == 0
+    assert f"{path}: 1 iteration(s) end before the one before them" in out
+
+
+def test_report_reads_the_plugins_own_samples_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pytest_kts.plots.write_plots", lambda result, directory: [])
+    first = tmp_path / "first"
+    code, _, _ = run(capsys, "report", str(DATA), "--out", str(first), "--name", "study")
+    assert code == 0
+    csv_text = (first / "samples" / "study.csv").read_text()
+    (first / "samples" / "study.telemetry.csv").write_text("time_ns,sm_clock_mhz\n1,2\n")
+    code, out, err = run(capsys, "report", str(first), "--slo", "fft=1.3")
+    assert err == ""
+    n = len(csv_text.splitlines()) - 1
+    assert f"{n} samples, 0 foreign, 0 malformed" in out
+    assert "not a samples CSV" in out  # the telemetry CSV is skipped, and said so
+    assert code == 1 and "fft: DF p99 (host)" in out
+    table = [line.split() for line in out.splitlines() if line.startswith("fft ")]
+    assert len(table) == 4
+
+
+def test_report_bounds_long_lines_and_gz_bombs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gzip
+
+    from pytest_kts.protocol import MAX_LINE_BYTES
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    good = (DATA / "fft.log").read_text()
+    huge = "KTS_APP,v1," + "9" * (3 * MAX_LINE_BYTES)
+    (logs / "fft.log").write_text(huge + "\n" + good + huge)  # one in front, one unterminated
+    code, out, _ = run(capsys, "report", str(logs))
+    assert code == 0
+    # fft.log's own 4 malformed lines, and the two overlong ones (never held whole).
+    assert "800 samples, 2 foreign, 6 malformed" in out
+    assert f"line longer than {MAX_LINE_BYTES} bytes" in out
+    bomb = tmp_path / "bomb"
+    bomb.mkdir()
+    with gzip.open(bomb / "fft.log.gz", "wt") as f:
+        f.write(good * 40)
+    code, _, err = run(capsys, "report", str(bomb), "--max-bytes", "100000")
+    assert code == 2
+    assert_one_line_error(err, "expands past 100000 bytes")

@@ -108,8 +108,14 @@ def cpu_figures(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def test_writes_three_figures(figures: list[Path]) -> None:
-    assert [p.name for p in figures] == list(plots.FILES)
-    cdf, timeline, df = figures
+    assert [p.name for p in figures][:3] == list(plots.FILES)
+    # Plus one tail-attribution timeline per tenant whose tail grew (both are slowed 1.6x).
+    assert [p.name for p in figures][3:] == [
+        "tail_attribution_fft.png",
+        "tail_attribution_gemm.png",
+    ]
+    cdf, timeline, df, attribution, _ = figures
+    check_png(attribution, 900, 300)
     image = check_png(cdf, 1000, 700)  # 2 clocks side by side x 2 tenants
     assert image.shape[1] > image.shape[0]
     check_png(timeline, 1000, 500)
@@ -117,7 +123,7 @@ def test_writes_three_figures(figures: list[Path]) -> None:
 
 
 def test_cpu_run_draws_host_clock_only(figures: list[Path], cpu_figures: list[Path]) -> None:
-    assert [p.name for p in cpu_figures] == list(plots.FILES)
+    assert [p.name for p in cpu_figures][:3] == list(plots.FILES)
     # One column of CDFs instead of two.
     assert imread(cpu_figures[0]).shape[1] < imread(figures[0]).shape[1]
 

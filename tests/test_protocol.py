@@ -67,8 +67,9 @@ def test_study_v1_lines_read_unchanged() -> None:
     first, second, gemm = reader.samples
     assert first.tenant == "fft" and first.phase == "solo" and first.iteration == 0
     assert first.device_ms == pytest.approx(3.679123)
-    # v1 carries no host clock; it must not be invented from the epoch stamps.
-    assert math.isnan(first.host_ms)
+    # The study's epoch stamps bracket launch to observed completion: that is the host clock.
+    assert first.host_ms == pytest.approx(3.679)
+    assert reader.v1 == 3
     assert second.phase == "shared"
     assert gemm.tenant == "gemm" and gemm.phase == "shared" and gemm.iteration == 7
 
@@ -147,3 +148,53 @@ def test_merge_adds_accounting() -> None:
     b = LineReader().feed_all(["KTS_APP,v2,bad", STUDY_LINES[1]])
     a.merge(b)
     assert (a.lines, a.foreign, a.malformed, len(a.samples)) == (4, 1, 1, 2)
+
+
+T = 1_714_550_000_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("line", "phase"),
+    [
+        (f"KTS_APP,v1,FFT,3,{T},{T + 2_500_000},2.400000,", ""),  # the study's empty phase
+        (f"KTS_APP,v1,FFT,3,{T},{T + 2_500_000},2.400000", ""),  # the field left out
+        (f"KTS_APP,v1,FFT,3,{T},{T + 2_500_000},2.400000, Shared ", "shared"),
+    ],
+)
+def test_v1_phase_is_optional(line: str, phase: str) -> None:
+    s = parse_line(line)
+    assert isinstance(s, Sample)
+    assert s.phase == phase and s.tenant == "fft" and s.iteration == 3
+    assert s.host_ms == pytest.approx(2.5) and s.device_ms == pytest.approx(2.4)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"KTS_APP,v1,FFT,3,{T},{T + 2_500_000},2.4",  # phaseless, cut inside the latency
+        f"KTS_APP,v1,FFT,3,{T},{T + 2_500_000},2.40000",
+        f"KTS_APP,v1,FFT,3,{T},{T + 2_500_000},2.400000,sha",  # cut inside the phase
+        f"KTS_APP,v1,FFT,3,{T},{T + 25}",  # cut after the end stamp
+    ],
+)
+def test_v1_lines_cut_short_are_malformed(line: str) -> None:
+    with pytest.raises(ProtocolError):
+        parse_line(line)
+
+
+def test_clock_going_backwards_is_flagged_not_just_malformed() -> None:
+    from pytest_kts.protocol import ClockWentBackwards
+
+    line = f"KTS_APP,v1,FFT,3,{T + 10},{T},2.400000,"
+    with pytest.raises(ClockWentBackwards):
+        parse_line(line)
+    reader = LineReader().feed_all([line, STUDY_LINES[0]])
+    assert (reader.malformed, reader.backwards, len(reader.samples)) == (1, 1, 1)
+    assert reader.accounting()["backwards"] == 1
+
+
+def test_oversized_lines_are_accounted_without_their_text() -> None:
+    reader = LineReader()
+    reader.feed_oversized("KTS_APP,v1," + "9" * 150)
+    assert (reader.lines, reader.malformed, reader.oversized) == (1, 1, 1)
+    assert len(reader.malformed_examples[0]) < 150

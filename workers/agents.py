@@ -327,6 +327,8 @@ class DecodeStep:
 class PrefillStep:
     """Causal forward of a fixed (batch, seq) prompt; logits of the last position only."""
 
+    kts_graph_safe = True  # a pure function of device tensors: the harness may graph it
+
     def __init__(self, model: Llama, tokens: torch.Tensor) -> None:
         self.model, self.tokens = model, tokens
 
@@ -427,6 +429,8 @@ EMBED_PARAMS = ("layers", "heads", "seq", "batch", "dtype")
 
 class EmbedStep:
     """Encoder forward of a fixed (batch, seq) input; the [CLS] vectors (batch, width)."""
+
+    kts_graph_safe = True  # a pure function of device tensors: the harness may graph it
 
     def __init__(self, model: Bert, tokens: torch.Tensor) -> None:
         self.model, self.tokens = model, tokens

@@ -32,32 +32,222 @@ _FLUSH_EVERY_LINES = 64
 _FLUSH_EVERY_NS = 200_000_000
 
 
+# How the device clock brackets a step (KTS_DEVICE_TIMING; docs/launch-gap.md says why):
+#   graph  the step captured once in a CUDA graph and replayed: one launch, so the event pair
+#          holds the work and no host dispatch. Only for steps marked ``kts_graph_safe``
+#          (all their state on the device), or when asked for by name. Where the driver
+#          allows, the replay is also queued behind a gate, so that not even the graph's
+#          own launch (a few us) falls inside the pair; a replay never synchronizes inside.
+#   gated  the stream held on a host-written flag (cuStreamWaitValue32) until the whole step is
+#          queued: the exact eager step, but launch and execution no longer overlap, so the
+#          host clock grows by up to the launch time. Opt-in, for device-clock studies.
+#   eager  today's pair around an eager step: on an idle GPU it also times the host's launch.
+#   auto   graph where the step allows it and capture works, else eager.
+DEVICE_TIMINGS = ("auto", "graph", "gated", "eager")
+DEVICE_TIMING_ENV = "KTS_DEVICE_TIMING"
+# The first gated step runs under a watchdog: a step that synchronizes inside would wait on a
+# stream that waits on the host, so the watchdog opens the gate and gating is given up.
+_GATE_PROBE_S = 2.0
+_CU_STREAM_WAIT_VALUE_GEQ = 0x0
+
+
+def requested_timing(environ: dict[str, str] | None = None) -> str:
+    """The device timing asked for in ``KTS_DEVICE_TIMING`` (default ``auto``)."""
+    env = os.environ if environ is None else environ
+    value = (env.get(DEVICE_TIMING_ENV) or "auto").strip().lower()
+    if value not in DEVICE_TIMINGS:
+        raise ValueError(f"{DEVICE_TIMING_ENV}={value!r}: use one of {', '.join(DEVICE_TIMINGS)}")
+    return value
+
+
+def timing_plan(requested: str, *, cuda: bool, graph_safe: bool) -> list[str]:
+    """The timings to try, in order, for one step; the last one (eager) always works."""
+    if not cuda:
+        return ["none"]
+    if requested == "auto":
+        return ["graph", "eager"] if graph_safe else ["eager"]
+    if requested == "eager":
+        return ["eager"]
+    return [requested, "eager"]
+
+
+class HostGate:
+    """A stream held by the GPU until the host writes a counter: cuStreamWaitValue32 on a
+    pinned host word, via ctypes on the CUDA driver (torch exposes no such call)."""
+
+    def __init__(self, torch: Any) -> None:
+        import ctypes
+
+        lib = ctypes.CDLL("libcuda.so.1")
+        fn = getattr(lib, "cuStreamWaitValue32_v2", None) or lib.cuStreamWaitValue32
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        self._wait_value = fn
+        self._flag = torch.zeros(1, dtype=torch.int32, pin_memory=True)
+        self._view = self._flag.numpy()
+        self._address = self._device_pointer(lib, ctypes, self._flag.data_ptr())
+        self._torch = torch
+        self.count = 0
+
+    @staticmethod
+    def _device_pointer(lib: Any, ctypes: Any, host: int) -> int:
+        # Under UVA the host pointer of pinned memory is its device pointer; ask the driver
+        # anyway, and fall back to that where the call is missing.
+        get = getattr(lib, "cuMemHostGetDevicePointer_v2", None)
+        if get is None:
+            return host
+        out = ctypes.c_uint64(0)
+        rc = get(ctypes.byref(out), ctypes.c_void_p(host), ctypes.c_uint(0))
+        return int(out.value) if rc == 0 else host
+
+    def hold(self) -> None:
+        """Make the current stream wait until :meth:`release` (raises if the driver refuses)."""
+        self.count += 1
+        stream = self._torch.cuda.current_stream().cuda_stream
+        rc = self._wait_value(stream, self._address, self.count, _CU_STREAM_WAIT_VALUE_GEQ)
+        if rc != 0:
+            raise RuntimeError(f"cuStreamWaitValue32 returned CUDA error {rc}")
+
+    def release(self) -> None:
+        self._view[0] = self.count
+
+
 @dataclass
 class Clock:
-    """Times one call of ``step``; CUDA events where a GPU is in use."""
+    """Times one call of ``step``; CUDA events where a GPU is in use.
+
+    With ``step`` given, the device timing is settled at once (graph capture, gate probe) and
+    :meth:`facts` says which one is used; otherwise on the first call of :meth:`time`, which
+    is a warmup iteration in the workers.
+    """
 
     cuda: bool
+    step: Callable[[], object] | None = None
+    timing: str | None = None  # None: from KTS_DEVICE_TIMING
 
     def __post_init__(self) -> None:
+        self.requested = self.timing or requested_timing()
+        if self.requested not in DEVICE_TIMINGS:
+            raise ValueError(f"device timing must be one of {DEVICE_TIMINGS}, got {self.timing!r}")
+        self.used: str | None = None if self.cuda else "none"
+        self.notes: list[str] = []
+        self._prepared_for: Callable[[], object] | None = None
+        self._graph: Any = None
+        self._gate: HostGate | None = None
         if self.cuda:
             import torch
 
             self._torch = torch
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
+            if self.step is not None:
+                self.prepare(self.step)
+
+    def facts(self) -> dict[str, Any]:
+        """For KTS_META: the device timing used (or pending) and why it is not the one asked."""
+        out: dict[str, Any] = {"device_timing": self.used or f"pending ({self.requested})"}
+        if self.used == "graph":
+            out["graph_gated"] = self._gate is not None
+        if self.notes:
+            out["device_timing_notes"] = list(self.notes)
+        return out
+
+    def prepare(self, step: Callable[[], object]) -> str:
+        """Settle how ``step`` is timed: try each timing of the plan, keep the first that works."""
+        self._prepared_for = step
+        self._graph = self._gate = None
+        if not self.cuda:
+            return "none"
+        safe = bool(getattr(step, "kts_graph_safe", False))
+        for timing in timing_plan(self.requested, cuda=True, graph_safe=safe):
+            try:
+                if timing == "graph":
+                    self._graph = self._capture(step)
+                    self._gate = self._replay_gate()
+                elif timing == "gated":
+                    self._gate = self._probe_gate(step)
+            except Exception as exc:  # capture or driver refused: say so, try the next one
+                self.notes.append(f"{timing} not used: {type(exc).__name__}: {exc}"[:300])
+                self._torch.cuda.synchronize()
+                continue
+            self.used = timing
+            return timing
+        raise AssertionError("eager timing cannot fail")  # pragma: no cover
+
+    def _capture(self, step: Callable[[], object]) -> Any:
+        torch = self._torch
+        # Warm up on a side stream (allocator, cuFFT plans, kernel choice), then record one step.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: co-tenants in other threads of this process (the streams backend)
+        # keep launching while this one captures; their calls must not void the capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            step()
+        graph.replay()
+        torch.cuda.synchronize()
+        return graph
+
+    def _replay_gate(self) -> HostGate | None:
+        """A gate for graph replays, or None (and a note) where the driver has none."""
+        try:
+            gate = HostGate(self._torch)
+            gate.hold()
+            gate.release()
+            self._torch.cuda.synchronize()
+        except Exception as exc:
+            self.notes.append(f"graph replay not gated: {type(exc).__name__}: {exc}"[:300])
+            return None
+        return gate
+
+    def _probe_gate(self, step: Callable[[], object]) -> HostGate:
+        gate = HostGate(self._torch)
+        watchdog = threading.Timer(_GATE_PROBE_S, gate.release)
+        gate.hold()
+        watchdog.start()
+        started = time.perf_counter()
+        try:
+            step()
+        finally:
+            watchdog.cancel()
+            gate.release()
+        self._torch.cuda.synchronize()
+        if time.perf_counter() - started >= _GATE_PROBE_S:
+            raise RuntimeError("the step synchronizes inside: a held stream would deadlock it")
+        return gate
 
     def time(self, step: Callable[[], object], intended_ns: int) -> tuple[int, float, float]:
         """Run ``step``; return (end monotonic ns, host ms from ``intended_ns``, device ms)."""
-        if self.cuda:
-            self._start.record()
+        if step is not self._prepared_for:
+            self.prepare(step)
+            # Capture and probing are set-up, not the iteration: time from here.
+            intended_ns = max(intended_ns, time.perf_counter_ns())
+        if not self.cuda:
             step()
-            self._end.record()
-            self._end.synchronize()
             end = time.perf_counter_ns()
-            return end, (end - intended_ns) / 1e6, self._start.elapsed_time(self._end)
-        step()
+            return end, (end - intended_ns) / 1e6, math.nan
+        gate = self._gate
+        if gate is not None:
+            gate.hold()
+        try:
+            self._start.record()
+            if self._graph is not None:
+                self._graph.replay()
+            else:
+                step()
+            self._end.record()
+        finally:
+            # Whatever happened, never leave the stream held: a later sync would hang.
+            if gate is not None:
+                gate.release()
+        self._end.synchronize()
         end = time.perf_counter_ns()
-        return end, (end - intended_ns) / 1e6, math.nan
+        return end, (end - intended_ns) / 1e6, self._start.elapsed_time(self._end)
 
 
 class Emitter:

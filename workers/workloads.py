@@ -30,6 +30,13 @@ BUILTIN: dict[str, str] = {
 DEFAULT_SLEEP_MS: dict[str, float] = {"fft": 100.0, "matmul": 150.0, "gemm": 150.0}
 
 
+def graph_safe(step: Step) -> Step:
+    """Mark a step whose state lives on the device, so the harness may capture it in a CUDA
+    graph and replay it (no Python side effects are skipped by a replay)."""
+    step.kts_graph_safe = True  # type: ignore[attr-defined]
+    return step
+
+
 def _no_params(name: str, params: dict[str, Any]) -> None:
     if params:
         raise ValueError(f"workload {name!r} takes no params, got {sorted(params)}")
@@ -40,7 +47,7 @@ def build_fft(device: torch.device, size: int, seed: int, **params: str) -> Step
     _no_params("fft", params)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(size, size, dtype=torch.complex64, generator=gen).to(device)
-    return lambda: torch.fft.fft2(x)
+    return graph_safe(lambda: torch.fft.fft2(x))
 
 
 def build_matmul(device: torch.device, size: int, seed: int, **params: str) -> Step:
@@ -49,7 +56,7 @@ def build_matmul(device: torch.device, size: int, seed: int, **params: str) -> S
     gen = torch.Generator(device="cpu").manual_seed(seed)
     a = torch.randn(size, size, dtype=torch.float32, generator=gen).to(device)
     b = torch.randn(size, size, dtype=torch.float32, generator=gen).to(device)
-    return lambda: torch.matmul(a, b)
+    return graph_safe(lambda: torch.matmul(a, b))
 
 
 def resolve(workload: str) -> Factory:
