@@ -40,14 +40,14 @@ MODES = ("eager", "gated", "graph")
 
 
 def _build(torch: Any, workload: str, size: int, device: str) -> Any:
-    from workers.workloads import resolve
+    from pytest_kts.workers.workloads import resolve
 
     return resolve(workload)(torch.device(device), size, 0)
 
 
 def reference_ms(torch: Any, step: Any, n: int) -> dict[str, float | str | None]:
     """Execution time per call with the queue full: gated batch, and a graph of n calls."""
-    from workers.harness import HostGate
+    from pytest_kts.workers.harness import HostGate
 
     out: dict[str, float | str | None] = {}
     start = torch.cuda.Event(enable_timing=True)
@@ -101,7 +101,7 @@ def harness_run(
 ) -> dict[str, Any]:
     """A solo phase through the real harness in one timing mode; medians of both clocks."""
     from pytest_kts.protocol import LineReader
-    from workers.harness import Arrival, Clock, Emitter, run_phase
+    from pytest_kts.workers.harness import Arrival, Clock, Emitter, run_phase
 
     step = _build(torch, workload, size, device)
     clock = Clock(cuda=device == "cuda", step=step, timing=mode)

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from workers import harness
-from workers.harness import Clock, requested_timing, timing_plan
+from pytest_kts.workers import harness
+from pytest_kts.workers.harness import Clock, requested_timing, timing_plan
 
 
 class FakeTorch:
@@ -198,7 +198,7 @@ def test_gate_without_a_driver_falls_back_to_eager(log: list[str]) -> None:
 
 def test_builtin_steps_are_marked_graph_safe() -> None:
     torch = pytest.importorskip("torch")
-    from workers.workloads import build_fft, build_matmul
+    from pytest_kts.workers.workloads import build_fft, build_matmul
 
     cpu = torch.device("cpu")
     assert build_fft(cpu, 8, 0).kts_graph_safe

@@ -175,8 +175,10 @@ def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> i
         factory = resolve(args.workload)
         with torch.inference_mode():
             step = factory(torch.device(device), args.size, args.seed, **args.params)
-            clock = Clock(cuda=device == "cuda")
-            emit.meta(machine_facts(device) | {"workload": args.workload, "size": args.size})
+            # With the step given, the clock settles how it times it (graph, gate or eager).
+            clock = Clock(cuda=device == "cuda", step=step)
+            facts = machine_facts(device) | clock.facts()
+            emit.meta(facts | {"workload": args.workload, "size": args.size})
             for _ in range(args.warmup):
                 clock.time(step, 0)
             arrival = Arrival(args.arrival, args.sleep_ms / 1000.0, args.rate_hz, args.seed)

@@ -335,9 +335,11 @@ class _Process:
                 if stream is not None:
                     # The build's copies ran on this stream; be sure they are done before timing.
                     stream.synchronize()
-                clock = Clock(cuda=cuda)
+                clock = Clock(cuda=cuda, step=step)
                 base = machine_facts(self.device)
-                tenant.emit.meta(base | facts | {"workload": a.workload, "size": a.size})
+                tenant.emit.meta(
+                    base | clock.facts() | facts | {"workload": a.workload, "size": a.size}
+                )
                 for _ in range(a.warmup):
                     clock.time(step, 0)
                 sleep_ms = a.sleep_ms
