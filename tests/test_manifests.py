@@ -161,7 +161,7 @@ def test_a_typo_would_be_caught() -> None:
 
 
 def test_the_job_template_file_is_what_the_backend_uses() -> None:
-    assert documents(MANIFESTS / "job-template.yaml") == [kb.JOB_TEMPLATE]
+    assert documents(MANIFESTS / "job-template.yaml") == [kb.job_template()]
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
@@ -184,7 +184,7 @@ def test_rendered_jobs_are_valid_and_restricted(device: str, phase: str) -> None
 
 
 def test_the_restricted_check_is_not_vacuous() -> None:
-    pod = kb.JOB_TEMPLATE["spec"]["template"]["spec"]
+    pod = kb.job_template()["spec"]["template"]["spec"]
     assert restricted_violations(pod) == []
     bad = {**pod, "hostIPC": True, "containers": [{**pod["containers"][0], "securityContext": {}}]}
     assert {"host namespaces", "allowPrivilegeEscalation", "capabilities.drop ALL"} <= set(
@@ -277,7 +277,7 @@ def test_dockerfile_builds_a_non_root_cuda_worker() -> None:
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users, "the image must not run as root"
     uid, _, gid = users[-1].partition(":")
-    pod_sc = kb.JOB_TEMPLATE["spec"]["template"]["spec"]["securityContext"]
+    pod_sc = kb.job_template()["spec"]["template"]["spec"]["securityContext"]
     assert uid.isdigit() and int(uid) != 0  # numeric: runAsNonRoot can check it
     assert int(uid) == pod_sc["runAsUser"] and int(gid or uid) == pod_sc["runAsGroup"]
     copied = " ".join(line for line in lines if line.startswith("COPY "))

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from pytest_kts import colocation
 from pytest_kts.backends.base import Backend, PhaseOutput, PhasePlan, TenantSpec
-from pytest_kts.errors import ColocationError, ConfigError, WorkerError
+from pytest_kts.errors import ConfigError, WorkerError
 from pytest_kts.mps import MpsDaemon
 from pytest_kts.protocol import Event, LineReader, Meta
 
@@ -333,11 +334,7 @@ class LocalBackend(Backend):
 
     def check_colocated(self) -> None:
         """Every tenant on one physical GPU, or a :class:`ColocationError`."""
-        seen = {name: w.meta.get("gpu_uuid") for name, w in self._workers.items()}
-        uuids = {u for u in seen.values() if u}
-        if len(uuids) > 1:
-            listing = ", ".join(f"{t}: {u}" for t, u in sorted(seen.items()))
-            raise ColocationError(
-                f"tenants ran on different GPUs ({listing}); a shared phase needs one GPU. "
-                "Set CUDA_VISIBLE_DEVICES to a single device"
-            )
+        colocation.check_one_gpu(
+            {name: w.meta.get("gpu_uuid") for name, w in self._workers.items()},
+            "Set CUDA_VISIBLE_DEVICES to a single device",
+        )
