@@ -20,7 +20,6 @@ from pytest_kts.backends.base import Backend, PhaseOutput, PhasePlan, TenantSpec
 from pytest_kts.backends.kubernetes import diagnose, logs
 from pytest_kts.backends.kubernetes import settings as knobs
 from pytest_kts.backends.kubernetes.client import (
-    ApiUnreachable,
     Client,
     ClusterClients,
     connect,
@@ -275,8 +274,11 @@ class KubernetesBackend(Backend):
         deadline = time.monotonic() + knobs.DELETE_BUDGET_S
         why: dict[str, str] = {}
         for name in self._jobs:
-            if name in self._deleted or name in self.left_behind:
-                continue  # deleted, or already reported with its kubectl command
+            if name in self._deleted:
+                continue
+            if time.monotonic() >= deadline:
+                why.setdefault(name, "out of time")
+                continue
             try:
                 client.call(
                     client.batch.delete_namespaced_job,
@@ -292,19 +294,17 @@ class KubernetesBackend(Backend):
                 self._deleted.add(name)
             except ClusterError as exc:
                 why[name] = one_line(exc)
-                if isinstance(exc, ApiUnreachable) and time.monotonic() >= deadline:
-                    continue  # out of time: the rest is only listed
             except Exception as exc:  # never mask the error being reported
                 why[name] = connection_why(exc)
-        left = [n for n in self._jobs if n not in self._deleted and n not in self.left_behind]
+        left = [name for name in self._jobs if name not in self._deleted]
+        self.left_behind = left
         if not left:
             return
-        self.left_behind += left
         command = (
             f"kubectl delete jobs -n {self.settings.namespace} --cascade=background "
             + " ".join(left)
         )
-        reason = next(iter(why.values()), "out of time")
+        reason = next((why[n] for n in left if n in why), "out of time")
         message = (
             f"pytest-kts could not delete {len(left)} Job(s) within "
             f"{knobs.DELETE_BUDGET_S:.0f} s ({reason}); delete them with: {command}"
