@@ -515,6 +515,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from pytest_kts import signals
+
+    restore = signals.install()  # SIGTERM cleans up like Ctrl-C
     try:
         if args.command == "report":
             return cmd_report(args, sys.stdout)
@@ -526,9 +529,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A worker that crashed: its message carries the stderr tail, which is worth the lines.
         print(f"kts {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except signals.Terminated as exc:
+        print(f"kts {args.command}: {exc}", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports it
     except KeyboardInterrupt:
         print(f"kts {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ mechanism (one line naming the API server and the call in flight, bounded attemp
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import warnings
@@ -20,6 +22,7 @@ import pytest
 pytest.importorskip("kubernetes")
 pytest.importorskip("kmock")
 
+from pytest_kts import signals
 from pytest_kts.backends import kubernetes as kb
 from pytest_kts.backends.base import PhasePlan, TenantSpec
 from pytest_kts.backends.kubernetes import settings as knobs
@@ -93,16 +96,19 @@ def _when_running(cluster: FakeCluster, then: object) -> threading.Thread:
 def _run_until_fault(
     backend: kb.KubernetesBackend, cluster: FakeCluster, fault: object
 ) -> tuple[ClusterError, list[warnings.WarningMessage], float]:
+    """Run a phase, inject ``fault`` mid-phase; the error, close()'s warnings, the time taken."""
     helper = _when_running(cluster, fault)
     started = time.monotonic()
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with pytest.raises(ClusterError) as info:
-                backend.run_phase(PhasePlan("solo", 0, {"a": 10_000}), TIMEOUT)
+        with pytest.raises(ClusterError) as info:
+            backend.run_phase(PhasePlan("solo", 0, {"a": 10_000}), TIMEOUT)
     finally:
         helper.join()
-    return info.value, caught, time.monotonic() - started
+    took = time.monotonic() - started
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend.close()  # the server is still gone: bounded, and says what it left
+    return info.value, caught, took
 
 
 def test_a_frozen_api_server_fails_the_phase_with_one_line_and_prints_the_cleanup(
@@ -126,10 +132,7 @@ def test_a_frozen_api_server_fails_the_phase_with_one_line_and_prints_the_cleanu
     assert jobs and backend.left_behind == jobs
     texts = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert any(f"kubectl delete jobs -n kts --cascade=background {jobs[0]}" in t for t in texts)
-    # The server comes back: close() deletes what was left.
     proxy.thaw()
-    backend.close()
-    assert cluster.jobs() == []
 
 
 def test_a_killed_api_server_fails_the_phase_with_one_line(
@@ -150,10 +153,6 @@ def test_a_killed_api_server_fails_the_phase_with_one_line(
     jobs = [j["metadata"]["name"] for j in cluster.jobs()]
     assert backend.left_behind == jobs
     assert any("kubectl delete jobs" in str(w.message) for w in caught)
-    with warnings.catch_warnings(record=True):
-        warnings.simplefilter("always")
-        backend.close()  # still dead: bounded, and reported again
-    assert backend.left_behind == jobs
 
 
 def test_429s_and_500s_are_retried_with_backoff(
@@ -191,3 +190,30 @@ def test_an_api_server_that_keeps_answering_503_gives_up_after_the_attempts(
 @pytest.fixture
 def settings(cluster: FakeCluster, tmp_path: Path) -> kb.ClusterSettings:
     return make_settings(cluster, tmp_path)
+
+
+def test_sigterm_mid_phase_deletes_the_jobs(cluster: FakeCluster, tmp_path: Path) -> None:
+    cluster.script(PodBehaviour(hang_after_lines=3))
+    backend = kb.KubernetesBackend(make_settings(cluster, tmp_path))
+    backend.start([A, B], "cpu")
+    restore = signals.install()  # as the plugin and `kts` do
+    try:
+        helper = _when_running(cluster, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        try:
+            with pytest.raises(signals.Terminated):
+                backend.run_phase(PhasePlan("shared", 0, {"a": 10_000, "b": 10_000}), TIMEOUT)
+        finally:
+            helper.join()
+    finally:
+        restore()
+    assert len(cluster.created_jobs()) == 2
+    assert cluster.jobs() == [] and cluster.pods() == []  # without close()
+    assert _wait_for_no_processes(cluster)
+    backend.close()
+
+
+def _wait_for_no_processes(cluster: FakeCluster) -> bool:
+    deadline = time.monotonic() + 5
+    while cluster.live_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return cluster.live_processes() == []

@@ -33,6 +33,7 @@ from pytest_kts.protocol import Event, LineReader, Meta
 # Time between sending a phase and its common start: enough for every worker to read it.
 _BARRIER_MARGIN_S = 0.25
 _STDERR_TAIL_LINES = 30
+_STDERR_TAIL_BYTES = 64 * 1024
 _EOF = object()
 
 
@@ -68,10 +69,15 @@ class _Worker:
     ready: bool = False
 
     def stderr_tail(self) -> str:
+        # The file is unlinked once the worker has it (nothing is left if pytest dies): read
+        # its end through our descriptor, with pread, which leaves the shared offset alone.
         try:
             self.stderr_file.flush()
-            text = Path(self.stderr_file.name).read_text(errors="replace")
-        except OSError:
+            fd = self.stderr_file.fileno()
+            size = os.fstat(fd).st_size
+            start = max(0, size - _STDERR_TAIL_BYTES)
+            text = os.pread(fd, size - start, start).decode("utf-8", errors="replace")
+        except (OSError, ValueError):
             return ""
         return "\n".join(text.rstrip().splitlines()[-_STDERR_TAIL_LINES:])
 
@@ -128,7 +134,12 @@ class LocalBackend(Backend):
             "w+", prefix=f"kts-{spec.name}-", suffix=".stderr", delete=False
         )
         argv = [self.python, "-m", "workers.run", *spec.worker_argv(device), "--serve"]
-        process = spawn_worker(argv, env, stderr_file)
+        try:
+            process = spawn_worker(argv, env, stderr_file)
+        finally:
+            # The worker holds its own descriptor: no kts-*.stderr file outlives this line,
+            # whatever ends pytest (SIGKILL included).
+            os.unlink(stderr_file.name)
         worker = _Worker(spec, process, stderr_file)
         self._workers[spec.name] = worker
         threading.Thread(

@@ -146,9 +146,9 @@ class KubernetesBackend(Backend):
                 self._relists += watch.relists
             watch.refresh_pods()
             self._drain(runs)
-        except BaseException:
-            # Ctrl-C, SIGTERM (raised as KeyboardInterrupt by the handler) or an API server
-            # that stopped answering: the Jobs of this phase must not outlive it.
+        except KeyboardInterrupt:
+            # Ctrl-C, or SIGTERM (pytest_kts.signals raises it as KeyboardInterrupt): the
+            # session is ending, close() may never run. Other errors leave the Jobs to close().
             logs.abort(runs)
             if not self.settings.keep_jobs:
                 self._delete_jobs()
