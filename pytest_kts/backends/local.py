@@ -34,6 +34,8 @@ from pytest_kts.protocol import Event, LineReader, Meta
 _BARRIER_MARGIN_S = 0.25
 _STDERR_TAIL_LINES = 30
 _STDERR_TAIL_BYTES = 64 * 1024
+# What CUDA or torch print when the GPU runs out of memory (in a traceback on stderr).
+_CUDA_OOM_MARKS = ("CUDA out of memory", "OutOfMemoryError", "CUDA_ERROR_OUT_OF_MEMORY")
 _EOF = object()
 
 
@@ -294,7 +296,9 @@ class LocalBackend(Backend):
         except subprocess.TimeoutExpired:
             code = None
         tail = worker.stderr_tail()
-        oom = code == 3 or "out of memory" in tail.lower()
+        # From evidence only: CUDA's or torch's own words in this worker's stderr (an exit
+        # code alone, or "out of memory" from anything else, proves nothing).
+        oom = any(mark in tail for mark in _CUDA_OOM_MARKS)
         detail = f"{what} with exit code {code}"
         if oom:
             detail += ": CUDA out of memory. Use smaller sizes or fewer tenants per GPU"
@@ -306,7 +310,10 @@ class LocalBackend(Backend):
         if event.name != "error":
             return
         kind = event.data.get("kind", "exception")
-        message = str(event.data.get("message", ""))
+        message = str(event.data.get("message", "")).strip()
+        # The exception's type always leads: an empty message must not give an empty headline.
+        error_type = str(event.data.get("type") or "").strip()
+        headline = ": ".join(p for p in (error_type, message) if p) or "an exception (no message)"
         if kind == "protocol":
             return
         # Give the process a moment to exit, so the error carries its stderr and exit code.
@@ -315,11 +322,11 @@ class LocalBackend(Backend):
         except subprocess.TimeoutExpired:
             pass
         if kind == "oom":
-            what = f"CUDA out of memory: {message}. Use smaller sizes or fewer tenants per GPU"
+            what = f"CUDA out of memory: {headline}. Use smaller sizes or fewer tenants per GPU"
         elif kind == "no_device":
             what = f"{message}. Run with --kts-device cpu, or on a machine with a CUDA GPU"
         else:
-            what = f"failed: {message}"
+            what = f"failed: {headline}"
         raise WorkerError(worker.spec.name, what, worker.stderr_tail(), oom=kind == "oom")
 
     def _send(self, worker: _Worker, command: dict[str, Any]) -> None:
