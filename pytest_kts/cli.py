@@ -300,10 +300,11 @@ def _finish(result: Any, args: argparse.Namespace, out: IO[str], command: str) -
         written = write_report([result], Path(args.out), command=command)
         print(f"report: {len(written)} file(s) written to {args.out}", file=out)
     if args.benchmark_json:
+        from pytest_kts import safefile
         from pytest_kts.baseline import github_benchmark_json
 
         entries = github_benchmark_json([result])
-        Path(args.benchmark_json).write_text(json.dumps(entries, indent=2) + "\n")
+        safefile.write_text(args.benchmark_json, json.dumps(entries, indent=2) + "\n")
         print(f"github-action-benchmark JSON: {args.benchmark_json}", file=out)
     failed = any(c["verdict"] == "fail" for c in result.checks)
     return EXIT_FAILED if failed else EXIT_OK
