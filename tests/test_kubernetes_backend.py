@@ -134,7 +134,11 @@ def test_render_job_for_a_gpu_pinned_to_a_node() -> None:
     container = pod["containers"][0]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
-    assert container["resources"]["limits"] == {"memory": "8Gi", "nvidia.com/gpu": "1"}
+    assert container["resources"]["limits"] == {
+        "memory": "8Gi",
+        "nvidia.com/gpu": "1",
+        "ephemeral-storage": "4Gi",
+    }
     assert "cpu" not in container["resources"]["limits"]
     assert container["command"] == ["python", "-m", "workers.run"]
     args = container["args"]
@@ -479,7 +483,7 @@ def test_image_pull_backoff_fails_with_the_pod_events(
         assert time.monotonic() - started < 10
     message = str(info.value)
     assert "ImagePullBackOff" in message or "ErrImagePull" in message
-    assert 'Failed to pull image "pytest-kts-worker:latest"' in message  # from the events
+    assert 'Failed to pull image "pytest-kts-worker:0.1.0"' in message  # from the events
     assert "--kts-image" in message
     assert cluster.jobs() == []
 

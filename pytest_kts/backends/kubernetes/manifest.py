@@ -96,8 +96,15 @@ def render_job(
     env = {e["name"]: e["value"] for e in container["env"]}
     env.update({"KTS_RUN_ID": settings.run_id, **{str(k): str(v) for k, v in spec.env.items()}})
     container["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
-    requests: dict[str, str] = {"cpu": settings.cpu_request, "memory": settings.memory_request}
-    limits: dict[str, str] = {}
+    # The template's other resources (ephemeral-storage) stay; cpu and memory are the settings'.
+    template_resources = container.get("resources") or {}
+    requests: dict[str, str] = {
+        **(template_resources.get("requests") or {}),
+        "cpu": settings.cpu_request,
+        "memory": settings.memory_request,
+    }
+    limits: dict[str, str] = dict(template_resources.get("limits") or {})
+    limits.pop("memory", None)
     if settings.memory_limit:
         limits["memory"] = settings.memory_limit
     if device != "cpu":
