@@ -22,6 +22,7 @@ from pytest_kts.backends.kubernetes import settings as knobs
 from pytest_kts.backends.kubernetes.client import (
     Client,
     ClusterClients,
+    api,
     connect,
     connection_why,
     one_line,
@@ -266,8 +267,6 @@ class KubernetesBackend(Backend):
         What cannot be deleted in that time is named, with the exact ``kubectl delete``
         command, on stderr and as a warning: cleanup must neither hang nor mask the error.
         """
-        from kubernetes.client.exceptions import ApiException
-
         client = self._client
         if client is None:
             return
@@ -290,7 +289,7 @@ class KubernetesBackend(Backend):
                     passthrough=(404,),
                 )
                 self._deleted.add(name)
-            except ApiException:  # 404: already gone
+            except api().ApiException:  # 404: already gone
                 self._deleted.add(name)
             except ClusterError as exc:
                 why[name] = one_line(exc)

@@ -8,6 +8,7 @@ is imported here, lazily, and nowhere else.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from pytest_kts.backends.kubernetes import settings as knobs
@@ -41,14 +43,28 @@ class ClusterClients:
             log.debug("closing the API client failed", exc_info=True)
 
 
-def kubernetes_module() -> Any:
+@functools.cache
+def api() -> SimpleNamespace:
+    """The ``kubernetes`` client's names the backend uses, imported here once, lazily
+    (:class:`ClusterSettings` and the manifest work without the package)."""
     try:
         import kubernetes
+        import urllib3
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+        from kubernetes.config.config_exception import ConfigException
     except ImportError:
         raise ClusterError(
             "the 'kubernetes' package is not installed: pip install 'pytest-kts[kubernetes]'"
         ) from None
-    return kubernetes
+    return SimpleNamespace(
+        k8s=kubernetes,
+        ApiException=ApiException,
+        ConfigException=ConfigException,
+        Watch=watch.Watch,
+        # The request did not get an answer: refused, reset, timed out.
+        transport_errors=(urllib3.exceptions.HTTPError, OSError),
+    )
 
 
 def one_line(text: object) -> str:
@@ -62,8 +78,8 @@ def connect(settings: ClusterSettings, *, retries: int = 0) -> ClusterClients:
     Nothing is sent to the cluster; see :func:`check_reachable`. Does not touch the
     ``kubernetes`` package's global default configuration.
     """
-    k8s = kubernetes_module()
-    from kubernetes.config.config_exception import ConfigException
+    k8s = api().k8s
+    ConfigException = api().ConfigException
 
     cfg = k8s.client.Configuration()
     kubeconfig = settings.kubeconfig or os.environ.get("KUBECONFIG") or None
@@ -130,21 +146,16 @@ def check_reachable(settings: ClusterSettings) -> None:
     credentials and RBAC), each with a short timeout and no retries. Raises
     :class:`ClusterError` whose message is a single line to print without a traceback.
     """
-    kubernetes_module()
-    import urllib3
-    from kubernetes.client.exceptions import ApiException
-
+    names = api()
     clients = connect(settings, retries=0)
     timeout = (knobs.REACH_TIMEOUT_S, knobs.REACH_TIMEOUT_S)
     host = clients.host
     try:
-        from kubernetes.client import VersionApi
-
-        VersionApi(clients.api_client).get_code(_request_timeout=timeout)
+        names.k8s.client.VersionApi(clients.api_client).get_code(_request_timeout=timeout)
         clients.batch.list_namespaced_job(settings.namespace, limit=1, _request_timeout=timeout)
-    except ApiException as exc:
+    except names.ApiException as exc:
         raise ClusterError(api_error_line(exc, host, settings, "list Jobs")) from None
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
+    except names.transport_errors as exc:
         raise ClusterError(
             f"no Kubernetes cluster reachable at {host} ({clients.source}): "
             f"{connection_why(exc)}; set KUBECONFIG or pass --kts-kubeconfig"
@@ -278,9 +289,7 @@ class Client:
         endpoint's 400 "container is being created"). Other refusals become one-line
         :class:`ClusterError`; no answer (after the retries) :class:`ApiUnreachable`.
         """
-        import urllib3
-        from kubernetes.client.exceptions import ApiException
-
+        names = api()
         tries = max(1, knobs.API_ATTEMPTS if attempts is None else attempts)
         delay = knobs.API_BACKOFF_S
         started = time.monotonic()
@@ -288,7 +297,7 @@ class Client:
             kwargs["_request_timeout"] = self.timeout(deadline, read_s)
             try:
                 result = fn(*args, **kwargs)
-            except ApiException as exc:
+            except names.ApiException as exc:
                 if exc.status in passthrough:
                     self._answered()
                     raise
@@ -299,7 +308,7 @@ class Client:
                     ) from None
                 why = f"answered {exc.status} {one_line(exc.reason or '')}".rstrip()
                 wait = _retry_after(exc, delay)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+            except names.transport_errors as exc:
                 why = connection_why(exc)
                 wait = delay
             else:
@@ -322,11 +331,8 @@ class Client:
         Raises :class:`WatchExpired` on 410 Gone, :class:`ApiUnreachable` when the watch could
         not be opened or went silent past its read timeout, :class:`ClusterError` otherwise.
         """
-        import urllib3
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
-
-        watcher = watch.Watch()
+        names = api()
+        watcher = names.Watch()
         started = time.monotonic()
         try:
             for event in watcher.stream(
@@ -341,7 +347,7 @@ class Client:
                 if event.get("type") == "BOOKMARK":
                     event = {**event, "resource_version": watcher.resource_version}
                 yield event
-        except ApiException as exc:
+        except names.ApiException as exc:
             if exc.status == 410:
                 raise WatchExpired() from None
             if exc.status in TRANSIENT_STATUS:
@@ -349,7 +355,7 @@ class Client:
                 self._failed(doing, why)
                 raise ApiUnreachable(self.unreachable_line(doing, why, 1, started)) from None
             raise ClusterError(api_error_line(exc, self.host, self.settings, doing)) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
+        except names.transport_errors as exc:
             why = connection_why(exc)
             self._failed(doing, why)
             raise ApiUnreachable(self.unreachable_line(doing, why, 1, started)) from None

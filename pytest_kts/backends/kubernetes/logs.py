@@ -14,7 +14,7 @@ import time
 from datetime import datetime, timezone
 
 from pytest_kts.backends.kubernetes import settings as knobs
-from pytest_kts.backends.kubernetes.client import ApiUnreachable, Client
+from pytest_kts.backends.kubernetes.client import ApiUnreachable, Client, api
 from pytest_kts.backends.kubernetes.settings import CONTAINER, LABEL_JOB
 from pytest_kts.backends.kubernetes.state import TenantRun
 from pytest_kts.errors import ClusterError
@@ -94,9 +94,7 @@ def _find_pod(client: Client, run: TenantRun, deadline: float) -> bool:
 
 def follow_log(client: Client, run: TenantRun, deadline: float) -> None:
     """Thread: follow the pod's log into the tenant's LineReader until the container ends."""
-    import urllib3
-    from kubernetes.client.exceptions import ApiException
-
+    names = api()
     delay = 0.1
     try:
         if not _find_pod(client, run, deadline):
@@ -116,7 +114,7 @@ def follow_log(client: Client, run: TenantRun, deadline: float) -> None:
                     read_s=knobs.LOG_IDLE_TIMEOUT_S,
                     passthrough=(400, 404),
                 )
-            except ApiException as exc:
+            except names.ApiException as exc:
                 # 400: the container is still being created (or cannot start: the main thread
                 # reports that). 404: the pod is not visible yet or gone.
                 run.log_waits += 1
@@ -147,7 +145,7 @@ def follow_log(client: Client, run: TenantRun, deadline: float) -> None:
                     for raw in lines:
                         skip_at_last = take(run, raw, skip_at_last)
                 run.partial = buffer
-            except (urllib3.exceptions.HTTPError, OSError, ValueError, AttributeError):
+            except (*names.transport_errors, ValueError, AttributeError):
                 # Idle for LOG_IDLE_TIMEOUT_S, dropped, or shut by an abort: reopen below.
                 pass
             finally:
@@ -171,8 +169,6 @@ def follow_log(client: Client, run: TenantRun, deadline: float) -> None:
 
 def container_ended(client: Client, run: TenantRun, deadline: float) -> bool:
     """Whether the log ended because the container did (not because a stream dropped)."""
-    from kubernetes.client.exceptions import ApiException
-
     try:
         pod = client.call(
             client.core.read_namespaced_pod,
@@ -183,7 +179,7 @@ def container_ended(client: Client, run: TenantRun, deadline: float) -> bool:
             attempts=1,
             passthrough=(404,),
         )
-    except ApiException:
+    except api().ApiException:
         return True  # 404: the pod is gone
     except ClusterError:  # no answer, or a refusal: the stream is reopened and asks again
         return False
