@@ -217,3 +217,42 @@ def _wait_for_no_processes(cluster: FakeCluster) -> bool:
     while cluster.live_processes() and time.monotonic() < deadline:
         time.sleep(0.05)
     return cluster.live_processes() == []
+
+
+def test_ctrl_c_while_the_api_server_is_frozen_prints_what_it_left(
+    cluster: FakeCluster, proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(knobs, "DELETE_BUDGET_S", 10.0)  # room for every attempt per Job
+    cluster.script(PodBehaviour(hang_after_lines=3))
+    settings = make_settings(
+        cluster, tmp_path, kubeconfig=str(_proxied_kubeconfig(cluster, proxy, tmp_path))
+    )
+    backend = kb.KubernetesBackend(settings)
+    backend.start([A, B], "cpu")
+
+    def freeze_then_interrupt() -> None:
+        proxy.freeze()
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    helper = _when_running(cluster, freeze_then_interrupt)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(KeyboardInterrupt):
+                backend.run_phase(PhasePlan("shared", 0, {"a": 10_000, "b": 10_000}), TIMEOUT)
+    finally:
+        helper.join()
+    jobs = sorted(j["metadata"]["name"] for j in cluster.jobs())
+    assert len(jobs) == 2 and sorted(backend.left_behind) == jobs
+    texts = [str(w.message) for w in caught]
+    assert any(
+        f"kubectl delete jobs -n kts --cascade=background {' '.join(jobs)}" in t for t in texts
+    )
+    # close() does not make the user wait the whole budget again: one short try per Job.
+    failures = backend.facts()["api_failures"]
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        backend.close()
+    assert backend.facts()["api_failures"] - failures <= len(jobs) < knobs.API_ATTEMPTS
+    proxy.thaw()

@@ -264,37 +264,48 @@ class KubernetesBackend(Backend):
     def _delete_jobs(self) -> None:
         """Delete this run's Jobs (and their pods), retrying for ``DELETE_BUDGET_S`` at most.
 
-        What cannot be deleted in that time is named, with the exact ``kubectl delete``
-        command, on stderr and as a warning: cleanup must neither hang nor mask the error.
+        What cannot be deleted in that time (or before a second Ctrl-C) is named, with the
+        exact ``kubectl delete`` command, on stderr and as a warning: cleanup must neither hang
+        nor mask the error. Once that was said, a later attempt (close()) gets one short try.
         """
         client = self._client
         if client is None:
             return
-        deadline = time.monotonic() + knobs.DELETE_BUDGET_S
+        budget = knobs.DELETE_BUDGET_S
+        attempts = None
+        if self.left_behind:  # the server failed us already: do not make the user wait again
+            budget, attempts = min(budget, knobs.REQUEST_TIMEOUT_S), 1
+        deadline = time.monotonic() + budget
         why: dict[str, str] = {}
-        for name in self._jobs:
-            if name in self._deleted:
-                continue
-            if time.monotonic() >= deadline:
-                why.setdefault(name, "out of time")
-                continue
-            try:
-                client.call(
-                    client.batch.delete_namespaced_job,
-                    name,
-                    self.settings.namespace,
-                    propagation_policy="Background",
-                    doing=f"delete Job {name}",
-                    deadline=deadline,
-                    passthrough=(404,),
-                )
-                self._deleted.add(name)
-            except api().ApiException:  # 404: already gone
-                self._deleted.add(name)
-            except ClusterError as exc:
-                why[name] = one_line(exc)
-            except Exception as exc:  # never mask the error being reported
-                why[name] = connection_why(exc)
+        try:
+            for name in self._jobs:
+                if name in self._deleted:
+                    continue
+                if time.monotonic() >= deadline:
+                    why.setdefault(name, "out of time")
+                    continue
+                try:
+                    client.call(
+                        client.batch.delete_namespaced_job,
+                        name,
+                        self.settings.namespace,
+                        propagation_policy="Background",
+                        doing=f"delete Job {name}",
+                        deadline=deadline,
+                        attempts=attempts,
+                        passthrough=(404,),
+                    )
+                    self._deleted.add(name)
+                except api().ApiException:  # 404: already gone
+                    self._deleted.add(name)
+                except ClusterError as exc:
+                    why[name] = one_line(exc)
+                except Exception as exc:  # never mask the error being reported
+                    why[name] = connection_why(exc)
+        finally:  # a second Ctrl-C ends the loop, not the report
+            self._report_left(why, budget)
+
+    def _report_left(self, why: dict[str, str], budget: float) -> None:
         left = [name for name in self._jobs if name not in self._deleted]
         self.left_behind = left
         if not left:
@@ -303,14 +314,14 @@ class KubernetesBackend(Backend):
             f"kubectl delete jobs -n {self.settings.namespace} --cascade=background "
             + " ".join(left)
         )
-        reason = next((why[n] for n in left if n in why), "out of time")
+        reason = next((why[n] for n in left if n in why), "interrupted")
         message = (
-            f"pytest-kts could not delete {len(left)} Job(s) within "
-            f"{knobs.DELETE_BUDGET_S:.0f} s ({reason}); delete them with: {command}"
+            f"pytest-kts could not delete {len(left)} Job(s) within {budget:.0f} s ({reason}); "
+            f"delete them with: {command}"
         )
         # Straight to the terminal as well: a warning may be lost when the session is ending.
         print(f"pytest-kts: {message}", file=sys.__stderr__, flush=True)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _drain(self, runs: dict[str, TenantRun]) -> None:
         """After the Jobs ended: wait for the log streams, then turn failures into errors."""
