@@ -246,7 +246,9 @@ class LocalBackend(Backend):
         stopped = False
         while len(ended) < len(plan.tenants):
             what = f"to finish its {plan.phase} phase (round {plan.round}) within {timeout_s:.0f} s"
-            tenant, item = self._next_line(deadline, what, among=plan.tenants)
+            # Blame a tenant short of its target first: one that reached it may keep running.
+            short = [t for t in plan.tenants if t not in reached] or list(plan.tenants)
+            tenant, item = self._next_line(deadline, what, among=short)
             worker = self._workers[tenant]
             if item is _EOF:
                 self._fail_exited(worker, f"exited during the {plan.phase} phase")
