@@ -32,7 +32,8 @@ def _import_pynvml() -> ModuleType | None:
         import pynvml  # nvidia-ml-py
     except ImportError:
         return None
-    return pynvml
+    module: ModuleType = pynvml
+    return module
 
 
 def _is_not_supported(nvml: ModuleType, exc: BaseException) -> bool:

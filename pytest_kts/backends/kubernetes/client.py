@@ -135,7 +135,9 @@ def connection_why(exc: BaseException) -> str:
     if match:
         return match.group(1).strip().rstrip(".")
     if "timed out" in text.lower():
-        return "connection timed out"
+        # A read timeout: connected, but no answer (a frozen server); else no connection.
+        read = "read" in text.lower() or type(exc).__name__ == "ReadTimeoutError"
+        return "no answer (read timed out)" if read else "connection timed out"
     return text[:160]
 
 
