@@ -256,3 +256,15 @@ def test_ctrl_c_while_the_api_server_is_frozen_prints_what_it_left(
         backend.close()
     assert backend.facts()["api_failures"] - failures <= len(jobs) < knobs.API_ATTEMPTS
     proxy.thaw()
+
+
+def test_retry_after_is_honoured_and_capped() -> None:
+    from types import SimpleNamespace
+
+    from pytest_kts.backends.kubernetes.client import _retry_after
+
+    assert _retry_after(SimpleNamespace(headers={"Retry-After": "0.1"}), 9.0) == 0.1
+    capped = _retry_after(SimpleNamespace(headers={"Retry-After": "3600"}), 0.5)
+    assert capped == knobs.API_BACKOFF_MAX_S
+    assert _retry_after(SimpleNamespace(headers={"Retry-After": "soon"}), 0.5) == 0.5
+    assert _retry_after(SimpleNamespace(headers=None), 0.5) == 0.5
