@@ -245,16 +245,18 @@ class Client:
 
     # -- bookkeeping -----------------------------------------------------------------------
 
-    def _failed(self, doing: str, why: str) -> None:
+    def _failed(self, doing: str, why: str, track: bool = True) -> None:
         with self._lock:
             self.failures += 1
-            self.last_failure = f"{doing}: {why}"
-            if self.failing_since is None:
-                self.failing_since = time.monotonic()
+            if track:
+                self.last_failure = f"{doing}: {why}"
+                if self.failing_since is None:
+                    self.failing_since = time.monotonic()
 
-    def _answered(self) -> None:
-        with self._lock:
-            self.failing_since = None
+    def _answered(self, track: bool = True) -> None:
+        if track:
+            with self._lock:
+                self.failing_since = None
 
     def unreachable_line(self, doing: str, why: str, attempts: int, since: float) -> str:
         return (
@@ -283,6 +285,7 @@ class Client:
         attempts: int | None = None,
         read_s: float | None = None,
         passthrough: tuple[int, ...] = (),
+        track: bool = True,
         **kwargs: Any,
     ) -> Any:
         """``fn(*args, **kwargs)`` with a timeout and bounded retries.
@@ -290,6 +293,8 @@ class Client:
         ``passthrough``: statuses whose ``ApiException`` reaches the caller as it is (the log
         endpoint's 400 "container is being created"). Other refusals become one-line
         :class:`ClusterError`; no answer (after the retries) :class:`ApiUnreachable`.
+        ``track=False`` (the log threads' calls): the answer or its absence does not change
+        :attr:`failing_since`, which speaks for the calls that drive the phase.
         """
         names = api()
         tries = max(1, knobs.API_ATTEMPTS if attempts is None else attempts)
@@ -301,10 +306,10 @@ class Client:
                 result = fn(*args, **kwargs)
             except names.ApiException as exc:
                 if exc.status in passthrough:
-                    self._answered()
+                    self._answered(track)
                     raise
                 if exc.status not in TRANSIENT_STATUS:
-                    self._answered()
+                    self._answered(track)
                     raise ClusterError(
                         api_error_line(exc, self.host, self.settings, doing)
                     ) from None
@@ -314,9 +319,9 @@ class Client:
                 why = connection_why(exc)
                 wait = delay
             else:
-                self._answered()
+                self._answered(track)
                 return result
-            self._failed(doing, why)
+            self._failed(doing, why, track)
             late = deadline is not None and time.monotonic() + wait >= deadline
             if attempt == tries or late:
                 raise ApiUnreachable(self.unreachable_line(doing, why, attempt, started))

@@ -80,6 +80,7 @@ def _find_pod(client: Client, run: TenantRun, deadline: float) -> bool:
                 doing=f"list the pod of Job {run.job}",
                 deadline=deadline,
                 attempts=1,
+                track=False,
             ).items
         except ApiUnreachable:
             pods = []  # a hiccup of the API server: try again (the main thread judges it)
@@ -111,6 +112,7 @@ def follow_log(client: Client, run: TenantRun, deadline: float) -> None:
                     _preload_content=False,
                     doing=f"follow the log of pod {run.pod}",
                     attempts=1,
+                    track=False,
                     read_s=knobs.LOG_IDLE_TIMEOUT_S,
                     passthrough=(400, 404),
                 )
@@ -177,6 +179,7 @@ def container_ended(client: Client, run: TenantRun, deadline: float) -> bool:
             doing=f"read pod {run.pod}",
             deadline=deadline,
             attempts=1,
+            track=False,
             passthrough=(404,),
         )
     except api().ApiException:
