@@ -24,7 +24,7 @@ from pytest_kts.verdict import (
     degradation,
 )
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ClusterError",

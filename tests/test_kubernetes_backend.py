@@ -483,7 +483,7 @@ def test_image_pull_backoff_fails_with_the_pod_events(
         assert time.monotonic() - started < 10
     message = str(info.value)
     assert "ImagePullBackOff" in message or "ErrImagePull" in message
-    assert 'Failed to pull image "pytest-kts-worker:0.1.0"' in message  # from the events
+    assert 'Failed to pull image "pytest-kts-worker:0.2.0"' in message  # from the events
     assert "--kts-image" in message
     assert cluster.jobs() == []
 

@@ -93,7 +93,7 @@ class ClusterSettings:
     """
 
     namespace: str = "kts"
-    image: str = "pytest-kts-worker:0.1.0"  # the package version (tests keep them equal)
+    image: str = "pytest-kts-worker:0.2.0"  # the package version (tests keep them equal)
     node: str | None = None
     runtime_class: str | None = "nvidia"
     timeout_s: float = 600.0
