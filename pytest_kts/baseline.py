@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from pytest_kts import safefile
 from pytest_kts.errors import ConfigError, KtsError
 from pytest_kts.samples import TenantSamples, from_csv, to_csv
 from pytest_kts.stats import block_length, bootstrap_percentiles, percentile, trim_warmup
@@ -88,7 +89,7 @@ def save_baseline(result: ScenarioResult, root: Path, name: str) -> Path:
     directory = baseline_path(root, name, result.name)
     directory.mkdir(parents=True, exist_ok=True)
     samples = [t.samples for t in result.tenants.values()]
-    (directory / SAMPLES_FILE).write_text(to_csv(samples))
+    safefile.write_text(directory / SAMPLES_FILE, to_csv(samples))
     facts = {
         "format": FORMAT,
         "scenario": result.name,
@@ -106,7 +107,7 @@ def save_baseline(result: ScenarioResult, root: Path, name: str) -> Path:
         },
     }
     text = json.dumps(facts, indent=2, sort_keys=True, default=str)
-    (directory / FACTS_FILE).write_text(text + "\n")
+    safefile.write_text(directory / FACTS_FILE, text + "\n")
     return directory
 
 

@@ -534,10 +534,11 @@ def _finish(results: Any, args: argparse.Namespace, out: IO[str], command: str) 
         written = write_report(results, Path(args.out), command=command)
         print(f"report: {len(written)} file(s) written to {args.out}", file=out)
     if args.benchmark_json:
+        from pytest_kts import safefile
         from pytest_kts.baseline import github_benchmark_json
 
         entries = github_benchmark_json(results)
-        Path(args.benchmark_json).write_text(json.dumps(entries, indent=2) + "\n")
+        safefile.write_text(args.benchmark_json, json.dumps(entries, indent=2) + "\n")
         print(f"github-action-benchmark JSON: {args.benchmark_json}", file=out)
     failed = any(c["verdict"] == "fail" for c in checks)
     return EXIT_FAILED if failed else EXIT_OK
@@ -837,6 +838,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    from pytest_kts import signals
+
+    restore = signals.install()  # SIGTERM cleans up like Ctrl-C
     try:
         if args.command == "report":
             return cmd_report(args, sys.stdout)
@@ -848,9 +852,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A worker that crashed: its message carries the stderr tail, which is worth the lines.
         print(f"kts {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except signals.Terminated as exc:
+        print(f"kts {args.command}: {exc}", file=sys.stderr)
+        return 143  # 128 + SIGTERM, as a shell reports it
     except KeyboardInterrupt:
         print(f"kts {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

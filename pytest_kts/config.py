@@ -116,7 +116,7 @@ OPTIONS: tuple[Option, ...] = (
            "with --kts-compare: fail when shared p99 grew by more than this factor"),
     Option("cluster", _bool, False, "run scenarios as Kubernetes Jobs", flag=True),
     Option("namespace", str, "kts", "namespace for the Jobs", cluster=True),
-    Option("image", str, "pytest-kts-worker:latest", "worker container image", cluster=True),
+    Option("image", str, "pytest-kts-worker:0.2.0", "worker container image", cluster=True),
     Option("node", _optional_str, None, "pin every Job to this node", cluster=True),
     Option("runtime_class", _optional_str, "nvidia", "RuntimeClass of the pods", cluster=True),
     Option("keep_jobs", _bool, False, "keep the Jobs after the run, for debugging", flag=True,
@@ -155,7 +155,7 @@ class RunSettings:
     regression: float = 1.1
     cluster: bool = False
     namespace: str = "kts"
-    image: str = "pytest-kts-worker:latest"
+    image: str = "pytest-kts-worker:0.2.0"
     node: str | None = None
     runtime_class: str | None = "nvidia"
     keep_jobs: bool = False

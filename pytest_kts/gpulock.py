@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from pytest_kts import safefile
 from pytest_kts.errors import KtsError
 
 
@@ -28,7 +29,14 @@ class GpuBusyError(KtsError):
 
 
 def lock_dir() -> Path:
-    return Path(os.environ.get("KTS_LOCK_DIR") or Path(tempfile.gettempdir()) / "pytest-kts-locks")
+    """The lock folder: ``$KTS_LOCK_DIR``, else per user: ``$XDG_RUNTIME_DIR/pytest-kts-locks``
+    or ``<tempdir>/pytest-kts-locks-<uid>``. Its owner and mode (0700) are checked on use."""
+    if os.environ.get("KTS_LOCK_DIR"):
+        return Path(os.environ["KTS_LOCK_DIR"])
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        return Path(runtime) / "pytest-kts-locks"
+    return Path(tempfile.gettempdir()) / f"pytest-kts-locks-{os.getuid()}"
 
 
 def _safe(uuid: str) -> str:
@@ -73,14 +81,15 @@ def acquire(
     """Take the first free GPU of ``uuids``, starting at ``prefer`` (spread xdist workers)."""
     if not uuids:
         raise GpuBusyError("no GPU to lock: the list of devices is empty")
-    directory = lock_dir()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = safefile.private_dir(lock_dir())
     order = [(prefer + k) % len(uuids) for k in range(len(uuids))]
     deadline = time.monotonic() + timeout_s
     while True:
         for index in order:
             path = directory / f"gpu-{_safe(uuids[index])}.lock"
-            handle = open(path, "a+")  # noqa: SIM115 - held for the lease's lifetime
+            # O_NOFOLLOW: a symlink planted here must not get its target truncated below.
+            fd = safefile.open_nofollow(path)
+            handle = os.fdopen(fd, "r+")
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pytest_kts import safefile
 from pytest_kts.errors import KtsError
 from pytest_kts.samples import CLOCKS, PhaseSamples
 from pytest_kts.stats import trim_warmup
@@ -75,7 +76,8 @@ def _save(figure: Figure, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(figure)
-    figure.savefig(path, dpi=DPI)
+    with safefile.replacing(path) as tmp:  # never through a symlink at ``path``
+        figure.savefig(tmp, dpi=DPI)
     return path
 
 

@@ -20,6 +20,7 @@ from pytest_kts.verdict import DegradationFactor
 
 session_key = pytest.StashKey[KtsSession]()
 settings_key = pytest.StashKey[RunSettings]()
+sigterm_key = pytest.StashKey[bool]()
 
 MARKERS = (
     "gpu: needs a CUDA GPU; skipped with 'no CUDA device' unless one is present or "
@@ -95,6 +96,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 def kts(request: pytest.FixtureRequest) -> Iterator[Kts]:
     """Declare tenants, run them solo and co-located, and read their figures."""
     session = request.config.stash[session_key]
+    _handle_sigterm(request.config)
     settings = session.settings
     for marker in reversed(list(request.node.iter_markers("kts"))):
         try:
@@ -116,6 +118,16 @@ def kts(request: pytest.FixtureRequest) -> Iterator[Kts]:
         shared = tenant.summary("shared", "host")
         if shared is not None:
             request.node.user_properties.append((f"kts_shared_p99_ms_{name}", round(shared.p99, 4)))
+
+
+def _handle_sigterm(config: pytest.Config) -> None:
+    """From the first kts test on, SIGTERM cleans up like Ctrl-C (pytest_kts.signals)."""
+    if config.stash.get(sigterm_key, False):
+        return
+    from pytest_kts import signals
+
+    config.stash[sigterm_key] = True
+    config.add_cleanup(signals.install())
 
 
 def _progress(config: pytest.Config) -> Any:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
+from pytest_kts import safefile
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.plots import write_heatmap, write_plots
 from pytest_kts.results import ScenarioResult, TenantResult
@@ -276,11 +277,11 @@ def write_report(
     figures: dict[str, list[Path]] = {}
     for result in results:
         path = directory / "samples" / f"{slug(result.name)}.csv"
-        path.write_text(to_csv(result.tenants[t].samples for t in result.tenants))
+        safefile.write_text(path, to_csv(result.tenants[t].samples for t in result.tenants))
         written.append(path)
         if result.telemetry is not None:
             tpath = directory / "samples" / f"{slug(result.name)}.telemetry.csv"
-            tpath.write_text(result.telemetry.to_csv())
+            safefile.write_text(tpath, result.telemetry.to_csv())
             written.append(tpath)
         if plots:
             figures[result.name] = _plots(result, directory / "plots")
@@ -293,19 +294,21 @@ def write_report(
     }
     heatmaps = {m.name: _heatmap(m, directory / "plots") if plots else [] for m in matrices}
     written += [p for paths in heatmaps.values() for p in paths]
-    (directory / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    safefile.write_text(
+        directory / "summary.json", json.dumps(summary, indent=2, default=str) + "\n"
+    )
     written.append(directory / "summary.json")
     if results:
         from pytest_kts.baseline import github_benchmark_json
 
         # The customSmallerIsBetter format that GitHub's benchmark-tracking actions read.
         path = directory / "benchmark.json"
-        path.write_text(json.dumps(github_benchmark_json(results), indent=2) + "\n")
+        safefile.write_text(path, json.dumps(github_benchmark_json(results), indent=2) + "\n")
         written.append(path)
     markdown = render_markdown(results, command, figures, directory)
     if matrices:
         markdown += "\n" + render_matrices_markdown(matrices, heatmaps, directory)
-    (directory / "results.md").write_text(markdown)
+    safefile.write_text(directory / "results.md", markdown)
     written.append(directory / "results.md")
     return written
 

@@ -2,7 +2,7 @@
 
 The fake (tests/fake_cluster) is kmock's API emulator plus a Job controller and a kubelet that
 runs each Job's container command as a local process. Most tests run a stand-in worker that
-starts in milliseconds; one runs the real ``workers.run`` on the CPU.
+starts in milliseconds; one runs the real ``pytest_kts.workers.run`` on the CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from pytest_kts.constants import WORKER_MODULE
+
 pytest.importorskip("kubernetes")
 pytest.importorskip("kmock")
 
@@ -27,6 +29,9 @@ import yaml
 
 from pytest_kts.backends import kubernetes as kb
 from pytest_kts.backends.base import PhasePlan, TenantSpec
+from pytest_kts.backends.kubernetes import logs
+from pytest_kts.backends.kubernetes import settings as knobs
+from pytest_kts.backends.kubernetes.state import TenantRun
 from pytest_kts.errors import ClusterError, ColocationError, ConfigError, WorkerError
 from pytest_kts.protocol import LineReader, Sample, format_sample
 from tests.fake_cluster import FakeCluster, PodBehaviour, inject_gpu_uuid
@@ -44,8 +49,8 @@ B = TenantSpec("b", "matmul", 64, sleep_ms=2.0)
 @pytest.fixture(autouse=True)
 def quick_barrier(monkeypatch: pytest.MonkeyPatch) -> None:
     """The shared phase's start barrier sized for millisecond pods, not for image pulls."""
-    monkeypatch.setattr(kb, "START_LEAD_DEFAULT_S", 1.0)
-    monkeypatch.setattr(kb, "START_LEAD_MARGIN_S", 0.3)
+    monkeypatch.setattr(knobs, "START_LEAD_DEFAULT_S", 1.0)
+    monkeypatch.setattr(knobs, "START_LEAD_MARGIN_S", 0.3)
 
 
 def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
@@ -121,8 +126,8 @@ def test_render_job_for_a_gpu_pinned_to_a_node() -> None:
     assert (labels["kts.phase"], labels["kts.round"]) == ("shared", "3")
     spec = job["spec"]
     assert spec["backoffLimit"] == 0
-    assert spec["ttlSecondsAfterFinished"] == kb.TTL_S
-    assert spec["activeDeadlineSeconds"] == 300 + kb.DEADLINE_SLACK_S
+    assert spec["ttlSecondsAfterFinished"] == knobs.TTL_S
+    assert spec["activeDeadlineSeconds"] == 300 + knobs.DEADLINE_SLACK_S
     pod = spec["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["runtimeClassName"] == "nvidia"
@@ -131,9 +136,13 @@ def test_render_job_for_a_gpu_pinned_to_a_node() -> None:
     container = pod["containers"][0]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
-    assert container["resources"]["limits"] == {"memory": "8Gi", "nvidia.com/gpu": "1"}
+    assert container["resources"]["limits"] == {
+        "memory": "8Gi",
+        "nvidia.com/gpu": "1",
+        "ephemeral-storage": "4Gi",
+    }
     assert "cpu" not in container["resources"]["limits"]
-    assert container["command"] == ["python", "-m", "workers.run"]
+    assert container["command"] == ["python", "-m", WORKER_MODULE]
     args = container["args"]
     assert args[: len(TenantSpec("FFT.small", "fft", 256).worker_argv("cuda"))] == TenantSpec(
         "FFT.small", "fft", 256
@@ -145,7 +154,7 @@ def test_render_job_for_a_gpu_pinned_to_a_node() -> None:
     assert float(args[args.index("--min-duration-s") + 1]) == pytest.approx(12.5)
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["X"] == "1" and env["PYTHONUNBUFFERED"] == "1" and env["KTS_RUN_ID"] == "Run_42"
-    assert kb.JOB_TEMPLATE["spec"]["template"]["spec"].get("runtimeClassName") is None
+    assert kb.job_template()["spec"]["template"]["spec"].get("runtimeClassName") is None
 
 
 def test_render_job_on_cpu_asks_for_no_gpu() -> None:
@@ -164,7 +173,7 @@ def test_render_job_on_cpu_asks_for_no_gpu() -> None:
     assert "nvidia.com/gpu" not in resources.get("limits", {})
     assert "runtimeClassName" not in pod and "nodeSelector" not in pod
     assert "--start-at-ns" not in pod["containers"][0]["args"]
-    assert job["spec"]["ttlSecondsAfterFinished"] == kb.TTL_KEPT_S
+    assert job["spec"]["ttlSecondsAfterFinished"] == knobs.TTL_KEPT_S
 
 
 def test_names_and_labels_stay_valid_and_distinct() -> None:
@@ -172,11 +181,11 @@ def test_names_and_labels_stay_valid_and_distinct() -> None:
     names = {kb.job_name("run-id-that-is-long", 7, "shared", t) for t in ("a_b", "a.b", long)}
     assert len(names) == 3
     for name in names:
-        assert len(name) <= 52 and kb._DNS_LABEL.match(name), name
+        assert len(name) <= 52 and knobs._DNS_LABEL.match(name), name
     assert kb.label_value("plain-name") == "plain-name"
     for odd in ("ends-with-", "_x_", long + "y", "a/b"):
         value = kb.label_value(odd)
-        assert len(value) <= 63 and kb._LABEL_VALUE.match(value), value
+        assert len(value) <= 63 and knobs._LABEL_VALUE.match(value), value
     assert kb.label_value("a_") != kb.label_value("a.")
 
 
@@ -216,19 +225,18 @@ def test_log_timestamps_parse_to_epoch_ns() -> None:
 
 
 def test_reopened_log_skips_lines_already_seen() -> None:
-    backend = kb.KubernetesBackend(kb.ClusterSettings())
-    run = kb._TenantRun(tenant="a", job="j", created_ns=0)
+    run = TenantRun(tenant="a", job="j", created_ns=0)
     lines = [
         f"{rfc3339nano(10**18 + t)} {format_sample(Sample('a', 'solo', 0, i, 1, 2, 1.0, 0.5))}"
         for i, t in enumerate([0, 5, 5, 9])  # two lines share a timestamp
     ]
     skip = 0
     for line in lines[:3]:
-        skip = backend._take(run, line.encode(), skip)
+        skip = logs.take(run, line.encode(), skip)
     # The stream drops and reopens from the start: only the 4th line is new.
     skip = run.at_last_ts
     for line in lines:
-        skip = backend._take(run, line.encode(), skip)
+        skip = logs.take(run, line.encode(), skip)
     assert iterations(run.reader) == [0, 1, 2, 3]
 
 
@@ -237,7 +245,7 @@ def test_shared_samples_are_trimmed_to_the_window_all_tenants_measured() -> None
     plan = PhasePlan("shared", 0, {"a": 3, "b": 3})
     runs = {}
     for tenant, starts in (("a", range(0, 100, 10)), ("b", range(45, 200, 10))):
-        run = kb._TenantRun(tenant=tenant, job=f"j-{tenant}", created_ns=0)
+        run = TenantRun(tenant=tenant, job=f"j-{tenant}", created_ns=0)
         for i, t in enumerate(starts):
             run.reader.feed(format_sample(Sample(tenant, "shared", 0, i, t, t + 5, 5.0, 1.0)))
         runs[tenant] = run
@@ -375,7 +383,7 @@ def test_solo_and_shared_phases_run_as_jobs(
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch (CPU)")
 def test_the_real_worker_runs_as_a_job(cluster: FakeCluster, tmp_path: Path) -> None:
-    settings = make_settings(cluster, tmp_path, worker_command=("python", "-m", "workers.run"))
+    settings = make_settings(cluster, tmp_path, worker_command=("python", "-m", WORKER_MODULE))
     fft = TenantSpec("fft", "fft", 64, warmup=2)
     gemm = TenantSpec("gemm", "matmul", 64, warmup=2)
     with kb.KubernetesBackend(settings) as backend:
@@ -435,7 +443,7 @@ def test_a_dropped_log_stream_resumes_without_duplicates(
 def test_a_silent_log_stream_is_reopened_after_its_idle_timeout(
     cluster: FakeCluster, settings: kb.ClusterSettings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kb, "LOG_IDLE_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(knobs, "LOG_IDLE_TIMEOUT_S", 0.2)
     quiet = TenantSpec("a", "fft", 64, sleep_ms=500)  # silent for longer than the read timeout
     with kb.KubernetesBackend(settings) as backend:
         backend.start([quiet], "cpu")
@@ -477,7 +485,7 @@ def test_image_pull_backoff_fails_with_the_pod_events(
         assert time.monotonic() - started < 10
     message = str(info.value)
     assert "ImagePullBackOff" in message or "ErrImagePull" in message
-    assert 'Failed to pull image "pytest-kts-worker:latest"' in message  # from the events
+    assert 'Failed to pull image "pytest-kts-worker:0.2.0"' in message  # from the events
     assert "--kts-image" in message
     assert cluster.jobs() == []
 
@@ -695,7 +703,7 @@ def test_keep_jobs_leaves_them_for_inspection(cluster: FakeCluster, tmp_path: Pa
         solo(backend, "a", 5)
     jobs = cluster.jobs()
     assert len(jobs) == 1 and len(cluster.pods()) == 1
-    assert jobs[0]["spec"]["ttlSecondsAfterFinished"] == kb.TTL_KEPT_S
+    assert jobs[0]["spec"]["ttlSecondsAfterFinished"] == knobs.TTL_KEPT_S
     conditions = {c["type"]: c["status"] for c in jobs[0]["status"]["conditions"]}
     assert conditions["Complete"] == "True"
 

@@ -16,6 +16,8 @@ import jsonschema
 import pytest
 import yaml
 
+from pytest_kts.constants import WORKER_MODULE
+
 kubernetes = pytest.importorskip("kubernetes")
 
 from pytest_kts.backends import kubernetes as kb  # noqa: E402
@@ -161,7 +163,7 @@ def test_a_typo_would_be_caught() -> None:
 
 
 def test_the_job_template_file_is_what_the_backend_uses() -> None:
-    assert documents(MANIFESTS / "job-template.yaml") == [kb.JOB_TEMPLATE]
+    assert documents(MANIFESTS / "job-template.yaml") == [kb.job_template()]
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
@@ -184,7 +186,7 @@ def test_rendered_jobs_are_valid_and_restricted(device: str, phase: str) -> None
 
 
 def test_the_restricted_check_is_not_vacuous() -> None:
-    pod = kb.JOB_TEMPLATE["spec"]["template"]["spec"]
+    pod = kb.job_template()["spec"]["template"]["spec"]
     assert restricted_violations(pod) == []
     bad = {**pod, "hostIPC": True, "containers": [{**pod["containers"][0], "securityContext": {}}]}
     assert {"host namespaces", "allowPrivilegeEscalation", "capabilities.drop ALL"} <= set(
@@ -277,12 +279,112 @@ def test_dockerfile_builds_a_non_root_cuda_worker() -> None:
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users, "the image must not run as root"
     uid, _, gid = users[-1].partition(":")
-    pod_sc = kb.JOB_TEMPLATE["spec"]["template"]["spec"]["securityContext"]
+    pod_sc = kb.job_template()["spec"]["template"]["spec"]["securityContext"]
     assert uid.isdigit() and int(uid) != 0  # numeric: runAsNonRoot can check it
     assert int(uid) == pod_sc["runAsUser"] and int(gid or uid) == pod_sc["runAsGroup"]
     copied = " ".join(line for line in lines if line.startswith("COPY "))
     assert "workers" in copied and "pytest_kts" in copied
     assert not any(line.startswith("ADD ") for line in lines)
-    assert any("workers.run" in line for line in lines if line.startswith("RUN "))
+    assert any(WORKER_MODULE in line for line in lines if line.startswith("RUN "))
     ignore = (DOCKERFILE.parent / "Dockerfile.dockerignore").read_text().splitlines()
     assert "!workers/" in ignore and "!pytest_kts/" in ignore
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+def _container(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("source", ["template", "rendered-cpu", "rendered-cuda"])
+def test_the_root_filesystem_is_read_only_with_emptydirs_for_tmp_and_caches(source: str) -> None:
+    if source == "template":
+        job = documents(MANIFESTS / "job-template.yaml")[0]
+    else:
+        device = source.rpartition("-")[2]
+        job = kb.render_job(
+            kb.ClusterSettings(), TenantSpec("a", "fft", 64), device=device, name="kts-x",
+            phase="solo", round=0, iterations=10,
+        )  # fmt: skip
+    pod = job["spec"]["template"]["spec"]
+    container = _container(job)
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert "/tmp" in mounts
+    for name in mounts.values():
+        assert set(volumes[name]) == {"name", "emptyDir"}, name  # nothing from the host
+        assert volumes[name]["emptyDir"]["sizeLimit"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    for key in ("HOME", "XDG_CACHE_HOME", "TORCH_HOME", "CUDA_CACHE_PATH", "TRITON_CACHE_DIR"):
+        assert any(env[key] == m or env[key].startswith(m + "/") for m in mounts), key
+    resources = container["resources"]
+    assert resources["limits"]["ephemeral-storage"]
+    assert resources["requests"]["ephemeral-storage"]
+    assert resources["limits"]["memory"]  # the settings' memory limit still applies
+
+
+def test_the_base_image_is_pinned_by_digest_with_its_tag_in_a_comment() -> None:
+    text = DOCKERFILE.read_text()
+    base = next(line for line in text.splitlines() if line.startswith("ARG BASE="))
+    image = base.partition("=")[2]
+    name, at, digest = image.partition("@")
+    assert at and re.fullmatch(r"sha256:[0-9a-f]{64}", digest), image
+    assert ":" in name and not name.endswith(":latest")
+    comments = [line for line in text.splitlines() if line.startswith("#")]
+    assert any(name in line for line in comments), "a comment must give the digest's tag"
+
+
+def test_worker_dependencies_are_pinned() -> None:
+    requirements = (REPO / "docker" / "requirements-worker.txt").read_text().splitlines()
+    pins = [line.split("#")[0].strip() for line in requirements]
+    pins = [p for p in pins if p]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9A-Za-z.+-]*", p) for p in pins)
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    for install in re.findall(r"pip install ([^&\n]+)", text):
+        words = [w for w in install.split() if not w.startswith("-")]
+        # Only this project itself (".") or the pinned requirements file: nothing unpinned.
+        assert words in (["."], ["docker/requirements-worker.txt"]), install
+
+
+def test_the_default_image_is_the_package_version_not_latest() -> None:
+    import pytest_kts
+    from pytest_kts.config import OPTIONS, RunSettings
+
+    expected = f"pytest-kts-worker:{pytest_kts.__version__}"
+    option = next(o for o in OPTIONS if o.name == "image")
+    assert option.default == expected
+    assert RunSettings().image == expected
+    assert kb.ClusterSettings().image == expected
+    assert _container(kb.job_template())["image"] == expected
+    assert f"-t {expected} ." in DOCKERFILE.read_text()
+
+
+def test_the_wheel_ships_the_job_template(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    # A copy of the sources (the package's template is a relative link into manifests/), so
+    # that setuptools' build/ and egg-info land there, not in the repository.
+    source = tmp_path / "src"
+    junk = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("pytest_kts", "workers"):
+        shutil.copytree(REPO / folder, source / folder, symlinks=True, ignore=junk)
+    (source / "manifests").mkdir()
+    for name in ("pyproject.toml", "README.md", "manifests/job-template.yaml"):
+        shutil.copy(REPO / name, source / name)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(source)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    if build.returncode != 0 and "No module named" in build.stderr:
+        pytest.skip(f"cannot build a wheel here: {build.stderr.strip()[-200:]}")
+    assert build.returncode == 0, build.stderr
+    (wheel,) = tmp_path.glob("pytest_kts-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = archive.read("pytest_kts/backends/kubernetes/job-template.yaml")
+    assert shipped == (MANIFESTS / "job-template.yaml").read_bytes()

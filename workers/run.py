@@ -220,8 +220,16 @@ def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> i
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
-        oom = type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
-        emit.event("error", {"kind": "oom" if oom else "exception", "message": str(exc)[:500]})
+        # OOM from evidence only: torch's OutOfMemoryError or the CUDA allocator's own words.
+        oom = type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+        emit.event(
+            "error",
+            {
+                "kind": "oom" if oom else "exception",
+                "type": type(exc).__name__,
+                "message": str(exc)[:500],
+            },
+        )
         traceback.print_exc()
         return EXIT_OOM if oom else 1
     finally:

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from pytest_kts import colocation
 from pytest_kts.backends.base import Backend, PhaseOutput, PhasePlan, TenantSpec
 from pytest_kts.constants import WORKER_MODULE
-from pytest_kts.errors import ColocationError, ConfigError, WorkerError
+from pytest_kts.errors import ConfigError, WorkerError
 from pytest_kts.mps import MpsDaemon
 from pytest_kts.protocol import Event, LineReader, Meta
 
@@ -35,6 +36,9 @@ _BARRIER_MARGIN_S = 0.1
 # A worker also stops by itself this long after its phase's share, should a stop line be lost.
 _CUT_BACKSTOP_S = 2.0
 _STDERR_TAIL_LINES = 30
+_STDERR_TAIL_BYTES = 64 * 1024
+# What CUDA or torch print when the GPU runs out of memory (in a traceback on stderr).
+_CUDA_OOM_MARKS = ("CUDA out of memory", "OutOfMemoryError", "CUDA_ERROR_OUT_OF_MEMORY")
 _EOF = object()
 
 
@@ -71,10 +75,15 @@ class _Worker:
     ready: bool = False
 
     def stderr_tail(self) -> str:
+        # The file is unlinked once the worker has it (nothing is left if pytest dies): read
+        # its end through our descriptor, with pread, which leaves the shared offset alone.
         try:
             self.stderr_file.flush()
-            text = Path(self.stderr_file.name).read_text(errors="replace")
-        except OSError:
+            fd = self.stderr_file.fileno()
+            size = os.fstat(fd).st_size
+            start = max(0, size - _STDERR_TAIL_BYTES)
+            text = os.pread(fd, size - start, start).decode("utf-8", errors="replace")
+        except (OSError, ValueError):
             return ""
         return "\n".join(text.rstrip().splitlines()[-_STDERR_TAIL_LINES:])
 
@@ -179,7 +188,12 @@ class LocalBackend(Backend):
             "w+", prefix=f"kts-{spec.name}-", suffix=".stderr", delete=False
         )
         argv = [self.python, "-m", WORKER_MODULE, *spec.worker_argv(device), "--serve"]
-        process = spawn_worker(argv, env, stderr_file)
+        try:
+            process = spawn_worker(argv, env, stderr_file)
+        finally:
+            # The worker holds its own descriptor: no kts-*.stderr file outlives this line,
+            # whatever ends pytest (SIGKILL included).
+            os.unlink(stderr_file.name)
         worker = _Worker(spec, process, stderr_file)
         self._workers[spec.name] = worker
         threading.Thread(
@@ -299,7 +313,9 @@ class LocalBackend(Backend):
                 self._stop_phase(plan, seq)
                 stopped = cut = True
             wake = deadline if stopped or cut_at is None else min(deadline, cut_at)
-            got = self._next_line(wake, what, among=plan.tenants, quiet=wake < deadline)
+            # Blame a tenant short of its target first: one that reached it may keep running.
+            short = [t for t in plan.tenants if t not in reached] or list(plan.tenants)
+            got = self._next_line(wake, what, among=short, quiet=wake < deadline)
             if got is None:
                 continue
             tenant, item = got
@@ -368,7 +384,9 @@ class LocalBackend(Backend):
         except subprocess.TimeoutExpired:
             code = None
         tail = worker.stderr_tail()
-        oom = code == 3 or "out of memory" in tail.lower()
+        # From evidence only: CUDA's or torch's own words in this worker's stderr (an exit
+        # code alone, or "out of memory" from anything else, proves nothing).
+        oom = any(mark in tail for mark in _CUDA_OOM_MARKS)
         detail = f"{what} with exit code {code}"
         if oom:
             detail += ": CUDA out of memory. Use smaller sizes or fewer tenants per GPU"
@@ -380,7 +398,10 @@ class LocalBackend(Backend):
         if event.name != "error":
             return
         kind = event.data.get("kind", "exception")
-        message = str(event.data.get("message", ""))
+        message = str(event.data.get("message", "")).strip()
+        # The exception's type always leads: an empty message must not give an empty headline.
+        error_type = str(event.data.get("type") or "").strip()
+        headline = ": ".join(p for p in (error_type, message) if p) or "an exception (no message)"
         if kind == "protocol":
             return
         # Give the process a moment to exit, so the error carries its stderr and exit code.
@@ -389,11 +410,11 @@ class LocalBackend(Backend):
         except subprocess.TimeoutExpired:
             pass
         if kind == "oom":
-            what = f"CUDA out of memory: {message}. Use smaller sizes or fewer tenants per GPU"
+            what = f"CUDA out of memory: {headline}. Use smaller sizes or fewer tenants per GPU"
         elif kind == "no_device":
             what = f"{message}. Run with --kts-device cpu, or on a machine with a CUDA GPU"
         else:
-            what = f"failed: {message}"
+            what = f"failed: {headline}"
         raise WorkerError(worker.spec.name, what, worker.stderr_tail(), oom=kind == "oom")
 
     def _send(self, worker: _Worker, command: dict[str, Any]) -> None:
@@ -424,11 +445,7 @@ class LocalBackend(Backend):
 
     def check_colocated(self) -> None:
         """Every tenant on one physical GPU, or a :class:`ColocationError`."""
-        seen = {name: w.meta.get("gpu_uuid") for name, w in self._workers.items()}
-        uuids = {u for u in seen.values() if u}
-        if len(uuids) > 1:
-            listing = ", ".join(f"{t}: {u}" for t, u in sorted(seen.items()))
-            raise ColocationError(
-                f"tenants ran on different GPUs ({listing}); a shared phase needs one GPU. "
-                "Set CUDA_VISIBLE_DEVICES to a single device"
-            )
+        colocation.check_one_gpu(
+            {name: w.meta.get("gpu_uuid") for name, w in self._workers.items()},
+            "Set CUDA_VISIBLE_DEVICES to a single device",
+        )

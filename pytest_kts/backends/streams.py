@@ -155,8 +155,9 @@ class StreamsBackend(LocalBackend):
             process = spawn_worker(argv, env, stderr_file)
         except BaseException:
             stderr_file.close()
-            os.unlink(stderr_file.name)
             raise
+        finally:
+            os.unlink(stderr_file.name)  # the worker holds its own descriptor (see local.py)
         self._process = process
         # One _Worker per tenant, all on the one process: LocalBackend's phase loop, error
         # checks and close() then work per tenant unchanged.

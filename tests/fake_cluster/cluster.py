@@ -124,13 +124,16 @@ class FakeCluster:
 
     # -- configuration --------------------------------------------------------------------
 
-    def write_kubeconfig(self, directory: Path, *, context: str = "fake") -> Path:
-        """A kubeconfig for this cluster (plain HTTP, no credentials)."""
+    def write_kubeconfig(
+        self, directory: Path, *, context: str = "fake", url: str | None = None
+    ) -> Path:
+        """A kubeconfig for this cluster (plain HTTP, no credentials); ``url``: reach it there
+        instead (a :class:`~tests.fake_cluster.faults.FaultProxy` in front of it)."""
         path = Path(directory) / "kubeconfig.yaml"
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
+            "clusters": [{"name": "fake", "cluster": {"server": url or self.url}}],
             "users": [{"name": "fake", "user": {}}],
             "contexts": [
                 {
@@ -159,6 +162,17 @@ class FakeCluster:
             self._emulator.expire_watches += count
 
         self.call(expire)
+
+    def fail_requests(
+        self, status: int, count: int, *, verb: str | None = None, resource: str | None = None
+    ) -> None:
+        """The next ``count`` requests (of ``verb`` on ``resource``: "list", "jobs") answer
+        ``status`` (429 TooManyRequests, 500 InternalError, ...) instead of being served."""
+        self.call(lambda: self._emulator.faults.append([status, count, verb, resource]))
+
+    @property
+    def faults_served(self) -> int:
+        return self.call(lambda: self._emulator.faults_served)
 
     # -- inspection -----------------------------------------------------------------------
 

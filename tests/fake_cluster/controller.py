@@ -3,8 +3,8 @@
 A created Job makes a Pod; the Pod is scheduled on the one fake node (or stays Pending with
 ``PodScheduled=False, reason=Unschedulable``); its container runs the Job's command as a local
 process (``python`` becomes this interpreter, the pod's env is set, the working directory is
-the repository so ``python -m workers.run`` imports); its stdout and stderr become the pod
-log; its exit sets the pod's phase, the container's terminated state, and the Job's status
+the repository so ``python -m pytest_kts.workers.run`` imports); its stdout and stderr become
+the pod log; its exit sets the pod's phase, the container's terminated state, and the Job's status
 conditions (``Complete`` or ``Failed`` with ``BackoffLimitExceeded``), with events on the way.
 
 Failure modes are scripted per tenant and phase with :class:`PodBehaviour`. They are all on

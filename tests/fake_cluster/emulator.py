@@ -205,6 +205,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     watches_expired: int = 0
     log_waits: int = 0  # log requests answered 400: the container is not running yet
     seen: list[tuple[str, str, str, str]] = attrs.field(factory=list)  # verb, resource, sub, ns
+    # Injected failures: [status, count left, verb or None, resource plural or None], in order.
+    faults: list[list[Any]] = attrs.field(factory=list)
+    faults_served: int = 0
     closing: asyncio.Event = attrs.field(factory=asyncio.Event)
     _rv: int = attrs.field(default=100, init=False)
     _changes: list[tuple[int, Any, dict[str, Any]]] = attrs.field(factory=list, init=False)
@@ -334,6 +337,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
                     request.namespace or "",
                 )
             )
+            for fault in self.faults:
+                status, left, want_verb, want_resource = fault
+                if left <= 0 or want_verb not in (None, verb):
+                    continue
+                if want_resource not in (None, request.resource.plural):
+                    continue
+                fault[1] -= 1
+                self.faults_served += 1
+                reason = "TooManyRequests" if status == 429 else "InternalError"
+                raise error(status, reason, f"injected {status} for {verb} {want_resource or ''}")
         return await kmock.RawHandler._handle(self, request)
 
     def _known(self, request: Any) -> Any:

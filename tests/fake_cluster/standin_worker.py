@@ -1,4 +1,4 @@
-"""A stand-in for ``python -m workers.run`` with the same command line and output, minus torch.
+"""A stand-in for ``python -m pytest_kts.workers.run``: the same command line and output, no torch.
 
 It starts in tens of milliseconds, so the fake-cluster tests of failure modes stay fast; one
 test runs the real worker. It honours ``--start-at-ns`` and ``--min-duration-s`` as the real

@@ -1,0 +1,112 @@
+"""Writing files without following symlinks: every file pytest-kts writes goes through here.
+
+A report folder or a lock folder may be shared or prepared by someone else; a symlink planted
+at ``summary.json`` must not make us overwrite what it points to. So:
+
+- files are written whole to a temp file in the target's own folder and renamed over the
+  target (:func:`write_text`, :func:`write_bytes`, :func:`replacing`): ``rename`` replaces a
+  symlink itself, never its target, and a reader never sees half a file;
+- files that must be opened in place (locks) are opened with ``O_NOFOLLOW``
+  (:func:`open_nofollow`);
+- private folders (:func:`private_dir`) are created 0700 and refused when they are a symlink,
+  belong to another user or are open to others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from pytest_kts.errors import KtsError
+
+
+class UnsafePathError(KtsError):
+    """A path we were to write through is a symlink, or a folder someone else controls."""
+
+
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temp path next to ``path``; renamed over ``path`` if the block ends without error.
+
+    For writers that want a file name (``savefig``); the temp name keeps the suffix.
+    """
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is for reading
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file and a rename (never through a symlink)."""
+    with replacing(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+
+
+def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+    """:func:`write_bytes` for text."""
+    write_bytes(path, text.encode(encoding))
+
+
+def open_nofollow(path: str | os.PathLike[str], mode: int = 0o600) -> int:
+    """Open (create) ``path`` for reading and writing, refusing a symlink or a non-file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(
+                f"{path} is a symlink; refusing to open it (remove it: someone may be trying "
+                "to make pytest-kts write elsewhere)"
+            ) from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePathError(f"{path} is not a regular file; refusing to write to it")
+    return fd
+
+
+def private_dir(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a folder only this user can use: created 0700, or checked if it exists.
+
+    Raises :class:`UnsafePathError` when it is a symlink or not a folder, belongs to another
+    user, or lets others in (group/other permission bits).
+    """
+    folder = Path(path)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir(mode=0o700)
+    info = os.lstat(folder)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise UnsafePathError(f"{folder} is not a folder (a symlink?); remove it or choose another")
+    if info.st_uid != os.getuid():
+        raise UnsafePathError(
+            f"{folder} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); another "
+            "user created it. Remove it, or set KTS_LOCK_DIR to a folder of your own"
+        )
+    if info.st_mode & 0o077:
+        raise UnsafePathError(
+            f"{folder} has mode {stat.S_IMODE(info.st_mode):04o}; it must be private (0700): "
+            f"chmod 700 {folder}"
+        )
+    return folder
+
+
+__all__ = [
+    "UnsafePathError",
+    "open_nofollow",
+    "private_dir",
+    "replacing",
+    "write_bytes",
+    "write_text",
+]

@@ -1,0 +1,51 @@
+"""Workloads whose failures must be named from evidence (issue 11 item 4), imported by workers
+as ``kts_fault_workloads:NAME`` (tests/ is on the worker's PYTHONPATH in those tests)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import torch
+
+
+def _after(params: dict[str, str], action: Callable[[], object]) -> Callable[[], object]:
+    after = int(params.get("after", "5"))
+    calls = {"n": 0}
+
+    def step() -> object:
+        calls["n"] += 1
+        if calls["n"] > after:
+            return action()
+        return torch.zeros(4).sum()
+
+    return step
+
+
+def exit3(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Exits with code 3 (the worker's OOM code) on a CPU run, with no OOM anywhere."""
+    return _after(params, lambda: os._exit(3))
+
+
+def host_oom_words(
+    device: torch.device, size: int, seed: int, **params: str
+) -> Callable[[], object]:
+    """Says "out of memory" on stderr, but not as CUDA or torch would, then exits 3."""
+
+    def go() -> object:
+        print("DataLoader worker ran out of memory; retrying", file=sys.stderr, flush=True)
+        os._exit(3)
+
+    return _after(params, go)
+
+
+def empty_memory_error(
+    device: torch.device, size: int, seed: int, **params: str
+) -> Callable[[], object]:
+    """An exception without a message."""
+
+    def go() -> object:
+        raise MemoryError()
+
+    return _after(params, go)
