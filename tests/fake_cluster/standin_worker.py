@@ -1,7 +1,7 @@
 """A stand-in for ``python -m pytest_kts.workers.run``: the same command line and output, no torch.
 
 It starts in tens of milliseconds, so the fake-cluster tests of failure modes stay fast; one
-test runs the real worker. It honours ``--start-at-ns`` and ``--min-duration-s`` as the real
+test runs the real worker. It honours ``--start-at-ns``, ``--min-duration-s`` and ``--max-duration-s`` as the real
 worker does. Run as ``python -m tests.fake_cluster.standin_worker ARGS``.
 """
 
@@ -34,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--start-at-ns", type=int, default=None)
     p.add_argument("--min-duration-s", type=float, default=0.0)
+    p.add_argument("--max-duration-s", type=float, default=None)
     args = p.parse_args(argv)
     tenant = args.tenant
 
@@ -51,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     out(format_event(tenant, "phase_start", {"phase": args.phase, "round": args.round}))
     began = time.perf_counter()
     i = 0
+    cap = math.inf if args.max_duration_s is None else args.max_duration_s
     while i < args.iterations or time.perf_counter() - began < args.min_duration_s:
+        if time.perf_counter() - began >= cap:
+            break
         start = time.time_ns()
         sum(range(args.size * 50))  # a little work
         end = time.time_ns()
