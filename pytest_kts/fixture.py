@@ -7,9 +7,10 @@ evidence decides), and asserts on the degradation factor::
         fft = kts.tenant("fft", size=4096, sleep_ms=100)
         gemm = kts.tenant("matmul", size=4096, sleep_ms=150)
         kts.run(slo={fft: 1.3})
-        assert_df(fft, p=99) < 1.3
+        assert assert_df(fft, p=99) < 1.3
 
-If a test asserts without calling ``run``, the scenario runs then, with the fixed protocol.
+Nothing runs behind the test's back: reading ``tenant.result`` (and so ``assert_df(tenant)``)
+before ``kts.run()`` (or ``kts.run_modes()``) raises a :class:`ConfigError` that says so.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pytest_kts.config import RunSettings
 from pytest_kts.errors import ConfigError
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.results import ScenarioResult, TenantResult
-from pytest_kts.verdict import DegradationFactor
+from pytest_kts.verdict import POLICIES, DegradationFactor
 
 
 class Runs(Protocol):
@@ -71,7 +72,6 @@ class Tenant:
 
     spec: TenantSpec
     iterations: int | None = None
-    _scenario: Kts | None = field(default=None, repr=False)
     _result: TenantResult | None = field(default=None, repr=False)
 
     @property
@@ -80,11 +80,12 @@ class Tenant:
 
     @property
     def result(self) -> TenantResult:
+        """The tenant's figures from the scenario's run; an error before the scenario ran."""
         if self._result is None:
-            if self._scenario is None:
-                raise RuntimeError(f"tenant {self.name!r} belongs to no scenario")
-            self._scenario.run()
-        assert self._result is not None
+            raise ConfigError(
+                f"tenant {self.name!r} has not run: call kts.run() (or kts.run_modes()) "
+                "before asserting on it"
+            )
         return self._result
 
     def __hash__(self) -> int:
@@ -149,7 +150,7 @@ class Kts:
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-        handle = Tenant(spec, iterations, self)
+        handle = Tenant(spec, iterations)
         self._tenants[name] = handle
         return handle
 
@@ -215,12 +216,17 @@ class Kts:
 
 
 def assert_df(
-    tenant: Tenant | TenantResult, p: float = 99, clock: str = "host"
+    tenant: Tenant | TenantResult,
+    p: float = 99,
+    clock: str = "host",
+    *,
+    on_inconclusive: str | None = None,
 ) -> DegradationFactor:
     """The degradation factor of ``tenant`` at percentile ``p``, ready to compare with a number.
 
     ``assert_df(fft, p=99) < 1.3`` holds when the whole confidence interval lies below 1.3 and
-    fails when it lies above; an undecided comparison follows ``--kts-inconclusive``.
+    fails when it lies above; an undecided comparison follows ``on_inconclusive`` when given,
+    else ``--kts-inconclusive``. The returned value is frozen: the policy travels with it.
     """
     result = tenant.result if isinstance(tenant, Tenant) else tenant
     df = result.df(p, clock)
@@ -230,4 +236,10 @@ def assert_df(
             f"tenant {result.name!r} has no {clock} clock in both phases (available: {available}); "
             "the device clock exists only on CUDA"
         )
+    if on_inconclusive is not None:
+        if on_inconclusive not in POLICIES:
+            raise ConfigError(
+                f"on_inconclusive must be one of {', '.join(POLICIES)}, got {on_inconclusive!r}"
+            )
+        return df.with_policy(on_inconclusive)
     return df

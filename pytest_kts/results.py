@@ -83,15 +83,17 @@ class TenantResult:
     ) -> DegradationFactor | None:
         if clock not in self.clocks():
             return None
+        """The DF at ``p`` on ``clock``, carrying this result's inconclusive policy.
+
+        A frozen value: every read returns the same figures, and nothing here changes them.
+        """
         adaptive = self.sequential.get((float(p), clock))
         if adaptive is not None and confidence is None:
             # Re-judging an adaptive run at the full error rate would undo the alpha spending.
-            adaptive.on_inconclusive = self.on_inconclusive
-            return adaptive
+            return adaptive.with_policy(self.on_inconclusive)
         key = ("df", float(p), clock, confidence or self.confidence)
         if key in self._cache:
             cached: DegradationFactor = self._cache[key]
-            cached.on_inconclusive = self.on_inconclusive
             return cached
         solo, shared = self.samples.solo, self.samples.shared
         result = degradation(
@@ -102,8 +104,8 @@ class TenantResult:
             clock=clock,
             solo_segments=solo.segments(),
             shared_segments=shared.segments(),
+            on_inconclusive=self.on_inconclusive,
         )
-        result.on_inconclusive = self.on_inconclusive
         self._cache[key] = result
         return result
 

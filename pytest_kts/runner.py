@@ -176,7 +176,6 @@ def run_scenario(
                         plan=plan,
                         look=rnd + 1,
                     )
-                    df.on_inconclusive = settings.inconclusive
                     decisions[k] = (df, rnd + 1)
                     if progress and math.isfinite(df.value):
                         progress.estimate(check.tenant, df.value, df.ci)

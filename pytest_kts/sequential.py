@@ -14,6 +14,7 @@ the intervals themselves rest on; our simulations in ``benchmarks/`` check it en
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -235,12 +236,14 @@ def evaluate(
         on_inconclusive=on_inconclusive,
         undecided_at=None if full_interval else check.threshold,
     )
-    result.method += f"; sequential look {look} of {plan.max_looks or 'open-ended'} ({plan!r})"
+    reason = result.reason
     if alpha == 0.0 and look < plan.first_look:
-        result.reason = f"look {look} precedes the plan's first decision look {plan.first_look}"
+        reason = f"look {look} precedes the plan's first decision look {plan.first_look}"
     elif alpha == 0.0:
-        result.reason = (
+        reason = (
             f"look {look} is past the plan's last look ({plan.max_looks}): no error budget "
             "left, the budget ran out undecided"
         )
-    return result
+    looks = plan.max_looks or "open-ended"
+    method = f"{result.method}; sequential look {look} of {looks} ({plan!r})"
+    return dataclasses.replace(result, method=method, reason=reason)

@@ -9,16 +9,21 @@ threshold, and the comparison follows the *interval*, not the point estimate:
 
 ``assert df < 1.3`` therefore fails only on evidence. What an inconclusive comparison does is
 the ``on_inconclusive`` policy (default ``"warn"``: the assertion holds and a
-:class:`KtsInconclusiveWarning` says so). Method and evidence: ``docs/statistics.md``.
+:class:`KtsInconclusiveWarning` says so). A :class:`DegradationFactor` is a frozen value: its
+policy is fixed when it is made (``degradation(..., on_inconclusive=)``, or by ``assert_df``
+from ``--kts-inconclusive``; :meth:`DegradationFactor.with_policy` gives a copy with another),
+and the comparison operators are the one place where the policy is applied. Method and
+evidence: ``docs/statistics.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,7 +64,7 @@ def _fmt_p(p: float) -> str:
     return f"p{p:g}"
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class DegradationFactor:
     """Ratio of the shared to the solo percentile, its interval, and how it was obtained.
 
@@ -85,7 +90,6 @@ class DegradationFactor:
     alpha: float = math.nan
     dropped_solo: int = 0  # non-finite (unmeasured) samples ignored
     dropped_shared: int = 0
-    last_comparison: tuple[str, float, bool, str] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.on_inconclusive not in POLICIES:
@@ -93,7 +97,18 @@ class DegradationFactor:
                 f"on_inconclusive must be one of {POLICIES}, got {self.on_inconclusive!r}"
             )
         if math.isnan(self.alpha):
-            self.alpha = 1.0 - self.confidence
+            object.__setattr__(self, "alpha", 1.0 - self.confidence)
+
+    def with_policy(self, on_inconclusive: str) -> DegradationFactor:
+        """This DF with another inconclusive policy (a copy; this one is unchanged)."""
+        if on_inconclusive == self.on_inconclusive:
+            return self
+        return dataclasses.replace(self, on_inconclusive=on_inconclusive)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the interval has two finite ends (below the sample floor it has one)."""
+        return all(math.isfinite(c) for c in self.ci)
 
     # -- verdict -------------------------------------------------------------------------------
 
@@ -115,26 +130,21 @@ class DegradationFactor:
         t = float(threshold)
         v = self.verdict(t)
         if v == "inconclusive":
-            outcome = self._inconclusive(op, t)
-        elif op in ("<", "<="):
-            outcome = v == "pass"
-        else:  # ">" / ">=": holds when the whole interval lies above the threshold
-            outcome = v == "fail"
-        self.last_comparison = (op, t, outcome, v)
-        return outcome
+            return self._inconclusive(op, t)
+        if op in ("<", "<="):
+            return v == "pass"
+        return v == "fail"  # ">" / ">=": holds when the whole interval lies above the threshold
 
     def _inconclusive(self, op: str, t: float) -> bool:
+        """The one place where the inconclusive policy is applied."""
         msg = self._inconclusive_message(op, t)
         policy = self.on_inconclusive
         if policy == "warn":
             # No alarm without evidence: the comparison holds, but visibly.
             warnings.warn(msg, KtsInconclusiveWarning, stacklevel=4)
-            self.last_comparison = (op, t, True, "inconclusive")
             return True
         if policy == "fail":
-            self.last_comparison = (op, t, False, "inconclusive")
             return False
-        self.last_comparison = (op, t, False, "inconclusive")
         if policy == "skip":
             import pytest  # lazy: this module must stay importable without pytest
 
