@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pytest_kts.backends.base import TenantSpec
-from pytest_kts.config import RunSettings
+from pytest_kts.config import SHARING_MODES, RunSettings
 from pytest_kts.errors import ConfigError
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.results import ScenarioResult, TenantResult
 from pytest_kts.verdict import POLICIES, DegradationFactor
+from workers.workloads import check as check_workload
 
 
 class Runs(Protocol):
@@ -58,6 +59,7 @@ class Runs(Protocol):
         tenants: Sequence[TenantSpec],
         settings: RunSettings,
         include_all: bool = True,
+        progress: Any = None,
     ) -> MatrixResult: ...
 
 
@@ -148,8 +150,12 @@ class Kts:
                 params=dict(params or {}),
                 env=dict(env or {}),
             )
+            check_workload(spec.workload, spec.params)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+            msg = str(exc)
+            raise ConfigError(
+                msg if msg.startswith("tenant") else f"tenant {name!r}: {msg}"
+            ) from None
         handle = Tenant(spec, iterations)
         self._tenants[name] = handle
         return handle
@@ -183,6 +189,13 @@ class Kts:
         """
         if self._result is not None:
             raise ConfigError("the scenario has already run")
+        unknown = [m for m in modes if m not in SHARING_MODES]
+        if unknown or not modes:
+            raise ConfigError(
+                f"unknown sharing mode {unknown[0]!r}: use one of {', '.join(SHARING_MODES)}"
+                if unknown
+                else f"run_modes needs at least one sharing mode: {', '.join(SHARING_MODES)}"
+            )
         results = self._runs.run_modes(
             self.name, self._specs(), self._settings(), modes, self._slo(slo), p, self._progress
         )
@@ -191,7 +204,9 @@ class Kts:
 
     def matrix(self, include_all: bool = True) -> MatrixResult:
         """Each tenant's DF next to each co-tenant alone (and next to all of them)."""
-        return self._runs.run_matrix(self.name, self._specs(), self._settings(), include_all)
+        return self._runs.run_matrix(
+            self.name, self._specs(), self._settings(), include_all, self._progress
+        )
 
     def _specs(self) -> list[TenantSpec]:
         return [t.spec for t in self.tenants]

@@ -112,6 +112,7 @@ def run_matrix(
     device: str,
     include_all: bool = True,
     machine: dict[str, Any] | None = None,
+    progress: Any = None,  # a runner.ProgressSink: the same status line as a scenario's
 ) -> MatrixResult:
     if len(tenants) < 2:
         raise ConfigError("a contention matrix needs at least 2 tenants")
@@ -134,18 +135,24 @@ def run_matrix(
             if rnd % 2:
                 plans.reverse()
             for plan in plans:
+                if progress:
+                    progress.phase_started(plan.phase, rnd, plan.tenants)
                 out = backend.run_phase(plan, settings.timeout)
                 windows.append(
                     PhaseWindow(plan.phase, rnd, plan.tenants, out.started_ns, out.ended_ns)
                 )
                 seconds += windows[-1].seconds
                 for tenant, reader in out.readers.items():
+                    if progress:
+                        progress.samples(tenant, plan.phase, len(reader.samples))
                     if plan.phase == "solo":
                         solo_records[tenant] += reader.samples
                     else:
                         co = tuple(sorted(t for t in plan.tenants if t != tenant))
                         shared_records.setdefault((tenant, co), []).extend(reader.samples)
         facts = backend.facts()
+    if progress:
+        progress.finished()
     return MatrixResult(
         name=name,
         device=device,

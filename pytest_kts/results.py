@@ -126,6 +126,7 @@ class ScenarioResult:
     started_at: str = ""
     warnings: list[str] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)  # against a baseline
+    baseline_saved: str | None = None  # where --kts-save wrote this scenario's baseline
 
     def __getitem__(self, tenant: str) -> TenantResult:
         return self.tenants[tenant]
