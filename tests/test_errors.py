@@ -77,8 +77,7 @@ def test_the_check_imports_no_torch() -> None:
 
 def _failure_section(text: str) -> str:
     start = text.index("= FAILURES =")
-    end = text.index("short test summary info")
-    return text[start:end]
+    return text[start : text.index("\n=", start)]
 
 
 def test_unknown_workload_fails_at_the_users_line_before_spawning(
