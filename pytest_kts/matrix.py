@@ -94,10 +94,8 @@ class MatrixResult:
                 df = self.df(row, col, p, clock)
                 if df is None:
                     cells.append("-")
-                else:
-                    lo, hi = df.ci
-                    hi_text = f"{hi:.2f}" if math.isfinite(hi) else "-"
-                    cells.append(f"{df.value:.2f} [{lo:.2f}, {hi_text}]")
+                else:  # the interval its verdict would use: only the ends that exist
+                    cells.append(f"{df.value:.2f} {df.interval()}")
             rows.append(cells)
         headers = [f"DF p{p:g} ({clock}) of row, next to column", *self.columns()]
         return tabulate(rows, headers=headers, tablefmt=fmt)

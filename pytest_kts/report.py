@@ -23,7 +23,7 @@ from pytest_kts.plots import write_heatmap, write_plots
 from pytest_kts.results import ScenarioResult, TenantResult
 from pytest_kts.samples import to_csv
 from pytest_kts.stats import Summary
-from pytest_kts.verdict import DegradationFactor
+from pytest_kts.verdict import DegradationFactor, interval_text
 
 if TYPE_CHECKING:
     from pytest_kts.telemetry import PhaseTelemetry
@@ -55,24 +55,12 @@ def _num(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def interval_text(lo: float | None, hi: float | None, digits: int = 2) -> str:
-    """``[lo, hi]``; an end that does not exist is open: ``[1.90, ∞)``, ``(0, ∞)``."""
-    lo_ok = lo is not None and math.isfinite(lo) and lo > 0
-    hi_ok = hi is not None and math.isfinite(hi)
-    left = f"[{lo:.{digits}f}" if lo_ok else "(0"
-    right = f"{hi:.{digits}f}]" if hi_ok else "∞)"
-    return f"{left}, {right}"
-
-
 def _df_cell(df: DegradationFactor | None) -> str:
     """The DF with the interval its verdict used. Below the sample floor the verdict used no
     two-sided interval: only the bound that exists is shown, marked ``*`` (the note says why)."""
     if df is None or not math.isfinite(df.value):
         return "-"
-    lo, hi = df.ci
-    if df.reason is None:
-        return f"{df.value:.2f} {interval_text(lo, hi)}"
-    return f"{df.value:.2f} {interval_text(lo, math.inf)}*"
+    return f"{df.value:.2f} {df.interval()}" + ("" if df.reason is None else "*")
 
 
 def _interval_notes(result: ScenarioResult) -> list[str]:

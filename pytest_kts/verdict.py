@@ -64,6 +64,15 @@ def _fmt_p(p: float) -> str:
     return f"p{p:g}"
 
 
+def interval_text(lo: float | None, hi: float | None, digits: int = 2) -> str:
+    """``[lo, hi]``; an end that does not exist is open: ``[1.90, ∞)``, ``(0, ∞)``."""
+    lo_ok = lo is not None and math.isfinite(lo) and lo > 0
+    hi_ok = hi is not None and math.isfinite(hi)
+    left = f"[{lo:.{digits}f}" if lo_ok else "(0"
+    right = f"{hi:.{digits}f}]" if hi_ok else "∞)"
+    return f"{left}, {right}"
+
+
 @dataclass(frozen=True, eq=False)
 class DegradationFactor:
     """Ratio of the shared to the solo percentile, its interval, and how it was obtained.
@@ -107,8 +116,14 @@ class DegradationFactor:
 
     @property
     def bounded(self) -> bool:
-        """Whether the interval has two finite ends (below the sample floor it has one)."""
-        return all(math.isfinite(c) for c in self.ci)
+        """Whether the verdict had an interval with two ends (below the sample floor it has
+        no upper one: the verdict is inconclusive whatever the rank-based interval says)."""
+        return self.reason is None and all(math.isfinite(c) for c in self.ci)
+
+    def interval(self, digits: int = 2) -> str:
+        """The interval the verdict used, as text: only the ends that exist."""
+        lo, hi = self.ci
+        return interval_text(lo, hi if self.reason is None else math.inf, digits)
 
     # -- verdict -------------------------------------------------------------------------------
 
@@ -180,9 +195,8 @@ class DegradationFactor:
         return float(self.value)
 
     def __repr__(self) -> str:
-        lo, hi = self.ci
         return (
-            f"DF {_fmt_p(self.p)} ({self.clock}) {self.value:.2f} [{lo:.2f}, {hi:.2f}] "
+            f"DF {_fmt_p(self.p)} ({self.clock}) {self.value:.2f} {self.interval()} "
             f"n={self.n_solo}/{self.n_shared}"
         )
 
@@ -197,11 +211,10 @@ class DegradationFactor:
         """Lines saying what was measured and why the comparison came out as it did."""
         t = float(threshold)
         v = self.verdict(t)
-        lo, hi = self.ci
         pn = _fmt_p(self.p)
         lines = [
             f"DF {pn} ({self.clock} clock) = {self.value:.3f}, {self._level()} CI "
-            f"[{lo:.3f}, {hi:.3f}]",
+            f"{self.interval(3)}",
             f"solo   {pn} = {self.solo_quantile:.4g} ms from n={self.n_solo} samples "
             f"({self.trimmed_solo} warmup trimmed, {self.dropped_solo} unmeasured dropped)",
             f"shared {pn} = {self.shared_quantile:.4g} ms from n={self.n_shared} samples "
