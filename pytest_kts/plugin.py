@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from pytest_kts import machine
-from pytest_kts.config import OPTIONS, RunSettings, resolve
+from pytest_kts.config import OPTIONS, Option, RunSettings, resolve
 from pytest_kts.errors import ConfigError, KtsError, NoDeviceError
 from pytest_kts.fixture import Kts
 from pytest_kts.session import KtsSession
@@ -30,21 +30,42 @@ MARKERS = (
 )
 
 
+def _ini_type(option: Option) -> str:
+    """The ini type pytest shows in ``--help`` (and parses): from the option's default."""
+    if option.flag or isinstance(option.default, bool):
+        return "bool"
+    if isinstance(option.default, int):
+        return "int"
+    if isinstance(option.default, float):
+        return "float"
+    return "string"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kts", "GPU co-location tail latency (pytest-kts)")
     for option in OPTIONS:
         if option.flag:
             group.addoption(option.cli, action="store_true", default=None, help=option.help)
         else:
-            group.addoption(option.cli, default=None, help=f"{option.help} [{option.ini}]")
-        parser.addini(option.ini, help=option.help, default=None)
+            # The allowed values in --help; the value itself is checked once, in config.resolve.
+            metavar = "{" + ",".join(option.choices) + "}" if option.choices else None
+            group.addoption(
+                option.cli, default=None, metavar=metavar, help=f"{option.help} [{option.ini}]"
+            )
+        try:
+            parser.addini(option.ini, help=option.help, type=_ini_type(option), default=None)  # type: ignore[arg-type]
+        except ValueError:  # a pytest before 8.4 knows no "int" or "float" ini type
+            parser.addini(option.ini, help=option.help, default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     cli = {o.name: config.getoption(o.cli.lstrip("-").replace("-", "_")) for o in OPTIONS}
-    ini = {o.name: config.getini(o.ini) for o in OPTIONS}
+    try:
+        ini = {o.name: config.getini(o.ini) for o in OPTIONS}
+    except ValueError as exc:  # pytest's own parsing of an int/float/bool ini value
+        raise pytest.UsageError(f"pytest-kts ini option: {exc}") from None
     try:
         settings = resolve(cli, ini)
     except ConfigError as exc:

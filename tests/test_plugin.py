@@ -278,3 +278,38 @@ def test_progress_of_a_matrix_reaches_the_terminal_under_default_capture(
     )  # fmt: skip
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["kts: solo round 0: a", "kts: shared round 0: a, b"])
+
+
+def test_help_lists_choices_and_ini_types(pytester: pytest.Pytester, env: None) -> None:
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines(
+        [
+            "*--kts-device={auto,cuda,cpu}*",
+            "*--kts-inconclusive={warn,fail,skip,error}*",
+            "*--kts-sharing={timeslice,mps,streams}*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*kts_iterations (int):*"])
+    result.stdout.fnmatch_lines(["*kts_confidence (float):*"])
+    result.stdout.fnmatch_lines(["*kts_cluster (bool):*"])
+    result.stdout.fnmatch_lines(["*kts_device (string):*"])
+
+
+def test_typed_ini_values_resolve_and_bad_ones_are_one_line(
+    pytester: pytest.Pytester, env: None
+) -> None:
+    pytester.makeini("[pytest]\nkts_iterations = 7\nkts_confidence = 0.9\nkts_keep_jobs = false\n")
+    pytester.makeconftest(
+        "def pytest_report_header(config):\n"
+        "    from pytest_kts.plugin import settings_key\n"
+        "    s = config.stash[settings_key]\n"
+        "    return f'resolved {s.iterations} {s.confidence} {s.keep_jobs}'\n"
+    )
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("--kts-device", "cpu")
+    result.stdout.fnmatch_lines(["resolved 7 0.9 False"])
+    pytester.makeini("[pytest]\nkts_iterations = many\n")
+    bad = pytester.runpytest_subprocess("--kts-device", "cpu")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "Traceback" not in bad.stderr.str()
+    bad.stderr.fnmatch_lines(["ERROR: *'many'*"])  # pytest's own one-line parse error
