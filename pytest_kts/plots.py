@@ -11,7 +11,7 @@ import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -144,18 +144,33 @@ def _degradations(result: ScenarioResult) -> dict[tuple[str, str], DegradationFa
 
 
 def _use_log(ax: Axes, values: Sequence[np.ndarray], axis: str) -> None:
-    from matplotlib.ticker import LogFormatter
-
     finite = [v[np.isfinite(v) & (v > 0)] for v in values]
     pooled = np.concatenate(finite) if finite else np.empty(0)
     if not (pooled.size and pooled.max() / pooled.min() >= LOG_SPREAD):
         return
     (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-    # Plain "0.6", "2" rather than "6x10^-1": these are milliseconds someone reads.
     target = ax.xaxis if axis == "x" else ax.yaxis
-    # LogFormatter labels minor ticks only where the axis spans little, so no clutter.
-    target.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    target.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.6)))
+    _plain_log_labels(target, float(pooled.max() / pooled.min()))
+
+
+def _plain_log_labels(target: Any, spread: float) -> None:
+    """Plain "0.5", "2" rather than "5e-01" on a log axis: milliseconds or factors someone
+    reads. Minor ticks are labelled only at 2x and 5x, and only when the axis spans under two
+    decades; more labels than that collide."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if spread >= 100:
+        target.set_minor_formatter(NullFormatter())
+        return
+
+    def minor(v: float, _: object) -> str:
+        if v <= 0:
+            return ""
+        mantissa = v / 10 ** math.floor(math.log10(v) + 1e-9)
+        return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in (2, 5)) else ""
+
+    target.set_minor_formatter(FuncFormatter(minor))
 
 
 # -- CDF ------------------------------------------------------------------------------------------
@@ -477,11 +492,7 @@ def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
                         color="white" if dark else "black")  # fmt: skip
     if image is not None:
-        from matplotlib.ticker import FormatStrFormatter
-
         bar = figure.colorbar(image, ax=list(axes), label="DF = shared p99 / solo p99")
-        # Plain "0.5", "2" on the log scale: a DF is read as a factor, not as 2x10^0.
-        bar.ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
-        bar.ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
+        _plain_log_labels(bar.ax.yaxis, math.exp(2 * spread))
     _title(figure, f"Contention matrix: {matrix.name}", fontsize=10)
     return [_save(figure, directory / "contention_matrix.png")]

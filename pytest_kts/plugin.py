@@ -196,7 +196,9 @@ def pytest_assertrepr_compare(
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
     """A pytest-kts error (a regression, a worker that died, a bad tenant) fails the test with
     its message and the line of the test that asked for it, not a traceback into the plugin."""
     outcome = yield
