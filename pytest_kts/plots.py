@@ -8,7 +8,7 @@ matplotlib is optional. It is used through ``Figure`` and the Agg canvas directl
 from __future__ import annotations
 
 import math
-import textwrap
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,7 +92,24 @@ def _title(fig: Figure, text: str, fontsize: float = 11) -> None:
     width_in = fig.get_figwidth()
     # About 0.55 em per character of the default sans-serif; 72 points per inch.
     chars = max(20, int(width_in * 72 / (0.55 * fontsize)) - 4)
-    fig.suptitle("\n".join(textwrap.wrap(text, chars, break_on_hyphens=False)), fontsize=fontsize)
+    fig.suptitle("\n".join(_wrap(text, chars)), fontsize=fontsize)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Lines of at most ``width`` characters, broken after a space, ``_``, ``/`` or ``::``
+    (a test id has no spaces; breaking inside a word is the last resort)."""
+    lines, line = [], ""
+    for chunk in re.split(r"(?<=[ _/])|(?<=::)", text):
+        if line and len(line) + len(chunk.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ""
+        while len(chunk) > width:
+            lines.append(chunk[:width])
+            chunk = chunk[width:]
+        line += chunk
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines
 
 
 def _legend_outside(ax: Axes, **kwargs: object) -> None:
@@ -405,8 +422,8 @@ def _df_points(
         hi.append(max(0.0, high - df.value) if has_high else 0.0)
         labels.append(f"p{df.p:g} {df.value:.2f}" + ("" if has_high else " (no upper bound)"))
         if not (has_low and has_high):
-            start = low if has_low else df.value
-            open_ended.append((k + offset, start, not has_low, not has_high, color))
+            # From the point: the error bar already draws the end that exists.
+            open_ended.append((k + offset, df.value, not has_low, not has_high, color))
     if not xs:
         return open_ended
     ax.errorbar(
@@ -429,7 +446,10 @@ def _open_ends(ax: Axes, ends: list[tuple[float, float, bool, bool, str]]) -> No
     if not ends:
         return
     bottom, top = ax.get_ylim()
-    top = max(top, max(start for _, start, _, _, _ in ends) * 1.5)
+    # Room above the highest open-ended point, so its arrow and label show.
+    rising = [start for _, start, _, up, _ in ends if up]
+    if rising:
+        top = max(top, max(rising) * 1.4)
     bottom = min(bottom, 0.0)
     for x, start, down, up, color in ends:
         style = {"arrowstyle": "-|>", "linestyle": ":", "color": color, "lw": 1.2}

@@ -176,11 +176,22 @@ def test_unbounded_intervals_are_drawn_open_ended() -> None:
     ax = Figure().subplots()
     ends = _df_points(ax, ["a", "b", "c"], "host", 0.0, dfs)
     assert [(x, start, down, up) for x, start, down, up, _ in ends] == [
-        (1.0, 1.5, False, True),
+        (1.0, 2.0, False, True),  # from the point up; the bar draws the lower bound
         (2.0, 2.0, True, True),
     ]
     _open_ends(ax, ends)
     arrows = [a for a in ax.texts if getattr(a, "arrow_patch", None) is not None]
     assert len(arrows) == 3  # b up; c up and down
     bottom, top = ax.get_ylim()
-    assert bottom <= 0.0 and top >= 3.0  # the arrows reach the edges of the plot
+    assert bottom <= 0.0 and top >= 2.8  # room above the point: the arrows reach the edges
+
+
+def test_titles_wrap_at_test_id_boundaries() -> None:
+    from pytest_kts.plots import _wrap
+
+    title = "examples/test_study.py::test_study_protocol_reports_both_clocks: latency"
+    lines = _wrap(title, 40)
+    assert "".join(lines).replace(" ", "") == title.replace(" ", "")
+    assert all(len(line) <= 40 for line in lines)
+    assert lines[0] == "examples/test_study.py::test_study_"  # broken after "_", not mid-word
+    assert _wrap("x" * 50, 20) == ["x" * 20, "x" * 20, "x" * 10]
