@@ -215,8 +215,7 @@ def _short_failure(item: pytest.Item, excinfo: pytest.ExceptionInfo[BaseExceptio
     for entry in reversed(excinfo.traceback):
         if path is not None and Path(entry.path) == path:
             line = str(entry.statement).strip() if entry.statement is not None else ""
-            rel = item.config.rootpath and _relative(path, item.config.rootpath)
-            where = f"{rel}:{entry.lineno + 1}: {line}\n"
+            where = f"{_relative(path, item.config.rootpath)}:{entry.lineno + 1}: {line}\n"
             break
     return f"{where}{type(excinfo.value).__name__}: {excinfo.value}"
 
