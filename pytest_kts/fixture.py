@@ -150,7 +150,8 @@ class Kts:
                 params=dict(params or {}),
                 env=dict(env or {}),
             )
-            check_workload(spec.workload, spec.params)
+            # Before anything spawns; a cluster's workers import from their image, not here.
+            check_workload(spec.workload, spec.params, importable=not self.settings.cluster)
         except ValueError as exc:
             msg = str(exc)
             raise ConfigError(

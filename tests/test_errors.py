@@ -141,3 +141,9 @@ def test_worker_failure_is_one_headline_and_its_stderr_tail(
     assert "simulated worker crash" in section  # the worker's own stderr tail
     assert "pytest_kts/" not in section  # no plugin internals
     assert len(section.splitlines()) < 40
+
+
+def test_a_cluster_workload_need_not_be_importable_here() -> None:
+    check("only_in_the_image:build", importable=False)
+    with pytest.raises(ValueError, match="unknown workload 'fttt'"):
+        check("fttt", importable=False)

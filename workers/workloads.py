@@ -94,12 +94,15 @@ def resolve(workload: str) -> Factory:
     return factory
 
 
-def check(workload: str, params: Mapping[str, object] | None = None) -> None:
+def check(
+    workload: str, params: Mapping[str, object] | None = None, *, importable: bool = True
+) -> None:
     """Raise ``ValueError`` (listing what is allowed) for a workload or param no worker would
     accept; cheap and torch-free, so the test side calls it before spawning anything.
 
-    A ``module:function`` workload is checked only for being findable: importing it would
-    import torch, and its params are its own business.
+    A ``module:function`` workload is checked only for being findable here (``importable``;
+    off when the workers run elsewhere, e.g. in a cluster's image): importing it would import
+    torch, and its params are its own business.
     """
     params = dict(params or {})
     if workload in BUILTIN_PARAMS:
@@ -117,7 +120,7 @@ def check(workload: str, params: Mapping[str, object] | None = None) -> None:
             f"unknown workload {workload!r}: use one of {', '.join(BUILTIN_PARAMS)} "
             "or 'module:function'"
         )
-    if not _findable(module_name):
+    if importable and not _findable(module_name):
         raise ValueError(
             f"workload {workload!r}: no module {module_name!r} on the path (a module:function "
             "workload must be importable from where the tests run)"
