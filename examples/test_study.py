@@ -16,6 +16,10 @@ from pytest_kts import assert_df
 
 # Per device: (matrix size, FFT sleep ms, GEMM sleep ms).
 SIZES = {"cuda": (4096, 20.0, 30.0), "cpu": (128, 2.0, 3.0)}
+# The FFT's SLO per device. On a GPU, the study's 1.3. On a CPU there is nothing to time-slice
+# (true DF about 1), but the cores are shared with whatever else runs there: a threshold far
+# from the truth keeps the verdict decided the same way on a busy laptop.
+FFT_SLO = {"cuda": 1.3, "cpu": 3.0}
 
 
 @pytest.mark.gpu
@@ -23,10 +27,13 @@ def test_fft_next_to_gemm(kts):
     size, fft_sleep, gemm_sleep = SIZES[kts.device]
     fft = kts.tenant("fft", size=size, sleep_ms=fft_sleep)
     gemm = kts.tenant("matmul", size=size, sleep_ms=gemm_sleep)
-    # Adaptive: the runner stops as soon as both comparisons are decided.
-    kts.run(slo={fft: 1.3, gemm: 1.5})
+    slo = FFT_SLO[kts.device]
+    gemm_slo = 1.5 if kts.device == "cuda" else 3.0
+    # Adaptive: the runner stops as soon as both comparisons are decided. An undecided
+    # comparison holds with a KtsInconclusiveWarning (--kts-inconclusive=warn, the default).
+    kts.run(slo={fft: slo, gemm: gemm_slo})
     # The big tenant keeps its tail next to the small one.
-    assert assert_df(gemm, p=99) < 1.5
+    assert assert_df(gemm, p=99) < gemm_slo
     if kts.device == "cuda":
         # On a time-sliced GPU the small tenant pays with its tail: with 95% confidence its
         # p99 grows by more than 30% (the study's SLO of 1.3 would fail) ...
@@ -35,7 +42,7 @@ def test_fft_next_to_gemm(kts):
         assert assert_df(fft, p=99, clock="device") < 1.3
     else:
         # Two cores for two single-threaded tenants: nothing to time-slice, and no device clock.
-        assert assert_df(fft, p=99) < 1.3
+        assert assert_df(fft, p=99) < slo
 
 
 @pytest.mark.gpu
@@ -47,7 +54,12 @@ def test_study_protocol_reports_both_clocks(kts):
     kts.tenant("matmul", size=size, sleep_ms=gemm_sleep)
     result = kts.run()
     tenant = result["fft"]
-    assert tenant.summary("solo").n >= 300
-    assert tenant.summary("shared").n >= 300
-    # The FFT's median survives co-location: the cost is in the tail.
-    assert assert_df(fft, p=50) < 1.3
+    # Counts the runner controls: every iteration it asked for was recorded in both phases
+    # (warmup trimming, which depends on the data, decides only how many of them count).
+    for phase in ("solo", "shared"):
+        assert len(tenant.samples.phase(phase)) >= kts.settings.iterations
+    # Both clocks where both exist: the CPU has no device clock, and none is invented.
+    assert tenant.clocks() == (("host", "device") if kts.device == "cuda" else ("host",))
+    # The FFT's median survives co-location: the cost is in the tail. (On a shared CPU the
+    # bound is loose: the claim is that the median does not blow up, whatever else runs.)
+    assert assert_df(fft, p=50) < (1.3 if kts.device == "cuda" else 3.0)

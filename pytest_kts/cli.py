@@ -33,6 +33,7 @@ import numpy as np
 
 from pytest_kts import protocol
 from pytest_kts.backends.base import ARRIVALS, TenantSpec
+from pytest_kts.config import DEVICES
 from pytest_kts.errors import ConfigError, KtsError, NoDeviceError
 from pytest_kts.protocol import LineReader, check_tenant_name
 from pytest_kts.samples import PHASE_CODES, SampleColumns, group_columns
@@ -687,10 +688,17 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     from pytest_kts.machine import facts, resolve_device
     from pytest_kts.progress import Progress
     from pytest_kts.runner import run_scenario
+    from workers.workloads import check as check_workload
 
     tenants: list[TenantSpec] = []
     for text in args.tenant:
-        tenants.append(parse_tenant(text, [t.name for t in tenants]))
+        spec = parse_tenant(text, [t.name for t in tenants])
+        try:
+            # Before anything spawns: an unknown workload or param, with what is allowed.
+            check_workload(spec.workload, spec.params)
+        except ValueError as exc:
+            raise UsageError(f"--tenant {text!r}: {exc}") from None
+        tenants.append(spec)
     if len(tenants) < 2:
         raise UsageError("kts run needs at least two --tenant options (co-location needs two)")
     slo = _parse_slo(args.slo)
@@ -733,6 +741,32 @@ def _telemetry_factory(device: str) -> Any:
 # -- argument parsing ------------------------------------------------------------------------------
 
 
+def _positive(kind: type[int] | type[float]) -> Any:
+    """An argparse type: a positive int or float; anything else is a usage error (exit 2)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not value > 0 or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _confidence(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.5 <= value < 1:
+        raise argparse.ArgumentTypeError(f"confidence must be in [0.5, 1), got {text}")
+    return value
+
+
 def _percentile(text: str) -> float:
     value = float(text)
     if not 0 < value < 100:
@@ -750,7 +784,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="fail (exit 1) when TENANT's DF is above DF with confidence",
     )
     parser.add_argument("--p", type=_percentile, default=99, help="percentile of the DF (99)")
-    parser.add_argument("--confidence", type=float, default=0.95, help="of every interval")
+    parser.add_argument(
+        "--confidence", type=_confidence, default=0.95, help="of every interval (0.95)"
+    )
     parser.add_argument("--name", help="scenario name in the table and report")
     parser.add_argument(
         "--benchmark-json",
@@ -759,13 +795,30 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+REPORT_HELP = (
+    "Read files of protocol lines (KTS_APP,v2, and the original study's KTS_APP,v1), print the "
+    "same table as the pytest plugin, and optionally write the report files. Lines that are "
+    "not ours (foreign) or ours but broken (malformed) are counted and reported."
+)
+RUN_HELP = (
+    "Run tenants solo and then co-located, without a test file, and print the table. With "
+    "--slo the run is adaptive: it stops as soon as every SLO is decided. Example: kts run "
+    "--tenant fft:size=4096,sleep_ms=20 --tenant matmul:size=4096,sleep_ms=30 --slo fft=1.3"
+)
+EXIT_HELP = "Exit codes: 0 ok, 1 a verdict failed, 2 a usage or input error."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="kts", description="GPU co-location tail latency, outside pytest.")
+    # Plain text throughout: --help is read in a terminal, not rendered as rst.
+    parser = _Parser(
+        prog="kts", description="GPU co-location tail latency, outside pytest.", epilog=EXIT_HELP
+    )
     sub = parser.add_subparsers(dest="command", metavar="{report,run}")
     report = sub.add_parser(
         "report",
         help="table and report from saved worker logs",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=REPORT_HELP,
+        epilog=EXIT_HELP,
     )
     report.add_argument("logs", nargs="*", metavar="LOGDIR", help="folders or files of lines")
     report.add_argument(
@@ -802,7 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="clock of --slo checks (default host where present, else device)",
     )
     _common(report)
-    run = sub.add_parser("run", help="run a scenario without a test file")
+    run = sub.add_parser(
+        "run", help="run a scenario without a test file", description=RUN_HELP, epilog=EXIT_HELP
+    )
     run.add_argument(
         "--tenant",
         action="append",
@@ -812,16 +867,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="e.g. fft:size=4096,sleep_ms=100 (name=, warmup=, arrival=, rate_hz=, "
         "seed=; other keys go to the workload)",
     )
-    run.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    run.add_argument(
+        "--device", choices=DEVICES, default="auto", help="where tenants run (default auto)"
+    )
     run.add_argument(
         "--iterations",
-        type=int,
+        type=_positive(int),
+        metavar="N",
         help="iterations per tenant and phase (with --slo: the most before giving up)",
     )
-    run.add_argument("--timeout", type=float, help="seconds one phase may take")
+    run.add_argument(
+        "--timeout", type=_positive(float), metavar="S", help="seconds one phase may take"
+    )
     run.add_argument("--report", dest="out", metavar="DIR", help="write the report files here")
     run.add_argument("-q", "--quiet", action="count", default=0, help="no progress line")
-    run.add_argument("-v", "--verbose", action="count", default=0)
+    run.add_argument("-v", "--verbose", action="count", default=0, help="more progress lines")
     _common(run)
     run.set_defaults(name="ad-hoc")
     return parser

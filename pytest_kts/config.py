@@ -71,6 +71,7 @@ class Option:
     help: str
     flag: bool = False  # a command-line switch with no value
     cluster: bool = False  # only for --kts-cluster runs
+    choices: tuple[str, ...] = ()  # the allowed values, for --help (parse checks them)
 
     @property
     def cli(self) -> str:
@@ -87,7 +88,7 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("device", _choice(*DEVICES), "auto",
-           "where tenants run: auto (CUDA when present, else CPU), cuda, cpu"),
+           "where tenants run: auto (CUDA when present, else CPU), cuda, cpu", choices=DEVICES),
     Option("iterations", _positive_int, 800,
            "measured iterations per tenant and phase when a test sets no SLO (the study's 800)"),
     Option("round_iterations", _positive_int, 200,
@@ -101,13 +102,15 @@ OPTIONS: tuple[Option, ...] = (
     Option("confidence", _confidence, 0.95,
            "confidence of every verdict (two-sided; a false fail has probability <= (1-c)/2)"),
     Option("inconclusive", _choice(*INCONCLUSIVE_POLICIES), "warn",
-           "an undecided comparison: warn (holds, with a warning), fail, skip, error"),
+           "an undecided comparison: warn (holds, with a warning), fail, skip, error",
+           choices=INCONCLUSIVE_POLICIES),
     Option("timeout", _positive_float, 300.0,
            "seconds one phase may take before its workers count as hung"),
     Option("report", _optional_str, None,
            "write summary.json, samples/*.csv, results.md (and plots) here"),
     Option("sharing", _choice(*SHARING_MODES), "timeslice",
-           "how co-located tenants share the GPU locally: timeslice, mps or streams"),
+           "how co-located tenants share the GPU locally: timeslice, mps or streams",
+           choices=SHARING_MODES),
     Option("save", _optional_str, None, "save this run's raw samples as baseline NAME"),
     Option("compare", _optional_str, None,
            "compare with baseline NAME; a significant regression fails the test"),

@@ -7,9 +7,10 @@ evidence decides), and asserts on the degradation factor::
         fft = kts.tenant("fft", size=4096, sleep_ms=100)
         gemm = kts.tenant("matmul", size=4096, sleep_ms=150)
         kts.run(slo={fft: 1.3})
-        assert_df(fft, p=99) < 1.3
+        assert assert_df(fft, p=99) < 1.3
 
-If a test asserts without calling ``run``, the scenario runs then, with the fixed protocol.
+Nothing runs behind the test's back: reading ``tenant.result`` (and so ``assert_df(tenant)``)
+before ``kts.run()`` (or ``kts.run_modes()``) raises a :class:`ConfigError` that says so.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pytest_kts.backends.base import TenantSpec
-from pytest_kts.config import RunSettings
+from pytest_kts.config import SHARING_MODES, RunSettings
 from pytest_kts.errors import ConfigError
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.results import ScenarioResult, TenantResult
-from pytest_kts.verdict import DegradationFactor
+from pytest_kts.verdict import POLICIES, DegradationFactor
+from workers.workloads import check as check_workload
 
 
 class Runs(Protocol):
@@ -57,6 +59,7 @@ class Runs(Protocol):
         tenants: Sequence[TenantSpec],
         settings: RunSettings,
         include_all: bool = True,
+        progress: Any = None,
     ) -> MatrixResult: ...
 
 
@@ -71,7 +74,6 @@ class Tenant:
 
     spec: TenantSpec
     iterations: int | None = None
-    _scenario: Kts | None = field(default=None, repr=False)
     _result: TenantResult | None = field(default=None, repr=False)
 
     @property
@@ -80,11 +82,12 @@ class Tenant:
 
     @property
     def result(self) -> TenantResult:
+        """The tenant's figures from the scenario's run; an error before the scenario ran."""
         if self._result is None:
-            if self._scenario is None:
-                raise RuntimeError(f"tenant {self.name!r} belongs to no scenario")
-            self._scenario.run()
-        assert self._result is not None
+            raise ConfigError(
+                f"tenant {self.name!r} has not run: call kts.run() (or kts.run_modes()) "
+                "before asserting on it"
+            )
         return self._result
 
     def __hash__(self) -> int:
@@ -147,9 +150,14 @@ class Kts:
                 params=dict(params or {}),
                 env=dict(env or {}),
             )
+            # Before anything spawns; a cluster's workers import from their image, not here.
+            check_workload(spec.workload, spec.params, importable=not self.settings.cluster)
         except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        handle = Tenant(spec, iterations, self)
+            msg = str(exc)
+            raise ConfigError(
+                msg if msg.startswith("tenant") else f"tenant {name!r}: {msg}"
+            ) from None
+        handle = Tenant(spec, iterations)
         self._tenants[name] = handle
         return handle
 
@@ -182,6 +190,13 @@ class Kts:
         """
         if self._result is not None:
             raise ConfigError("the scenario has already run")
+        unknown = [m for m in modes if m not in SHARING_MODES]
+        if unknown or not modes:
+            raise ConfigError(
+                f"unknown sharing mode {unknown[0]!r}: use one of {', '.join(SHARING_MODES)}"
+                if unknown
+                else f"run_modes needs at least one sharing mode: {', '.join(SHARING_MODES)}"
+            )
         results = self._runs.run_modes(
             self.name, self._specs(), self._settings(), modes, self._slo(slo), p, self._progress
         )
@@ -190,7 +205,9 @@ class Kts:
 
     def matrix(self, include_all: bool = True) -> MatrixResult:
         """Each tenant's DF next to each co-tenant alone (and next to all of them)."""
-        return self._runs.run_matrix(self.name, self._specs(), self._settings(), include_all)
+        return self._runs.run_matrix(
+            self.name, self._specs(), self._settings(), include_all, self._progress
+        )
 
     def _specs(self) -> list[TenantSpec]:
         return [t.spec for t in self.tenants]
@@ -215,12 +232,17 @@ class Kts:
 
 
 def assert_df(
-    tenant: Tenant | TenantResult, p: float = 99, clock: str = "host"
+    tenant: Tenant | TenantResult,
+    p: float = 99,
+    clock: str = "host",
+    *,
+    on_inconclusive: str | None = None,
 ) -> DegradationFactor:
     """The degradation factor of ``tenant`` at percentile ``p``, ready to compare with a number.
 
     ``assert_df(fft, p=99) < 1.3`` holds when the whole confidence interval lies below 1.3 and
-    fails when it lies above; an undecided comparison follows ``--kts-inconclusive``.
+    fails when it lies above; an undecided comparison follows ``on_inconclusive`` when given,
+    else ``--kts-inconclusive``. The returned value is frozen: the policy travels with it.
     """
     result = tenant.result if isinstance(tenant, Tenant) else tenant
     df = result.df(p, clock)
@@ -230,4 +252,10 @@ def assert_df(
             f"tenant {result.name!r} has no {clock} clock in both phases (available: {available}); "
             "the device clock exists only on CUDA"
         )
+    if on_inconclusive is not None:
+        if on_inconclusive not in POLICIES:
+            raise ConfigError(
+                f"on_inconclusive must be one of {', '.join(POLICIES)}, got {on_inconclusive!r}"
+            )
+        return df.with_policy(on_inconclusive)
     return df

@@ -95,10 +95,8 @@ class MatrixResult:
                 df = self.df(row, col, p, clock)
                 if df is None:
                     cells.append("-")
-                else:
-                    lo, hi = df.ci
-                    hi_text = f"{hi:.2f}" if math.isfinite(hi) else "-"
-                    cells.append(f"{df.value:.2f} [{lo:.2f}, {hi_text}]")
+                else:  # the interval its verdict would use: only the ends that exist
+                    cells.append(f"{df.value:.2f} {df.interval()}")
             rows.append(cells)
         headers = [f"DF p{p:g} ({clock}) of row, next to column", *self.columns()]
         return tabulate(rows, headers=headers, tablefmt=fmt)
@@ -114,6 +112,7 @@ def run_matrix(
     include_all: bool = True,
     machine: dict[str, Any] | None = None,
     budget: Budget | None = None,
+    progress: Any = None,  # a runner.ProgressSink: the same status line as a scenario's
 ) -> MatrixResult:
     """Every tenant solo, every pair shared (and all together), in interleaved rounds.
 
@@ -150,6 +149,8 @@ def run_matrix(
                 share = left / phases_left
                 phases_left -= 1
                 plan = PhasePlan(plan.phase, plan.round, plan.iterations, max_seconds=share)
+                if progress:
+                    progress.phase_started(plan.phase, rnd, plan.tenants)
                 out = backend.run_phase(plan, settings.timeout)
                 budget.spent += out.wall_seconds
                 windows.append(
@@ -157,12 +158,16 @@ def run_matrix(
                 )
                 seconds += out.wall_seconds
                 for tenant, reader in out.readers.items():
+                    if progress:
+                        progress.samples(tenant, plan.phase, len(reader.samples))
                     if plan.phase == "solo":
                         solo_records[tenant] += reader.samples
                     else:
                         co = tuple(sorted(t for t in plan.tenants if t != tenant))
                         shared_records.setdefault((tenant, co), []).extend(reader.samples)
         facts = backend.facts()
+    if progress:
+        progress.finished()
     return MatrixResult(
         name=name,
         device=device,

@@ -8,9 +8,10 @@ matplotlib is optional. It is used through ``Figure`` and the Agg canvas directl
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +29,12 @@ if TYPE_CHECKING:
     from pytest_kts.verdict import DegradationFactor
 
 PHASE_COLORS = {"solo": "#1f77b4", "shared": "#d62728"}
-PHASE_SHADES = {"solo": "#c6dbef", "shared": "#fcbba1"}
+# Phases in the timeline are greys, so that no tenant colour means a phase there.
+PHASE_SHADES = {"solo": "#f2f2f2", "shared": "#d0d0d0"}
+PHASE_HATCH = {"solo": "", "shared": "//"}
+# Tenants: colours that are neither a phase's nor a clock's (no blue, red or orange).
+TENANT_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+CLOCK_COLORS = {"host": "#1f77b4", "device": "#ff7f0e"}
 CLOCK_MARKERS = {"host": "o", "device": "s"}
 DPI = 100
 # A latency range wider than this factor gets a log axis, so the tail is not squashed.
@@ -87,6 +93,36 @@ def _new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
+def _title(fig: Figure, text: str, fontsize: float = 11) -> None:
+    """A figure title wrapped to the figure's width: a long test id is never clipped."""
+    width_in = fig.get_figwidth()
+    # About 0.55 em per character of the default sans-serif; 72 points per inch.
+    chars = max(20, int(width_in * 72 / (0.55 * fontsize)) - 4)
+    fig.suptitle("\n".join(_wrap(text, chars)), fontsize=fontsize)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Lines of at most ``width`` characters, broken after a space, ``_``, ``/`` or ``::``
+    (a test id has no spaces; breaking inside a word is the last resort)."""
+    lines, line = [], ""
+    for chunk in re.split(r"(?<=[ _/])|(?<=::)", text):
+        if line and len(line) + len(chunk.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ""
+        while len(chunk) > width:
+            lines.append(chunk[:width])
+            chunk = chunk[width:]
+        line += chunk
+    if line.strip():
+        lines.append(line.rstrip())
+    return lines
+
+
+def _legend_outside(ax: Axes, **kwargs: object) -> None:
+    """The legend to the right of the axes, where it covers no line."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, **kwargs)  # type: ignore[arg-type]
+
+
 # -- data helpers -------------------------------------------------------------------------------
 
 
@@ -131,18 +167,33 @@ def _degradations(result: ScenarioResult) -> dict[tuple[str, str], DegradationFa
 
 
 def _use_log(ax: Axes, values: Sequence[np.ndarray], axis: str) -> None:
-    from matplotlib.ticker import LogFormatter
-
     finite = [v[np.isfinite(v) & (v > 0)] for v in values]
     pooled = np.concatenate(finite) if finite else np.empty(0)
     if not (pooled.size and pooled.max() / pooled.min() >= LOG_SPREAD):
         return
     (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-    # Plain "0.6", "2" rather than "6x10^-1": these are milliseconds someone reads.
     target = ax.xaxis if axis == "x" else ax.yaxis
-    # LogFormatter labels minor ticks only where the axis spans little, so no clutter.
-    target.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    target.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.6)))
+    _plain_log_labels(target, float(pooled.max() / pooled.min()))
+
+
+def _plain_log_labels(target: Any, spread: float) -> None:
+    """Plain "0.5", "2" rather than "5e-01" on a log axis: milliseconds or factors someone
+    reads. Minor ticks are labelled only at 2x and 5x, and only when the axis spans under two
+    decades; more labels than that collide."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if spread >= 100:
+        target.set_minor_formatter(NullFormatter())
+        return
+
+    def minor(v: float, _: object) -> str:
+        if v <= 0:
+            return ""
+        mantissa = v / 10 ** math.floor(math.log10(v) + 1e-9)
+        return f"{v:g}" if any(abs(mantissa - m) < 1e-6 for m in (2, 5)) else ""
+
+    target.set_minor_formatter(FuncFormatter(minor))
 
 
 # -- CDF ------------------------------------------------------------------------------------------
@@ -158,9 +209,7 @@ def _cdf_figure(result: ScenarioResult) -> Figure | None:
     for row, name in enumerate(tenants):
         for col, clock in enumerate(clocks):
             _cdf_axes(axes[row][col], result, name, clock)
-    fig.suptitle(
-        f"{result.name}: latency distribution, solo vs shared (warmup trimmed)", fontsize=11
-    )
+    _title(fig, f"{result.name}: latency distribution, solo vs shared (warmup trimmed)")
     return fig
 
 
@@ -202,7 +251,8 @@ def _cdf_axes(ax: Axes, result: ScenarioResult, tenant: str, clock: str) -> None
     ax.set_xlabel(f"{clock} latency (ms)")
     ax.set_ylabel("cumulative fraction")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    # Below the axes: the dashed percentile lines run the full height of the plot.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, frameon=False)
 
 
 # -- timeline -----------------------------------------------------------------------------------
@@ -246,7 +296,7 @@ def _timeline_figure(result: ScenarioResult) -> Figure | None:
     for ax, panel in zip(axes[1:], panels[1:], strict=True):
         _telemetry_panel(ax, result, panel, t0)
     axes[-1].set_xlabel("time since the first phase started (s)")
-    fig.suptitle(f"{result.name}: {clock} latency per iteration over time", fontsize=11)
+    _title(fig, f"{result.name}: {clock} latency per iteration over time")
     return fig
 
 
@@ -258,10 +308,12 @@ def _shade_windows(ax: Axes, result: ScenarioResult, t0: int, *, legend: bool) -
         ax.axvspan(
             (w.started_ns - t0) / 1e9,
             (w.ended_ns - t0) / 1e9,
-            color=PHASE_SHADES.get(w.phase, "#eeeeee"),
-            alpha=0.5,
+            facecolor=PHASE_SHADES.get(w.phase, "#eeeeee"),
+            edgecolor="#bbbbbb",
+            hatch=PHASE_HATCH.get(w.phase, ""),
             lw=0,
             label=label,
+            zorder=0,
         )
 
 
@@ -269,7 +321,7 @@ def _latency_panel(ax: Axes, result: ScenarioResult, clock: str, t0: int) -> Non
     markers = {"solo": "o", "shared": "^"}
     all_values = []
     for k, (name, tenant) in enumerate(result.tenants.items()):
-        color = f"C{k % 10}"
+        color = TENANT_COLORS[k % len(TENANT_COLORS)]
         for phase in ("solo", "shared"):
             data = tenant.samples.phase(phase)
             if not data.has_clock(clock):
@@ -289,7 +341,7 @@ def _latency_panel(ax: Axes, result: ScenarioResult, clock: str, t0: int) -> Non
     _use_log(ax, all_values, "y")
     ax.set_ylabel(f"{clock} latency (ms)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", ncols=2, markerscale=3)
+    _legend_outside(ax, fontsize=8, markerscale=3)
 
 
 def _telemetry_panel(ax: Axes, result: ScenarioResult, panel: str, t0: int) -> None:
@@ -317,7 +369,7 @@ def _telemetry_panel(ax: Axes, result: ScenarioResult, panel: str, t0: int) -> N
         ax.set_ylabel("utilization (%)")
         ax.set_ylim(-2, 102)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
+    _legend_outside(ax, fontsize=8)
 
 
 # -- degradation factor ---------------------------------------------------------------------------
@@ -330,19 +382,21 @@ def _df_figure(
         return None
     tenants = list(result.tenants)
     clocks = [c for c in CLOCKS if any(key[1] == c for key in dfs)]
-    fig = _new_figure(max(5.0, 1.8 * len(tenants) + 2.5), 4.2)
+    fig = _new_figure(max(8.0, 1.8 * len(tenants) + 6.0), 4.4)
     ax = fig.subplots()
     ax.axhline(1.0, color="0.5", lw=0.8, label="no degradation (DF 1)")
     offsets = {c: (k - (len(clocks) - 1) / 2) * 0.25 for k, c in enumerate(clocks)}
+    open_ended = []
     for clock in clocks:
-        _df_points(ax, tenants, clock, offsets[clock], dfs)
+        open_ended += _df_points(ax, tenants, clock, offsets[clock], dfs)
     _thresholds(ax, result, tenants)
+    _open_ends(ax, open_ended)
     ax.set_xticks(range(len(tenants)), labels=tenants)
     ax.set_xlim(-0.6, len(tenants) - 0.4)
     ax.set_ylabel("DF = shared / solo percentile")
-    ax.set_title(f"{result.name}: degradation factor with {result.confidence:.0%} CI", fontsize=11)
+    _title(fig, f"{result.name}: degradation factor with {result.confidence:.0%} CI")
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    _legend_outside(ax, fontsize=8)
     return fig
 
 
@@ -352,21 +406,32 @@ def _df_points(
     clock: str,
     offset: float,
     dfs: dict[tuple[str, str], DegradationFactor],
-) -> None:
+) -> list[tuple[float, float, bool, bool, str]]:
+    """Points with the interval each verdict used; returns the open-ended ones to draw.
+
+    As in the table: below the sample floor (``df.reason``) there is no upper bound, and a
+    lower bound of 0 is none; such ends are drawn as dotted arrows to the edge of the plot.
+    """
     xs, ys, lo, hi, labels = [], [], [], [], []
+    color = CLOCK_COLORS.get(clock, "k")
+    open_ended = []
     for k, name in enumerate(tenants):
         df = dfs.get((name, clock))
         if df is None:
             continue
-        low, high = (c if math.isfinite(c) else df.value for c in df.ci)
+        low, high = df.ci
+        has_low = math.isfinite(low) and low > 0
+        has_high = math.isfinite(high) and df.reason is None
         xs.append(k + offset)
         ys.append(df.value)
-        lo.append(max(0.0, df.value - low))
-        hi.append(max(0.0, high - df.value))
-        labels.append(f"p{df.p:g} {df.value:.2f}")
+        lo.append(max(0.0, df.value - low) if has_low else 0.0)
+        hi.append(max(0.0, high - df.value) if has_high else 0.0)
+        labels.append(f"p{df.p:g} {df.value:.2f}" + ("" if has_high else " (no upper bound)"))
+        if not (has_low and has_high):
+            # From the point: the error bar already draws the end that exists.
+            open_ended.append((k + offset, df.value, not has_low, not has_high, color))
     if not xs:
-        return
-    color = "#1f77b4" if clock == "host" else "#ff7f0e"
+        return open_ended
     ax.errorbar(
         xs,
         ys,
@@ -379,6 +444,26 @@ def _df_points(
     )
     for x, y, text in zip(xs, ys, labels, strict=True):
         ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    return open_ended
+
+
+def _open_ends(ax: Axes, ends: list[tuple[float, float, bool, bool, str]]) -> None:
+    """Dotted arrows from a bound that exists to the edge of the plot, for one that does not."""
+    if not ends:
+        return
+    bottom, top = ax.get_ylim()
+    # Room above the highest open-ended point, so its arrow and label show.
+    rising = [start for _, start, _, up, _ in ends if up]
+    if rising:
+        top = max(top, max(rising) * 1.4)
+    bottom = min(bottom, 0.0)
+    for x, start, down, up, color in ends:
+        style = {"arrowstyle": "-|>", "linestyle": ":", "color": color, "lw": 1.2}
+        if up:
+            ax.annotate("", xy=(x, top), xytext=(x, start), arrowprops=style)
+        if down:
+            ax.annotate("", xy=(x, bottom), xytext=(x, start), arrowprops=style)
+    ax.set_ylim(bottom, top)
 
 
 def _thresholds(ax: Axes, result: ScenarioResult, tenants: list[str]) -> None:
@@ -433,8 +518,9 @@ def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
                         color="white" if dark else "black")  # fmt: skip
     if image is not None:
-        figure.colorbar(image, ax=list(axes), label="DF = shared p99 / solo p99")
-    figure.suptitle(f"Contention matrix: {matrix.name}", fontsize=10)
+        bar = figure.colorbar(image, ax=list(axes), label="DF = shared p99 / solo p99")
+        _plain_log_labels(bar.ax.yaxis, math.exp(2 * spread))
+    _title(figure, f"Contention matrix: {matrix.name}", fontsize=10)
     return [_save(figure, directory / "contention_matrix.png")]
 
 

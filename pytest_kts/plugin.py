@@ -5,14 +5,15 @@ Everything that measures or computes lives elsewhere; this module only connects 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shlex
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_kts import machine
-from pytest_kts.config import OPTIONS, RunSettings, resolve
+from pytest_kts.config import OPTIONS, Option, RunSettings, resolve
 from pytest_kts.errors import ConfigError, KtsError, NoDeviceError
 from pytest_kts.fixture import Kts
 from pytest_kts.session import KtsSession
@@ -30,21 +31,42 @@ MARKERS = (
 )
 
 
+def _ini_type(option: Option) -> str:
+    """The ini type pytest shows in ``--help`` (and parses): from the option's default."""
+    if option.flag or isinstance(option.default, bool):
+        return "bool"
+    if isinstance(option.default, int):
+        return "int"
+    if isinstance(option.default, float):
+        return "float"
+    return "string"
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kts", "GPU co-location tail latency (pytest-kts)")
     for option in OPTIONS:
         if option.flag:
             group.addoption(option.cli, action="store_true", default=None, help=option.help)
         else:
-            group.addoption(option.cli, default=None, help=f"{option.help} [{option.ini}]")
-        parser.addini(option.ini, help=option.help, default=None)
+            # The allowed values in --help; the value itself is checked once, in config.resolve.
+            metavar = "{" + ",".join(option.choices) + "}" if option.choices else None
+            group.addoption(
+                option.cli, default=None, metavar=metavar, help=f"{option.help} [{option.ini}]"
+            )
+        try:
+            parser.addini(option.ini, help=option.help, type=_ini_type(option), default=None)  # type: ignore[arg-type]
+        except ValueError:  # a pytest before 8.4 knows no "int" or "float" ini type
+            parser.addini(option.ini, help=option.help, default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     cli = {o.name: config.getoption(o.cli.lstrip("-").replace("-", "_")) for o in OPTIONS}
-    ini = {o.name: config.getini(o.ini) for o in OPTIONS}
+    try:
+        ini = {o.name: config.getini(o.ini) for o in OPTIONS}
+    except ValueError as exc:  # pytest's own parsing of an int/float/bool ini value
+        raise pytest.UsageError(f"pytest-kts ini option: {exc}") from None
     try:
         settings = resolve(cli, ini)
     except ConfigError as exc:
@@ -130,15 +152,28 @@ def _handle_sigterm(config: pytest.Config) -> None:
     config.add_cleanup(signals.install())
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
 def _progress(config: pytest.Config) -> Any:
+    if _is_xdist_worker(config):
+        return None  # a worker's terminal is not the user's; the controller prints the table
     try:
-        from pytest_kts.progress import Progress
+        from pytest_kts.progress import Progress, _is_tty
     except ImportError:
         return None
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is None:
         return None
-    return _Uncaptured(Progress(reporter._tw, config.get_verbosity()), config)
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    tty = None
+    if capman is not None:
+        # Inside a test pytest's capture holds file descriptor 1, so asking the terminal
+        # writer's file "are you a TTY?" would say no: ask with the capture set aside.
+        with capman.global_and_fixture_disabled():
+            tty = _is_tty(reporter._tw)
+    return _Uncaptured(Progress(reporter._tw, config.get_verbosity(), tty=tty), config)
 
 
 class _Uncaptured:
@@ -169,20 +204,100 @@ def pytest_assertrepr_compare(
     return None
 
 
+# -- failures in one headline ------------------------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """A pytest-kts error (a regression, a worker that died, a bad tenant) fails the test with
+    its message and the line of the test that asked for it, not a traceback into the plugin."""
+    outcome = yield
+    report = outcome.get_result()
+    excinfo = call.excinfo
+    if excinfo is None or not report.failed or not isinstance(excinfo.value, KtsError):
+        return
+    report.longrepr = _short_failure(item, excinfo)
+
+
+def _short_failure(item: pytest.Item, excinfo: pytest.ExceptionInfo[BaseException]) -> str:
+    where = ""
+    path = getattr(item, "path", None)
+    for entry in reversed(excinfo.traceback):
+        if path is not None and Path(entry.path) == path:
+            line = str(entry.statement).strip() if entry.statement is not None else ""
+            where = f"{_relative(path, item.config.rootpath)}:{entry.lineno + 1}: {line}\n"
+            break
+    return f"{where}{type(excinfo.value).__name__}: {excinfo.value}"
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+# -- pytest-xdist: workers send their results, the controller reports them once ----------------
+
+WORKEROUTPUT_KEY = "kts_results"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    output = getattr(config, "workeroutput", None)
+    kts = config.stash.get(session_key, None)
+    if output is None or kts is None or not (kts.results or kts.matrices):
+        return
+    from pytest_kts import transfer
+
+    output[WORKEROUTPUT_KEY] = transfer.dumps(kts.results, kts.matrices)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist's controller: a worker finished; take its results into this session."""
+    payload = getattr(node, "workeroutput", {}).get(WORKEROUTPUT_KEY)
+    kts = node.config.stash.get(session_key, None)
+    if not payload or kts is None:
+        return
+    from pytest_kts import transfer
+
+    results, matrices = transfer.loads(payload)
+    kts.results += results
+    kts.matrices += matrices
+    # One table in a stable order, whichever worker finished first.
+    kts.results.sort(key=lambda r: (r.started_at, r.name))
+    kts.matrices.sort(key=lambda m: (m.started_at, m.name))
+
+
+# -- the terminal summary -----------------------------------------------------------------------
+
+
+def command_line(config: pytest.Config) -> str:
+    """The command as the user typed it (not ``__main__.py``, nor ``-c`` under xdist)."""
+    return shlex.join(["pytest", *config.invocation_params.args])
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if _is_xdist_worker(config):
+        return
     session = config.stash.get(session_key, None)
     if session is None or not (session.results or session.matrices):
         return
-    from pytest_kts.report import render_matrices, render_table
+    from pytest_kts.report import render_matrices, render_table, summary_lines
 
     terminalreporter.section("kts: co-location latency")
     if session.results:
         terminalreporter.write_line(render_table(session.results))
     if session.matrices:
         terminalreporter.write_line(render_matrices(session.matrices))
+    for line, markup in summary_lines(session.results):
+        terminalreporter.write_line(line, **markup)
     directory = session.settings.report_dir
     if directory is not None:
-        session.write_report(Path(directory))
+        session.write_report(Path(directory), command=command_line(config))
         if session.report_error:
             terminalreporter.write_line(f"kts: {session.report_error}", red=True)
         else:

@@ -24,7 +24,7 @@ from pytest_kts.plots import write_heatmap, write_plots
 from pytest_kts.results import ScenarioResult, TenantResult
 from pytest_kts.samples import to_csv
 from pytest_kts.stats import Summary
-from pytest_kts.verdict import DegradationFactor
+from pytest_kts.verdict import DegradationFactor, interval_text
 
 if TYPE_CHECKING:
     from pytest_kts.telemetry import PhaseTelemetry
@@ -58,10 +58,21 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 
 def _df_cell(df: DegradationFactor | None) -> str:
+    """The DF with the interval its verdict used. Below the sample floor the verdict used no
+    two-sided interval: only the bound that exists is shown, marked ``*`` (the note says why)."""
     if df is None or not math.isfinite(df.value):
         return "-"
-    lo, hi = df.ci
-    return f"{df.value:.2f} [{_num(lo, 2)}, {_num(hi, 2)}]"
+    return f"{df.value:.2f} {df.interval()}" + ("" if df.reason is None else "*")
+
+
+def _interval_notes(result: ScenarioResult) -> list[str]:
+    notes = []
+    for name, tenant in result.tenants.items():
+        for clock in tenant.clocks():
+            df = tenant.df(99, clock)
+            if df is not None and df.reason is not None:
+                notes.append(f"* {name} ({clock}): no upper bound: {df.reason}")
+    return notes
 
 
 def _check_for(result: ScenarioResult, tenant: str, clock: str) -> dict[str, Any] | None:
@@ -134,10 +145,70 @@ def render_table(results: Sequence[ScenarioResult], *, fmt: str = "simple") -> s
             f"{result.name}  [{result.device}, {result.gpu_seconds:.1f} s of phases; "
             f"{result.stop_reason}]"
         )
-        blocks.append(head + "\n" + tabulate(_rows(result), headers=HEADERS, tablefmt=fmt))
-        blocks[-1] += "".join("\n" + line for line in _attribution_lines(result))
-        blocks += [f"  warning: {w}" for w in result.warnings]
+        table = tabulate(_rows(result), headers=HEADERS, tablefmt=fmt)
+        notes = list(_attribution_lines(result))
+        notes += [f"  {n}" for n in _interval_notes(result)]
+        notes += [f"  warning: {w}" for w in result.warnings]
+        blocks.append("\n".join([head, table, *notes]))
     return "\n\n".join(blocks)
+
+
+# -- what the terminal summary says after the tables ---------------------------------------------
+
+
+def check_line(result: ScenarioResult, c: dict[str, Any]) -> str:
+    """One undecided SLO check: where, the estimate with its interval, and why undecided."""
+    value = c.get("value")
+    ci = c.get("ci") or [None, None]
+    estimate = "no estimate" if value is None else f"{value:.2f} {interval_text(ci[0], ci[1])}"
+    alpha = c.get("alpha")
+    level = f", alpha {alpha:.3g}" if isinstance(alpha, float) and math.isfinite(alpha) else ""
+    why = c.get("reason") or f"the interval contains the threshold {c['threshold']:g}"
+    line = (
+        f"{result.name} {c['tenant']}: DF p{c['p']:g} ({c['clock']}) {estimate} vs "
+        f"{c['threshold']:g} after {c.get('looks', 0)} look(s){level}: {why}"
+    )
+    if c.get("power"):
+        line += f"; {c['power']}"
+    return line
+
+
+def comparison_line(result: ScenarioResult, c: dict[str, Any]) -> str:
+    """One baseline comparison: regression, no regression or undecided, with its estimate."""
+    ratio = c.get("ratio")
+    ci = c.get("ci") or [None, None]
+    estimate = "-" if ratio is None else f"{ratio:.2f}x {interval_text(ci[0], ci[1])}"
+    verdict = {"fail": "REGRESSION", "pass": "no regression"}.get(c["verdict"], "undecided")
+    line = (
+        f"{result.name} {c['tenant']}: shared p{c['p']:g} ({c['clock']}) "
+        f"{_num(c.get('current_ms'))} ms vs {_num(c.get('baseline_ms'))} ms = {estimate}: "
+        f"{verdict} (threshold {c['threshold']:g}x)"
+    )
+    if c["verdict"] not in ("pass", "fail") and c.get("reason"):
+        line += f": {c['reason']}"
+    return line
+
+
+def summary_lines(results: Sequence[ScenarioResult]) -> list[tuple[str, dict[str, bool]]]:
+    """Lines (with terminal markup) for every undecided check, every baseline comparison and
+    every baseline saved: a person reads them in the summary, not in pytest's warnings list."""
+    out: list[tuple[str, dict[str, bool]]] = []
+    undecided = [(r, c) for r in results for c in r.checks if c["verdict"] == "inconclusive"]
+    if undecided:
+        out.append((f"kts: {len(undecided)} SLO check(s) undecided:", {"yellow": True}))
+        out += [(f"  {check_line(r, c)}", {"yellow": True}) for r, c in undecided]
+    for r in results:
+        if not r.comparisons:
+            continue
+        name = r.comparisons[0].get("baseline", "")
+        out.append((f"kts: compared with baseline {name!r}:", {}))
+        for c in r.comparisons:
+            colour = {"fail": "red", "pass": "green"}.get(c["verdict"], "yellow")
+            out.append((f"  {comparison_line(r, c)}", {colour: True}))
+    for r in results:
+        if r.baseline_saved:
+            out.append((f"kts: {r.name}: baseline saved to {r.baseline_saved}", {}))
+    return out
 
 
 def render_matrices(matrices: Sequence[MatrixResult], fmt: str = "simple") -> str:
@@ -250,6 +321,7 @@ def scenario_dict(result: ScenarioResult) -> dict[str, Any]:
         "tenants": {name: tenant_dict(t) for name, t in result.tenants.items()},
         "warnings": result.warnings,
         "baseline_comparisons": result.comparisons,
+        "baseline_saved": result.baseline_saved,
         "samples_csv": f"samples/{slug(result.name)}.csv",
     }
     if result.telemetry is not None:
@@ -429,19 +501,30 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
     if result.checks:
         out += ["Verdicts:", ""]
         for c in result.checks:
-            ci = c.get("ci") or [math.nan, math.nan]
+            ci = c.get("ci") or [None, None]
             out.append(
                 f"- {c['tenant']}: DF p{c['p']:g} ({c['clock']}) = {_num(c.get('value'), 3)} "
-                f"[{_num(ci[0], 3)}, {_num(ci[1], 3)}] vs {c['threshold']:g}: **{c['verdict']}** "
+                f"{interval_text(ci[0], ci[1], 3)} vs {c['threshold']:g}: **{c['verdict']}** "
                 f"after {c['looks']} look(s)"
                 + (
                     f" ({c['reason']})"
                     if c.get("reason") and c["verdict"] == "inconclusive"
                     else ""
                 )
-                + (f"; {c['power']}" if c.get("power") else "")
+                + (f"; {c['power']}" if c.get("power") and c["verdict"] == "inconclusive" else "")
             )
         out.append("")
+    if result.comparisons:
+        name = result.comparisons[0].get("baseline", "")
+        out += [f"Against baseline `{name}`:", ""]
+        for c in result.comparisons:
+            out.append(f"- {comparison_line(result, c).removeprefix(result.name + ' ')}")
+        out.append("")
+    if result.baseline_saved:
+        out += [f"Saved as a baseline in `{result.baseline_saved}`.", ""]
+    notes = _interval_notes(result)
+    if notes:
+        out += [*(f"{n.replace('*', chr(92) + '*', 1)}  " for n in notes), ""]
     # Both clocks side by side: the point of the tool on a modern GPU.
     both = []
     for name, tenant in result.tenants.items():

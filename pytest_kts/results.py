@@ -6,6 +6,8 @@ disk is judged exactly as a fresh one.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -84,19 +86,23 @@ class TenantResult:
     def df(
         self, p: float = 99, clock: str = "host", confidence: float | None = None
     ) -> DegradationFactor | None:
+        """The DF at ``p`` on ``clock``, carrying this result's inconclusive policy.
+
+        A frozen value: every read returns the same figures, and nothing here changes them.
+        Its explanation adds the wait/execution split and the co-tenant attribution.
+        """
         if clock not in self.clocks():
             return None
+        context = functools.partial(self.explanation, p)
         adaptive = self.sequential.get((float(p), clock))
         if adaptive is not None and confidence is None:
             # Re-judging an adaptive run at the full error rate would undo the alpha spending.
-            adaptive.on_inconclusive = self.on_inconclusive
-            adaptive.context = lambda: self.explanation(p)
-            return adaptive
+            return dataclasses.replace(
+                adaptive, on_inconclusive=self.on_inconclusive, context=context
+            )
         key = ("df", float(p), clock, confidence or self.confidence)
         if key in self._cache:
             cached: DegradationFactor = self._cache[key]
-            cached.on_inconclusive = self.on_inconclusive
-            cached.context = lambda: self.explanation(p)
             return cached
         solo, shared = self.samples.solo, self.samples.shared
         result = degradation(
@@ -107,9 +113,9 @@ class TenantResult:
             clock=clock,
             solo_segments=solo.segments(),
             shared_segments=shared.segments(),
+            on_inconclusive=self.on_inconclusive,
         )
-        result.on_inconclusive = self.on_inconclusive
-        result.context = lambda: self.explanation(p)
+        result = dataclasses.replace(result, context=context)
         self._cache[key] = result
         return result
 
@@ -169,6 +175,7 @@ class ScenarioResult:
     started_at: str = ""
     warnings: list[str] = field(default_factory=list)
     comparisons: list[dict[str, Any]] = field(default_factory=list)  # against a baseline
+    baseline_saved: str | None = None  # where --kts-save wrote this scenario's baseline
 
     def __post_init__(self) -> None:
         for name, tenant in self.tenants.items():

@@ -24,6 +24,7 @@ proved, what is approximated and what ``benchmarks/eval_verdicts.py`` simulates.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -302,11 +303,12 @@ def evaluate(
         on_inconclusive=on_inconclusive,
         undecided_at=None if full_interval else check.threshold,
     )
+    changes: dict[str, str] = {}
     if note:
-        result.method += f"; {note}"
+        changes["method"] = f"{result.method}; {note}"
     if level == 0.0:
-        result.reason = "no error budget left for this look: the budget ran out undecided"
-    return result
+        changes["reason"] = "no error budget left for this look: the budget ran out undecided"
+    return dataclasses.replace(result, **changes) if changes else result
 
 
 def samples_to_decide(df: DegradationFactor, threshold: float, confidence: float) -> int | None:

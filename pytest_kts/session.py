@@ -21,6 +21,9 @@ from pytest_kts.matrix import MatrixResult, run_matrix
 from pytest_kts.results import ScenarioResult
 from pytest_kts.runner import Budget, ProgressSink, run_scenario
 
+# The lock key CPU scenarios share (GPU scenarios lock their GPU's UUID).
+CPU_LOCK = "cpu"
+
 
 @dataclass
 class KtsSession:
@@ -91,8 +94,14 @@ class KtsSession:
         return result
 
     def _baselines(self, result: ScenarioResult, settings: RunSettings) -> None:
-        """Save this run as a baseline, and/or judge it against one: a regression raises here,
-        inside the test, so the test fails and the terminal summary stays intact."""
+        """Save this run as a baseline, and/or judge it against one.
+
+        Every comparison lands in ``result.comparisons`` (regression, no regression or
+        undecided, with its estimate) for the terminal summary and ``results.md``; where a
+        baseline was saved lands in ``result.baseline_saved``. A regression raises here,
+        inside the test, so the test fails (in one headline: see ``plugin``) and the terminal
+        summary stays intact; a regressed run is not saved as the new baseline.
+        """
         if not (settings.save or settings.compare):
             return
         from pytest_kts import baseline
@@ -108,15 +117,16 @@ class KtsSession:
                 mismatches = baseline.machine_mismatches(result.machine, before.machine)
                 result.warnings += [f"baseline machine differs: {m}" for m in mismatches]
                 comparisons = baseline.compare(result, before, threshold=settings.regression)
-                result.comparisons = [c.to_dict() for c in comparisons]
+                result.comparisons = [
+                    c.to_dict() | {"baseline": settings.compare} for c in comparisons
+                ]
                 regressed = [c.describe() for c in comparisons if c.regressed]
                 if regressed:
                     raise RegressionError(
-                        f"regression against baseline {settings.compare!r}:\n  "
-                        + "\n  ".join(regressed)
+                        f"regression against baseline {settings.compare!r}: " + "; ".join(regressed)
                     )
         if settings.save:
-            baseline.save_baseline(result, root, settings.save)
+            result.baseline_saved = str(baseline.save_baseline(result, root, settings.save))
 
     def run_modes(
         self,
@@ -143,11 +153,12 @@ class KtsSession:
         tenants: Sequence[TenantSpec],
         settings: RunSettings,
         include_all: bool = True,
+        progress: ProgressSink | None = None,
     ) -> MatrixResult:
         with self._gpu(settings, pool=False) as (backend, _, _):
             result = run_matrix(
                 name, tenants, settings, backend, device=self.device, include_all=include_all,
-                machine=machine.facts(self.device), budget=self.budget,
+                machine=machine.facts(self.device), budget=self.budget, progress=progress,
             )  # fmt: skip
         self.matrices.append(result)
         return result
@@ -157,12 +168,19 @@ class KtsSession:
         self, settings: RunSettings, pool: bool = True
     ) -> Iterator[tuple[Backend, str | None, bool]]:
         """A backend whose tenants use one GPU that no other scenario is using meanwhile,
-        whether it comes from the session's pool, and the GPU's UUID."""
-        if self.device != "cuda" or settings.cluster:
-            backend, pooled = self._backend(settings, {}, pool)
-            yield backend, None, pooled
-            return
+        the GPU's UUID, and whether the backend comes from the session's pool."""
         from pytest_kts import gpulock
+
+        if settings.cluster:
+            yield make_backend(settings), None, False
+            return
+        if self.device != "cuda":
+            # CPU tenants of two scenarios at once (pytest-xdist) would share the cores and
+            # measure each other: one CPU scenario at a time on this machine, as one per GPU.
+            with gpulock.acquire([CPU_LOCK], timeout_s=settings.budget_seconds):
+                backend, pooled = self._backend(settings, {}, pool)
+                yield backend, None, pooled
+            return
 
         uuids = gpulock.visible_gpu_uuids()
         worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
@@ -203,10 +221,12 @@ class KtsSession:
             _, backend = self.pool.popitem()
             backend.close()
 
-    def write_report(self, directory: Path) -> None:
+    def write_report(self, directory: Path, command: str | None = None) -> None:
+        """Write the report; ``command`` is the command line as the user typed it."""
         from pytest_kts.report import write_report
 
-        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        if command is None:
+            command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
         try:
             self.report_paths = write_report(
                 self.results, directory, command=command, matrices=self.matrices

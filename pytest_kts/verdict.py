@@ -9,11 +9,16 @@ threshold, and the comparison follows the *interval*, not the point estimate:
 
 ``assert df < 1.3`` therefore fails only on evidence. What an inconclusive comparison does is
 the ``on_inconclusive`` policy (default ``"warn"``: the assertion holds and a
-:class:`KtsInconclusiveWarning` says so). Method and evidence: ``docs/statistics.md``.
+:class:`KtsInconclusiveWarning` says so). A :class:`DegradationFactor` is a frozen value: its
+policy is fixed when it is made (``degradation(..., on_inconclusive=)``, or by ``assert_df``
+from ``--kts-inconclusive``; :meth:`DegradationFactor.with_policy` gives a copy with another),
+and the comparison operators are the one place where the policy is applied. Method and
+evidence: ``docs/statistics.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import warnings
@@ -60,7 +65,16 @@ def _fmt_p(p: float) -> str:
     return f"p{p:g}"
 
 
-@dataclass(eq=False)
+def interval_text(lo: float | None, hi: float | None, digits: int = 2) -> str:
+    """``[lo, hi]``; an end that does not exist is open: ``[1.90, ∞)``, ``(0, ∞)``."""
+    lo_ok = lo is not None and math.isfinite(lo) and lo > 0
+    hi_ok = hi is not None and math.isfinite(hi)
+    left = f"[{lo:.{digits}f}" if lo_ok else "(0"
+    right = f"{hi:.{digits}f}]" if hi_ok else "∞)"
+    return f"{left}, {right}"
+
+
+@dataclass(frozen=True, eq=False)
 class DegradationFactor:
     """Ratio of the shared to the solo percentile, its interval, and how it was obtained.
 
@@ -86,10 +100,9 @@ class DegradationFactor:
     alpha: float = math.nan
     dropped_solo: int = 0  # non-finite (unmeasured) samples ignored
     dropped_shared: int = 0
-    last_comparison: tuple[str, float, bool, str] | None = field(default=None, repr=False)
     # Extra lines for explain(), supplied by whoever holds the samples (results.TenantResult:
     # wait vs execution and co-tenant attribution); failures in it never hide the verdict.
-    context: Callable[[], list[str]] | None = field(default=None, repr=False)
+    context: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.on_inconclusive not in POLICIES:
@@ -97,7 +110,24 @@ class DegradationFactor:
                 f"on_inconclusive must be one of {POLICIES}, got {self.on_inconclusive!r}"
             )
         if math.isnan(self.alpha):
-            self.alpha = 1.0 - self.confidence
+            object.__setattr__(self, "alpha", 1.0 - self.confidence)
+
+    def with_policy(self, on_inconclusive: str) -> DegradationFactor:
+        """This DF with another inconclusive policy (a copy; this one is unchanged)."""
+        if on_inconclusive == self.on_inconclusive:
+            return self
+        return dataclasses.replace(self, on_inconclusive=on_inconclusive)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether the verdict had an interval with two ends (below the sample floor it has
+        no upper one: the verdict is inconclusive whatever the rank-based interval says)."""
+        return self.reason is None and all(math.isfinite(c) for c in self.ci)
+
+    def interval(self, digits: int = 2) -> str:
+        """The interval the verdict used, as text: only the ends that exist."""
+        lo, hi = self.ci
+        return interval_text(lo, hi if self.reason is None else math.inf, digits)
 
     # -- verdict -------------------------------------------------------------------------------
 
@@ -119,26 +149,21 @@ class DegradationFactor:
         t = float(threshold)
         v = self.verdict(t)
         if v == "inconclusive":
-            outcome = self._inconclusive(op, t)
-        elif op in ("<", "<="):
-            outcome = v == "pass"
-        else:  # ">" / ">=": holds when the whole interval lies above the threshold
-            outcome = v == "fail"
-        self.last_comparison = (op, t, outcome, v)
-        return outcome
+            return self._inconclusive(op, t)
+        if op in ("<", "<="):
+            return v == "pass"
+        return v == "fail"  # ">" / ">=": holds when the whole interval lies above the threshold
 
     def _inconclusive(self, op: str, t: float) -> bool:
+        """The one place where the inconclusive policy is applied."""
         msg = self._inconclusive_message(op, t)
         policy = self.on_inconclusive
         if policy == "warn":
             # No alarm without evidence: the comparison holds, but visibly.
             warnings.warn(msg, KtsInconclusiveWarning, stacklevel=4)
-            self.last_comparison = (op, t, True, "inconclusive")
             return True
         if policy == "fail":
-            self.last_comparison = (op, t, False, "inconclusive")
             return False
-        self.last_comparison = (op, t, False, "inconclusive")
         if policy == "skip":
             import pytest  # lazy: this module must stay importable without pytest
 
@@ -174,9 +199,8 @@ class DegradationFactor:
         return float(self.value)
 
     def __repr__(self) -> str:
-        lo, hi = self.ci
         return (
-            f"DF {_fmt_p(self.p)} ({self.clock}) {self.value:.2f} [{lo:.2f}, {hi:.2f}] "
+            f"DF {_fmt_p(self.p)} ({self.clock}) {self.value:.2f} {self.interval()} "
             f"n={self.n_solo}/{self.n_shared}"
         )
 
@@ -191,11 +215,10 @@ class DegradationFactor:
         """Lines saying what was measured and why the comparison came out as it did."""
         t = float(threshold)
         v = self.verdict(t)
-        lo, hi = self.ci
         pn = _fmt_p(self.p)
         lines = [
             f"DF {pn} ({self.clock} clock) = {self.value:.3f}, {self._level()} CI "
-            f"[{lo:.3f}, {hi:.3f}]",
+            f"{self.interval(3)}",
             f"solo   {pn} = {self.solo_quantile:.4g} ms from n={self.n_solo} samples "
             f"({self.trimmed_solo} warmup trimmed, {self.dropped_solo} unmeasured dropped)",
             f"shared {pn} = {self.shared_quantile:.4g} ms from n={self.n_shared} samples "

@@ -154,6 +154,16 @@ def test_report_v2_logs_use_the_host_clock_without_the_v1_note(
         (["run", "--tenant", "fft"], ["at least two --tenant"]),
         (["run", "--tenant", "fft:size=big", "--tenant", "matmul"], ["size='big'"]),
         (["run", "--tenant", "fft:size=-4", "--tenant", "matmul"], ["size must be positive"]),
+        (["run", "--tenant", "fft", "--tenant", "matmul", "--iterations", "-3"], ["-3"]),
+        (["run", "--tenant", "fft", "--tenant", "matmul", "--iterations", "0"], ["positive"]),
+        (["run", "--tenant", "fft", "--tenant", "matmul", "--iterations", "x"], ["'x'"]),
+        (["run", "--tenant", "fft", "--tenant", "matmul", "--timeout", "0"], ["positive"]),
+        (["run", "--tenant", "fft", "--tenant", "matmul", "--confidence", "2"], ["[0.5, 1)"]),
+        (["run", "--tenant", "ftt", "--tenant", "matmul"], ["unknown workload 'ftt'", "fft"]),
+        (
+            ["run", "--tenant", "decode:layerz=2", "--tenant", "matmul"],
+            ["unknown param 'layerz'", "allowed params: layers"],
+        ),
     ],
 )
 def test_usage_errors(
@@ -162,6 +172,13 @@ def test_usage_errors(
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
     assert_one_line_error(err, *fragments)
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["report"]])
+def test_help_texts_are_plain(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0 and "Exit codes: 0 ok, 1 a verdict failed, 2" in out
+    assert "``" not in out and ":func:" not in out and ":class:" not in out  # no raw rst
 
 
 def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

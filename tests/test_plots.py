@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -157,3 +158,46 @@ def test_pyplot_state_untouched(figures: list[Path]) -> None:
     # Figures are drawn on their own Agg canvas: no pyplot figure is left open in the process.
     pyplot = sys.modules.get("matplotlib.pyplot")
     assert pyplot is None or not pyplot.get_fignums()
+
+
+def test_unbounded_intervals_are_drawn_open_ended() -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from pytest_kts.plots import _df_points, _open_ends
+    from pytest_kts.verdict import DegradationFactor
+
+    def df(ci: tuple[float, float], reason: str | None) -> DegradationFactor:
+        return DegradationFactor(
+            value=2.0, ci=ci, p=99.0, confidence=0.95, clock="host", n_solo=100,
+            n_shared=100, trimmed_solo=0, trimmed_shared=0, solo_quantile=1.0,
+            shared_quantile=2.0, method="t", reason=reason,
+        )  # fmt: skip
+
+    dfs = {
+        ("a", "host"): df((1.5, 2.5), None),  # bounded: an ordinary error bar
+        ("b", "host"): df((1.5, 2.5), "too few samples"),  # below the floor: no upper bound
+        ("c", "host"): df((0.0, math.inf), "too few samples"),  # no bound at all
+    }
+    ax = Figure().subplots()
+    ends = _df_points(ax, ["a", "b", "c"], "host", 0.0, dfs)
+    assert [(x, start, down, up) for x, start, down, up, _ in ends] == [
+        (1.0, 2.0, False, True),  # from the point up; the bar draws the lower bound
+        (2.0, 2.0, True, True),
+    ]
+    _open_ends(ax, ends)
+    arrows = [a for a in ax.texts if getattr(a, "arrow_patch", None) is not None]
+    assert len(arrows) == 3  # b up; c up and down
+    bottom, top = ax.get_ylim()
+    assert bottom <= 0.0 and top >= 2.8  # room above the point: the arrows reach the edges
+
+
+def test_titles_wrap_at_test_id_boundaries() -> None:
+    from pytest_kts.plots import _wrap
+
+    title = "examples/test_study.py::test_study_protocol_reports_both_clocks: latency"
+    lines = _wrap(title, 40)
+    assert "".join(lines).replace(" ", "") == title.replace(" ", "")
+    assert all(len(line) <= 40 for line in lines)
+    assert lines[0] == "examples/test_study.py::test_study_"  # broken after "_", not mid-word
+    assert _wrap("x" * 50, 20) == ["x" * 20, "x" * 20, "x" * 10]

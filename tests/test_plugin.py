@@ -164,14 +164,31 @@ def test_baseline_regression_fails_the_test_not_the_summary(
               "--kts-baseline-dir", str(tmp_path / "baselines"),
               "--rootdir", str(pytester.path)]  # fmt: skip
     monkeypatch.setenv("FFT_SIZE", "16")
-    pytester.runpytest_subprocess(*common, "--kts-save", "main").assert_outcomes(passed=1)
-    assert list((tmp_path / "baselines" / "main").iterdir())
+    saved = pytester.runpytest_subprocess(*common, "--kts-save", "main")
+    saved.assert_outcomes(passed=1)
+    (folder,) = list((tmp_path / "baselines" / "main").iterdir())
+    saved.stdout.fnmatch_lines([f"kts: *test_scenario: baseline saved to {folder}"])  # says where
     # The same scenario with an FFT 16x larger (over 256x the work): shared p99 far above.
     monkeypatch.setenv("FFT_SIZE", "256")
-    result = pytester.runpytest_subprocess(*common, "--kts-compare", "main")
+    result = pytester.runpytest_subprocess(*common, "--kts-compare", "main", "--kts-report", "r")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*RegressionError: regression against baseline 'main'*", "*fft*"])
+    out = result.stdout.str()
+    # A short failure: the headline with the estimate, no traceback into the plugin.
+    start = out.index("= FAILURES =")
+    failure = out[start : out.index("\n=", start)]
+    assert "RegressionError: regression against baseline 'main': fft: shared p99" in failure
+    assert "pytest_kts/" not in failure and len(failure.splitlines()) < 12
     result.stdout.fnmatch_lines(["*kts: co-location latency*"])  # the summary is still printed
+    # Every comparison, whatever it found, in the summary and in results.md.
+    result.stdout.fnmatch_lines(
+        [
+            "kts: compared with baseline 'main':",
+            "*test_scenario fft: shared p99 (host) * ms = *x [*: REGRESSION (threshold 1.1x)",
+            "*test_scenario matmul: shared p99 (host) *: * (threshold 1.1x)*",
+        ]
+    )
+    md = (pytester.path / "r" / "results.md").read_text()
+    assert "Against baseline `main`:" in md and "REGRESSION" in md
 
 
 def test_contention_matrix_in_table_and_report(
@@ -214,3 +231,85 @@ def test_cluster_without_a_cluster_fails_fast_in_one_line(
     errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
     assert len(errors) == 1 and "no Kubernetes cluster reachable" in errors[0]
     assert "Traceback" not in result.stderr.str() + result.stdout.str()
+
+
+def test_undecided_checks_are_listed_in_the_summary(
+    pytester: pytest.Pytester, env: None, tmp_path: Path
+) -> None:
+    pytester.makepyfile(
+        """
+        from pytest_kts import assert_df
+
+        def test_slo(kts):
+            fft = kts.tenant("fft", size=16, sleep_ms=0.2, warmup=1)
+            kts.tenant("matmul", size=16, sleep_ms=0.2, warmup=1)
+            kts.run(slo={fft: 1.0})
+            assert assert_df(fft, p=99) < 1.0
+        """
+    )
+    # 2 looks of 40 samples: far below the p99 floor, so undecided whatever the data.
+    result = pytester.runpytest_subprocess(
+        "--kts-device", "cpu", "--kts-max-iterations", "80", "--kts-round-iterations", "40",
+        "-p", "no:cacheprovider", "-W", "ignore::pytest_kts.KtsInconclusiveWarning",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)  # the default policy: warn, and the assertion holds
+    result.stdout.fnmatch_lines(
+        [
+            "kts: 1 SLO check(s) undecided:",
+            "  *test_slo fft: DF p99 (host) * vs 1 after 2 look(s), alpha *: too few samples*",
+        ]
+    )
+
+
+def test_progress_of_a_matrix_reaches_the_terminal_under_default_capture(
+    pytester: pytest.Pytester, env: None
+) -> None:
+    pytester.makepyfile(
+        """
+        def test_matrix(kts):
+            for name in ("a", "b"):
+                kts.tenant(name, "fft", size=16, sleep_ms=0.2, warmup=1)
+            kts.matrix()
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "--kts-device", "cpu", "--kts-iterations", "20", "--kts-round-iterations", "20",
+        "-p", "no:cacheprovider",
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["kts: solo round 0: a", "kts: shared round 0: a, b"])
+
+
+def test_help_lists_choices_and_ini_types(pytester: pytest.Pytester, env: None) -> None:
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines(
+        [
+            "*--kts-device={auto,cuda,cpu}*",
+            "*--kts-inconclusive={warn,fail,skip,error}*",
+            "*--kts-sharing={timeslice,mps,streams}*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*kts_iterations (int):*"])
+    result.stdout.fnmatch_lines(["*kts_confidence (float):*"])
+    result.stdout.fnmatch_lines(["*kts_cluster (bool):*"])
+    result.stdout.fnmatch_lines(["*kts_device (string):*"])
+
+
+def test_typed_ini_values_resolve_and_bad_ones_are_one_line(
+    pytester: pytest.Pytester, env: None
+) -> None:
+    pytester.makeini("[pytest]\nkts_iterations = 7\nkts_confidence = 0.9\nkts_keep_jobs = false\n")
+    pytester.makeconftest(
+        "def pytest_report_header(config):\n"
+        "    from pytest_kts.plugin import settings_key\n"
+        "    s = config.stash[settings_key]\n"
+        "    return f'resolved {s.iterations} {s.confidence} {s.keep_jobs}'\n"
+    )
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("--kts-device", "cpu")
+    result.stdout.fnmatch_lines(["resolved 7 0.9 False"])
+    pytester.makeini("[pytest]\nkts_iterations = many\n")
+    bad = pytester.runpytest_subprocess("--kts-device", "cpu")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    assert "Traceback" not in bad.stderr.str()
+    bad.stderr.fnmatch_lines(["ERROR: *'many'*"])  # pytest's own one-line parse error

@@ -1,10 +1,18 @@
 from __future__ import annotations
 
 import io
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 from _pytest._io import TerminalWriter
 
 from pytest_kts.progress import Progress
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class FakeClock:
@@ -127,3 +135,38 @@ def test_df_without_interval_and_nan() -> None:
     progress.estimate("a", 2.0, None)
     lines = out.getvalue().splitlines()
     assert lines[-2:] == ["kts: DF a n/a", "kts: DF a 2.00"]
+
+
+def test_status_line_on_a_real_terminal_under_default_capture(tmp_path: Path) -> None:
+    """pytest in a pseudo-terminal, capture on (no -s): the status line is drawn in place."""
+    (tmp_path / "test_p.py").write_text(
+        "def test_x(kts):\n"
+        "    kts.tenant('fft', size=16, sleep_ms=0.2, warmup=1)\n"
+        "    kts.tenant('matmul', size=16, sleep_ms=0.2, warmup=1)\n"
+        "    kts.run()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KTS_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["KTS_LOCK_DIR"] = str(tmp_path / "locks")
+    main, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "test_p.py", "-p", "no:cacheprovider",
+         "--kts-device", "cpu", "--kts-iterations", "40", "--kts-round-iterations", "20"],
+        cwd=tmp_path, env=env, stdout=child, stderr=child, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    os.close(child)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(main)
+    out = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, out
+    # Rewritten in place (carriage returns), with sample counts: the TTY status line.
+    assert re.search(r"\rkts: (solo|shared) round 0 \| .*samples", out), out

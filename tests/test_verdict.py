@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -81,7 +82,6 @@ def test_comparisons_decided() -> None:
     assert not (df > 2.5)
     assert not (1.3 > df)  # noqa: SIM300 - reflected: df.__lt__(1.3)
     assert 2.5 > df  # noqa: SIM300
-    assert df.last_comparison == ("<", 2.5, True, "pass")
 
 
 def test_comparison_with_non_numbers_is_not_implemented() -> None:
@@ -98,7 +98,6 @@ def test_inconclusive_warn_holds_with_a_warning() -> None:
         assert df < 1.3
     with pytest.warns(KtsInconclusiveWarning):
         assert df > 1.3  # both directions hold: no alarm without evidence
-    assert df.last_comparison == (">", 1.3, True, "inconclusive")
 
 
 def test_inconclusive_fail_does_not_hold() -> None:
@@ -106,7 +105,22 @@ def test_inconclusive_fail_does_not_hold() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # and no warning
         assert not (df < 1.3)
-    assert df.last_comparison == ("<", 1.3, False, "inconclusive")
+
+
+def test_frozen_and_the_policy_travels_with_a_copy() -> None:
+    df = make_df((1.2, 1.5))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        df.on_inconclusive = "fail"  # type: ignore[misc]
+    strict = df.with_policy("fail")
+    assert strict is not df and strict.on_inconclusive == "fail"
+    assert df.on_inconclusive == "warn"  # the original is unchanged
+    assert df.with_policy("warn") is df
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not (strict < 1.3)
+    with pytest.warns(KtsInconclusiveWarning):
+        assert df < 1.3
+    assert not hasattr(df, "last_comparison")
 
 
 def test_inconclusive_skip_and_error() -> None:

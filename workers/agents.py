@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from workers.workloads import DECODE_PARAMS, EMBED_PARAMS, PREFILL_PARAMS
+
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -248,11 +250,6 @@ class Llama:
         return F.linear(_rms_norm(x, self.final_norm), self.lm_head)
 
 
-_LLAMA_KEYS = ("layers", "heads", "kv_heads", "ffn", "vocab", "dtype")
-DECODE_PARAMS = (*_LLAMA_KEYS, "max_seq", "graph")
-PREFILL_PARAMS = (*_LLAMA_KEYS, "batch", "seq")
-
-
 def _llama_shape(workload: str, size: int, p: Mapping[str, Any]) -> LlamaShape:
     _check(workload, size >= 2, f"size (d_model) must be at least 2, got {size}")
     heads = p.get("heads", max(1, size // 64))
@@ -422,9 +419,6 @@ class Bert:
             mlp = F.linear(F.gelu(F.linear(x, layer.w1, layer.b1)), layer.w2, layer.b2)
             x = F.layer_norm(x + mlp, (d,), layer.ln2_w, layer.ln2_b)
         return x
-
-
-EMBED_PARAMS = ("layers", "heads", "seq", "batch", "dtype")
 
 
 class EmbedStep:

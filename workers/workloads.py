@@ -7,10 +7,17 @@ iteration's work without synchronizing; the harness times and synchronizes it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import Any
+import importlib.util
+import os
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the factories, not here: the test side (no torch needed) imports this
+# module to check tenants before anything spawns.
 
 Step = Callable[[], object]
 Factory = Callable[..., Step]
@@ -24,6 +31,20 @@ BUILTIN: dict[str, str] = {
     "decode": f"{_HERE}.agents:build_decode",
     "prefill": f"{_HERE}.agents:build_prefill",
     "embed": f"{_HERE}.agents:build_embed",
+}
+
+# The params each built-in takes (values arrive as strings; the workload parses them).
+_LLAMA_KEYS = ("layers", "heads", "kv_heads", "ffn", "vocab", "dtype")
+DECODE_PARAMS = (*_LLAMA_KEYS, "max_seq", "graph")
+PREFILL_PARAMS = (*_LLAMA_KEYS, "batch", "seq")
+EMBED_PARAMS = ("layers", "heads", "seq", "batch", "dtype")
+BUILTIN_PARAMS: dict[str, tuple[str, ...]] = {
+    "fft": (),
+    "matmul": (),
+    "gemm": (),
+    "decode": DECODE_PARAMS,
+    "prefill": PREFILL_PARAMS,
+    "embed": EMBED_PARAMS,
 }
 
 # The original study's closed-loop sleeps, used when a worker is started without --sleep-ms.
@@ -45,6 +66,8 @@ def _no_params(name: str, params: dict[str, Any]) -> None:
 def build_fft(device: torch.device, size: int, seed: int, **params: str) -> Step:
     """``torch.fft.fft2`` of a square complex64 tensor (the study's FFT worker)."""
     _no_params("fft", params)
+    import torch
+
     gen = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn(size, size, dtype=torch.complex64, generator=gen).to(device)
     return graph_safe(lambda: torch.fft.fft2(x))
@@ -53,6 +76,8 @@ def build_fft(device: torch.device, size: int, seed: int, **params: str) -> Step
 def build_matmul(device: torch.device, size: int, seed: int, **params: str) -> Step:
     """``torch.matmul`` of two square fp32 matrices (the study's GEMM worker)."""
     _no_params("matmul", params)
+    import torch
+
     gen = torch.Generator(device="cpu").manual_seed(seed)
     a = torch.randn(size, size, dtype=torch.float32, generator=gen).to(device)
     b = torch.randn(size, size, dtype=torch.float32, generator=gen).to(device)
@@ -75,3 +100,50 @@ def resolve(workload: str) -> Factory:
     if not callable(factory):
         raise ValueError(f"workload {workload!r}: {module_name!r} has no callable {attr!r}")
     return factory
+
+
+def check(
+    workload: str, params: Mapping[str, object] | None = None, *, importable: bool = True
+) -> None:
+    """Raise ``ValueError`` (listing what is allowed) for a workload or param no worker would
+    accept; cheap and torch-free, so the test side calls it before spawning anything.
+
+    A ``module:function`` workload is checked only for being findable here (``importable``;
+    off when the workers run elsewhere, e.g. in a cluster's image): importing it would import
+    torch, and its params are its own business.
+    """
+    params = dict(params or {})
+    if workload in BUILTIN_PARAMS:
+        allowed = BUILTIN_PARAMS[workload]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            listed = ", ".join(allowed) if allowed else "none"
+            raise ValueError(
+                f"workload {workload!r}: unknown param {unknown[0]!r}; allowed params: {listed}"
+            )
+        return
+    module_name, sep, attr = workload.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(
+            f"unknown workload {workload!r}: use one of {', '.join(BUILTIN_PARAMS)} "
+            "or 'module:function'"
+        )
+    if importable and not _findable(module_name):
+        raise ValueError(
+            f"workload {workload!r}: no module {module_name!r} on the path (a module:function "
+            "workload must be importable from where the tests run)"
+        )
+
+
+def _findable(module_name: str) -> bool:
+    # A worker runs with ``python -m`` from the current directory, which puts it on its path.
+    for extra in ([], [os.getcwd()]):
+        sys.path[:0] = extra
+        try:
+            if importlib.util.find_spec(module_name) is not None:
+                return True
+        except (ImportError, ValueError):
+            pass
+        finally:
+            del sys.path[: len(extra)]
+    return False

@@ -1,7 +1,8 @@
 """A stand-in for ``python -m pytest_kts.workers.run``: the same command line and output, no torch.
 
 It starts in tens of milliseconds, so the fake-cluster tests of failure modes stay fast; one
-test runs the real worker. It honours ``--start-at-ns``, ``--min-duration-s`` and ``--max-duration-s`` as the real
+test runs the real worker. It honours ``--start-at-ns``, ``--min-duration-s`` and
+``--max-duration-s`` as the real
 worker does. Run as ``python -m tests.fake_cluster.standin_worker ARGS``.
 """
 
