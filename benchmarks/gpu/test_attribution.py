@@ -14,11 +14,10 @@ from pytest_kts import assert_df
 
 
 @pytest.mark.gpu
-@pytest.mark.kts(iterations=1500, round_iterations=500)
 def test_fft_tail_is_blamed_on_the_gemm_and_is_mostly_waiting(kts):
     fft = kts.tenant("fft", size=2048, sleep_ms=5)
     kts.tenant("matmul", size=8192, sleep_ms=20)
-    result = kts.run()
+    result = kts.run(slo={fft: 1.3})
     assert assert_df(fft, p=99) > 1.3
     blame = result["fft"].attribution().top()
     assert blame is not None and blame.cotenant == "matmul"
@@ -27,12 +26,11 @@ def test_fft_tail_is_blamed_on_the_gemm_and_is_mostly_waiting(kts):
 
 
 @pytest.mark.gpu
-@pytest.mark.kts(iterations=1500, round_iterations=500)
 def test_the_heavy_neighbour_is_blamed_not_the_tiny_one(kts):
     fft = kts.tenant("fft", size=2048, sleep_ms=5)
     kts.tenant("matmul", size=8192, sleep_ms=20)
     kts.tenant("tiny", "matmul", size=64, sleep_ms=50)
-    result = kts.run()
+    result = kts.run(slo={fft: 1.3})
     assert assert_df(fft, p=99) > 1.3
     shares = result["fft"].attribution().shares()
     assert shares["matmul"] > shares["tiny"]
@@ -40,13 +38,12 @@ def test_the_heavy_neighbour_is_blamed_not_the_tiny_one(kts):
 
 
 @pytest.mark.gpu
-@pytest.mark.kts(iterations=1500, round_iterations=500)
 def test_device_clock_p50_is_the_same_solo_and_shared(kts):
     # With the launch gap out of the event pair, the FFT's execution time does not depend on
     # whether the GPU was idle when its kernels were issued (clocks steady: see telemetry).
-    kts.tenant("fft", size=2048, sleep_ms=5)
+    fft = kts.tenant("fft", size=2048, sleep_ms=5)
     kts.tenant("matmul", size=4096, sleep_ms=15)
-    result = kts.run()
+    result = kts.run(slo={fft: 1.3})
     solo = result["fft"].summary("solo", clock="device")
     shared = result["fft"].summary("shared", clock="device")
     assert solo is not None and shared is not None

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The GPU evidence, one part per call: bash benchmarks/gpu/run.sh OUT decisive|main
+#   decisive: benchmarks/gpu/test_decisive.py and test_attribution.py with a report, then the
+#             fixed-cost benchmark;
+#   main:     the main job's example suite on CUDA (what scripts/main.sh runs), with a report.
+# Runs from a source tree with the machine's python3 (no install): the plugin is named with -p.
+# Every output lands under OUT; report folders are packed as .tgz (the device tool returns
+# at most 8 files).
+set -uo pipefail
+OUT=${1:?OUT folder}
+PART=${2:?decisive or main}
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+{
+    date -u
+    git -C "$ROOT" log --oneline -1 2>/dev/null
+    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+    python3 -c "import torch; print('torch', torch.__version__)"
+} > "$OUT/machine-$PART.txt" 2>&1
+case "$PART" in
+decisive)
+    (cd "$ROOT/benchmarks/gpu" && timeout 420 python3 -m pytest -p pytest_kts.plugin \
+        test_decisive.py test_attribution.py --kts-device cuda --kts-report "$OUT/decisive" \
+        -v -rA -p no:cacheprovider --durations=0) > "$OUT/decisive.log" 2>&1
+    echo "pytest exit $?" >> "$OUT/decisive.log"
+    tar czf "$OUT/decisive.tgz" -C "$OUT" decisive && rm -rf "$OUT/decisive"
+    timeout 120 python3 "$ROOT/benchmarks/fixed_cost.py" --out "$OUT" --device cuda --tests 6 \
+        > "$OUT/fixed_cost.log" 2>&1
+    ;;
+main)
+    (cd "$ROOT" && timeout 540 python3 -m pytest examples -p pytest_kts.plugin -p no:cacheprovider \
+        --kts-device cuda --kts-report "$OUT/main" -rA --durations=0) > "$OUT/main.log" 2>&1
+    echo "pytest exit $?" >> "$OUT/main.log"
+    tar czf "$OUT/main.tgz" -C "$OUT" main && rm -rf "$OUT/main"
+    ;;
+esac
+echo "workers left: $(pgrep -fc 'pytest_kts.workers' || true)" >> "$OUT/machine-$PART.txt"
+grep -E "passed|failed|error" "$OUT"/*.log | tail -5
