@@ -35,9 +35,12 @@ _FLUSH_EVERY_NS = 200_000_000
 # How the device clock brackets a step (KTS_DEVICE_TIMING; docs/launch-gap.md says why):
 #   graph  the step captured once in a CUDA graph and replayed: one launch, so the event pair
 #          holds the work and no host dispatch. Only for steps marked ``kts_graph_safe``
-#          (all their state on the device), or when asked for by name. Where the driver
-#          allows, the replay is also queued behind a gate, so that not even the graph's
-#          own launch (a few us) falls inside the pair; a replay never synchronizes inside.
+#          (all their state on the device), or when asked for by name. With KTS_GRAPH_GATE=1
+#          (and a driver that allows it) the replay is also queued behind a gate, so that not
+#          even the graph's own launch falls inside the pair. Off by default: on an H200 a
+#          stream held on a gate kept its context runnable between iterations, and an almost
+#          idle co-tenant then cost the FFT's host p99 27% (DF 1.27 where eager timing saw
+#          0.94), which is the co-location behaviour this tool measures, distorted.
 #   gated  the stream held on a host-written flag (cuStreamWaitValue32) until the whole step is
 #          queued: the exact eager step, but launch and execution no longer overlap, so the
 #          host clock grows by up to the launch time. Opt-in, for device-clock studies.
@@ -45,6 +48,7 @@ _FLUSH_EVERY_NS = 200_000_000
 #   auto   graph where the step allows it and capture works, else eager.
 DEVICE_TIMINGS = ("auto", "graph", "gated", "eager")
 DEVICE_TIMING_ENV = "KTS_DEVICE_TIMING"
+GRAPH_GATE_ENV = "KTS_GRAPH_GATE"
 # The first gated step runs under a watchdog: a step that synchronizes inside would wait on a
 # stream that waits on the host, so the watchdog opens the gate and gating is given up.
 _GATE_PROBE_S = 2.0
@@ -163,7 +167,8 @@ class Clock:
             try:
                 if timing == "graph":
                     self._graph = self._capture(step)
-                    self._gate = self._replay_gate()
+                    if os.environ.get(GRAPH_GATE_ENV, "") == "1":
+                        self._gate = self._replay_gate()
                 elif timing == "gated":
                     self._gate = self._probe_gate(step)
             except Exception as exc:  # capture or driver refused: say so, try the next one
