@@ -409,8 +409,9 @@ def _df_points(
 ) -> list[tuple[float, float, bool, bool, str]]:
     """Points with the interval each verdict used; returns the open-ended ones to draw.
 
-    As in the table: below the sample floor (``df.reason``) there is no upper bound, and a
-    lower bound of 0 is none; such ends are drawn as dotted arrows to the edge of the plot.
+    As in the table: a phase short of its sample floor removes one end of the interval (an
+    upper end of infinity, a lower end of 0); such ends are drawn as dotted arrows to the
+    edge of the plot.
     """
     xs, ys, lo, hi, labels = [], [], [], [], []
     color = CLOCK_COLORS.get(clock, "k")
@@ -421,7 +422,7 @@ def _df_points(
             continue
         low, high = df.ci
         has_low = math.isfinite(low) and low > 0
-        has_high = math.isfinite(high) and df.reason is None
+        has_high = math.isfinite(high)
         xs.append(k + offset)
         ys.append(df.value)
         lo.append(max(0.0, df.value - low) if has_low else 0.0)

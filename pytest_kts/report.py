@@ -71,7 +71,7 @@ def _interval_notes(result: ScenarioResult) -> list[str]:
         for clock in tenant.clocks():
             df = tenant.df(99, clock)
             if df is not None and df.reason is not None:
-                notes.append(f"* {name} ({clock}): no upper bound: {df.reason}")
+                notes.append(f"* {name} ({clock}): {df.reason}")
     return notes
 
 

@@ -120,14 +120,15 @@ class DegradationFactor:
 
     @property
     def bounded(self) -> bool:
-        """Whether the verdict had an interval with two ends (below the sample floor it has
-        no upper one: the verdict is inconclusive whatever the rank-based interval says)."""
-        return self.reason is None and all(math.isfinite(c) for c in self.ci)
+        """Whether the verdict had an interval with two ends. A phase short of its sample
+        floor removes one end (``ci`` holds 0 or infinity there, and ``reason`` says why)."""
+        lo, hi = self.ci
+        return lo > 0 and math.isfinite(hi)
 
     def interval(self, digits: int = 2) -> str:
         """The interval the verdict used, as text: only the ends that exist."""
         lo, hi = self.ci
-        return interval_text(lo, hi if self.reason is None else math.inf, digits)
+        return interval_text(lo, hi, digits)
 
     # -- verdict -------------------------------------------------------------------------------
 

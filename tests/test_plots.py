@@ -176,7 +176,8 @@ def test_unbounded_intervals_are_drawn_open_ended() -> None:
 
     dfs = {
         ("a", "host"): df((1.5, 2.5), None),  # bounded: an ordinary error bar
-        ("b", "host"): df((1.5, 2.5), "too few samples"),  # below the floor: no upper bound
+        # The shared phase short of its floor: no upper bound (degradation() gives inf).
+        ("b", "host"): df((1.5, math.inf), "no upper bound: too few shared samples"),
         ("c", "host"): df((0.0, math.inf), "too few samples"),  # no bound at all
     }
     ax = Figure().subplots()

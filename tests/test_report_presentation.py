@@ -26,8 +26,10 @@ def test_interval_text_shows_only_the_ends_that_exist() -> None:
 
 def test_below_the_floor_the_table_shows_no_two_sided_interval() -> None:
     assert _df_cell(_df((1.94, 2.30))) == "2.11 [1.94, 2.30]"
-    # The verdict needs >= 368 samples: it used no upper bound, so none is shown.
-    assert _df_cell(_df((1.94, 2.30), reason="too few samples")) == "2.11 [1.94, ∞)*"
+    # A phase short of its floor removes one end (degradation() gives inf or 0 there), and
+    # the table shows only the ends that exist, starred with the reason below it.
+    assert _df_cell(_df((1.94, math.inf), reason="no upper bound")) == "2.11 [1.94, ∞)*"
+    assert _df_cell(_df((0.0, 2.30), reason="no lower bound")) == "2.11 (0, 2.30]*"
     assert _df_cell(_df((0.0, math.inf), reason="too few samples")) == "2.11 (0, ∞)*"
 
 
