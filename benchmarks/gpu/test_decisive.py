@@ -45,10 +45,12 @@ def test_readme_example_fails(kts):
 @pytest.mark.gpu
 @pytest.mark.kts(max_seconds=60)
 def test_next_to_an_almost_idle_co_tenant_passes(kts):
+    # On an H200 with graph-launched FFTs this co-tenant costs the FFT's p99 about 27%
+    # (docs/results/h200-2026-11-29): 1.3 sits on the truth, 1.5 is a threshold it can decide.
     router = kts.tenant("fft", size=2048, sleep_ms=5)
     kts.tenant("matmul", size=64, sleep_ms=50)
-    kts.run(slo={router: 1.3})
-    assert assert_df(router, p=99) < 1.3
+    kts.run(slo={router: 1.5})
+    assert assert_df(router, p=99, on_inconclusive="fail") < 1.5
 
 
 @pytest.mark.gpu
