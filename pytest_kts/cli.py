@@ -688,7 +688,7 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     from pytest_kts.machine import facts, resolve_device
     from pytest_kts.progress import Progress
     from pytest_kts.runner import run_scenario
-    from workers.workloads import check as check_workload
+    from pytest_kts.workers.workloads import check as check_workload
 
     tenants: list[TenantSpec] = []
     for text in args.tenant:

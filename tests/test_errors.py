@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.workloads import BUILTIN, BUILTIN_PARAMS, check
+from pytest_kts.workers.workloads import BUILTIN, BUILTIN_PARAMS, check
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_the_check_imports_no_torch() -> None:
     code = """
         import sys
         sys.modules["torch"] = None
-        from workers.workloads import check
+        from pytest_kts.workers.workloads import check
         try:
             check("embed", {"heads": "2", "nope": "1"})
         except ValueError as exc:

@@ -75,3 +75,18 @@ def test_a_scenario_runs_from_a_folder_that_has_its_own_workers_package(
         "--kts-device", "cpu", "--kts-iterations", "20", "--kts-round-iterations", "20"
     )
     result.assert_outcomes(passed=1)
+
+
+def test_nothing_imports_the_worker_side_by_its_folder_name() -> None:
+    # An installed wheel has no top-level "workers": every import must name pytest_kts.workers
+    # (or be relative inside it), or it breaks outside a source tree.
+    import re
+
+    pattern = re.compile(r"^\s*(from|import)\s+workers(\.|\s|$)", re.M)
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in ("pytest_kts", "workers", "benchmarks", "examples", "tests")
+        for path in (ROOT / folder).rglob("*.py")
+        if "pytest_kts/workers" not in str(path) and pattern.search(path.read_text())
+    ]
+    assert offenders == []

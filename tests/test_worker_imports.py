@@ -31,8 +31,8 @@ def test_workers_run_imports_with_test_side_packages_blocked() -> None:
         import sys
         for name in {BLOCKED!r}:
             sys.modules[name] = None  # an import of it now raises ImportError
-        import workers.run
-        import workers.harness
+        import pytest_kts.workers.run
+        import pytest_kts.workers.harness
         import pytest_kts.protocol
         loaded = sorted(m for m in sys.modules if m.startswith("pytest_kts"))
         print(" ".join(loaded))

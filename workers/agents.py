@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from workers.workloads import DECODE_PARAMS, EMBED_PARAMS, PREFILL_PARAMS
+from .workloads import DECODE_PARAMS, EMBED_PARAMS, PREFILL_PARAMS
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 _TRUE = frozenset({"1", "true", "yes", "on"})
