@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import fnmatch
 import gzip
+import io
 import json
 import math
 import re
@@ -32,8 +33,9 @@ from typing import IO, Any, NoReturn
 import numpy as np
 
 from pytest_kts import protocol
-from pytest_kts.backends.base import ARRIVALS, TenantSpec
+from pytest_kts.backends.base import TenantSpec
 from pytest_kts.config import DEVICES
+from pytest_kts.constants import ARRIVALS
 from pytest_kts.errors import ConfigError, KtsError, NoDeviceError
 from pytest_kts.protocol import LineReader, check_tenant_name
 from pytest_kts.samples import PHASE_CODES, SampleColumns, group_columns
@@ -97,8 +99,10 @@ def find_logs(paths: Sequence[Path], patterns: Sequence[str] = LOG_PATTERNS) -> 
     return found
 
 
-def _open_binary(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+def _open_binary(path: Path) -> io.BufferedIOBase:
+    if path.suffix == ".gz":
+        return gzip.GzipFile(path, "rb")
+    return open(path, "rb")
 
 
 def _read_bounded(path: Path, reader: LineReader, *, max_bytes: int | None = None) -> Iterator[str]:
@@ -345,7 +349,13 @@ _WORKLOAD_GUESS = {"fft": "fft", "gemm": "matmul", "matmul": "matmul"}
 
 def _tenant_accounting(logs: LogSet, tenant: str) -> dict[str, Any]:
     """This tenant's samples, and the line counts of the files that hold only its records."""
-    out = {"lines": 0, "samples": 0, "foreign": 0, "malformed": 0, "malformed_examples": []}
+    out: dict[str, Any] = {
+        "lines": 0,
+        "samples": 0,
+        "foreign": 0,
+        "malformed": 0,
+        "malformed_examples": [],
+    }
     for path, reader in logs.readers.items():
         columns = logs.columns[path]
         cols = columns.arrays()
@@ -512,7 +522,7 @@ def _tenant_named(result: Any, name: str) -> str:
     """``name`` as the result spells it; case-insensitive, since v1 lines say FFT for fft."""
     if name in result.tenants:
         return name
-    matches = [t for t in result.tenants if t.lower() == name.lower()]
+    matches: list[str] = [t for t in result.tenants if t.lower() == name.lower()]
     if len(matches) != 1:
         raise UsageError(f"--slo names {name!r}; the logs hold {', '.join(result.tenants)}")
     return matches[0]

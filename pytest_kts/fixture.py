@@ -26,7 +26,7 @@ from pytest_kts.errors import ConfigError
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.results import ScenarioResult, TenantResult
 from pytest_kts.verdict import POLICIES, DegradationFactor
-from workers.workloads import check as check_workload
+from pytest_kts.workers.workloads import check as check_workload
 
 
 class Runs(Protocol):

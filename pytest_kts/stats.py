@@ -160,10 +160,11 @@ def _mser_input(values: np.ndarray, cap_percentile: float | None) -> np.ndarray:
     """
     if values.size == 0 or not np.all(values > 0):
         return values
-    logs = np.log(values)
+    logs: np.ndarray = np.log(values)
     if cap_percentile is None:
         return logs
-    return np.minimum(logs, percentile(logs, cap_percentile))
+    capped: np.ndarray = np.minimum(logs, percentile(logs, cap_percentile))
+    return capped
 
 
 def trim_warmup(
@@ -550,7 +551,8 @@ def _exceedance_cov(h: float, r: np.ndarray) -> np.ndarray:
     top = np.arcsin(r)[:, None]
     t = 0.5 * top * (_GL_NODES[None, :] + 1.0)
     integrand = np.exp(-(h * h) / (1.0 + np.sin(t)))
-    return (0.5 * top[:, 0] * (integrand @ _GL_WEIGHTS)) / (2 * math.pi)
+    phi2: np.ndarray = (0.5 * top[:, 0] * (integrand @ _GL_WEIGHTS)) / (2 * math.pi)
+    return phi2
 
 
 def tail_dependence(x: np.ndarray, segments: np.ndarray | None, p: float) -> tuple[float, float]:
