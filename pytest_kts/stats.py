@@ -10,6 +10,11 @@ Conventions
 * ``segments`` is a label per sample (the round it belongs to). Rounds are separate runs of a
   phase: warmup is trimmed per round and bootstrap blocks never straddle two rounds.
 * ``nan`` (and other non-finite) entries mean "not measured" and are dropped, never guessed.
+
+One file on purpose: these are the estimators one verdict is built from, each on top of the
+ones before it (percentile, warmup trimming, summary, sample floor, block bootstrap, rank
+intervals widened for tail dependence); it is long because each carries its derivation in its
+docstring, not because it holds several concerns.
 """
 
 from __future__ import annotations
