@@ -262,7 +262,8 @@ def busy_within(
         k = np.searchsorted(b_start, t, side="right")  # blocks that began by t
         last = np.maximum(k - 1, 0)
         partial = np.clip(t - b_start[last], 0, length[last]) * (k > 0)
-        return before[last] * (k > 0) + partial
+        busy: np.ndarray = before[last] * (k > 0) + partial
+        return busy
 
     span = (end - start).astype(np.float64)
     covered = busy_before(end) - busy_before(start)
@@ -371,6 +372,7 @@ class Attribution:
         return f"{head} " + "; ".join(parts) + f": {verdict}"
 
     def to_dict(self) -> dict[str, object]:
+        top = self.top()
         return _jsonable(
             {
                 "tenant": self.tenant,
@@ -379,7 +381,7 @@ class Attribution:
                 "tail_n": self.tail_n,
                 "body_n": self.body_n,
                 "tail_grew": self.grew,
-                "blamed_on": self.top().cotenant if self.top() else None,
+                "blamed_on": top.cotenant if top else None,
                 "cotenants": [b.to_dict() for b in self.blames],
             }
         )

@@ -99,7 +99,8 @@ class MatrixResult:
                     cells.append(f"{df.value:.2f} {df.interval()}")
             rows.append(cells)
         headers = [f"DF p{p:g} ({clock}) of row, next to column", *self.columns()]
-        return tabulate(rows, headers=headers, tablefmt=fmt)
+        table: str = tabulate(rows, headers=headers, tablefmt=fmt)
+        return table
 
 
 def run_matrix(

@@ -1,5 +1,9 @@
 """Figures for the report: latency CDFs, a latency timeline with GPU telemetry, and DF with CIs.
 
+One file on purpose: every figure draws the same ScenarioResult with the same canvas, title,
+legend and log-axis helpers and the same data helpers (kept samples, clocks, DFs); splitting
+per figure would spread one drawing style over several modules.
+
 matplotlib is optional. It is used through ``Figure`` and the Agg canvas directly, never
 ``pyplot``, so writing plots changes no global backend or state in the user's process.
 :func:`unavailable_reason` says why nothing is drawn when matplotlib is missing.

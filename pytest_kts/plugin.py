@@ -185,11 +185,12 @@ class _Uncaptured:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._inner, name)
-        if self._capman is None:
+        capman = self._capman
+        if capman is None:
             return method
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            with self._capman.global_and_fixture_disabled():
+            with capman.global_and_fixture_disabled():
                 return method(*args, **kwargs)
 
         return call
@@ -198,8 +199,8 @@ class _Uncaptured:
 def pytest_assertrepr_compare(
     config: pytest.Config, op: str, left: object, right: object
 ) -> list[str] | None:
-    comparison = op in ("<", "<=", ">", ">=") and isinstance(right, (int, float))
-    if isinstance(left, DegradationFactor) and comparison:
+    comparison = op in ("<", "<=", ">", ">=")
+    if isinstance(left, DegradationFactor) and comparison and isinstance(right, (int, float)):
         return left.explain(op, float(right))
     return None
 

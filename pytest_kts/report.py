@@ -1,5 +1,9 @@
 """The report: one terminal table for every scenario, and files a person or a program reads.
 
+One file on purpose: the table, ``summary.json`` and ``results.md`` are three renderings of the
+same ScenarioResult that share their cells (``_num``, ``_df_cell``, ``_rows``, the interval
+notes); splitting them would scatter one format over several modules.
+
 ``render_table`` prints tenant, phase, clock, percentiles, jitter, throughput and DF with its
 confidence interval. ``write_report`` writes ``summary.json`` (figures and machine facts),
 ``samples/<scenario>.csv`` (every iteration, to judge again offline), plots where matplotlib is

@@ -66,7 +66,8 @@ class TenantResult:
                 if data.has_clock(clock)
                 else None
             )
-        return self._cache[key]
+        summary: Summary | None = self._cache[key]
+        return summary
 
     @property
     def solo(self) -> Summary | None:
@@ -128,7 +129,8 @@ class TenantResult:
         key = ("attribution", float(p), clock)
         if key not in self._cache:
             self._cache[key] = attribute(self.samples, self.cotenants, p=p, clock=clock)
-        return self._cache[key]
+        found: Attribution = self._cache[key]
+        return found
 
     def wait_split(self, p: float = 99) -> WaitSplit | None:
         """Wait versus execution (``None`` without a device clock: see :meth:`split_reason`)."""
@@ -138,7 +140,8 @@ class TenantResult:
                 self._cache[key] = split_wait(self.samples, p)
             except ValueError:
                 self._cache[key] = None
-        return self._cache[key]
+        split: WaitSplit | None = self._cache[key]
+        return split
 
     def split_reason(self) -> str | None:
         return NO_DEVICE_CLOCK if "device" not in self.clocks() else None

@@ -1,5 +1,9 @@
 """Runs a scenario: interleaved solo and shared phases, adaptively when SLOs are given.
 
+One file on purpose: it is one loop (calibrate, plan the looks, run the phases, judge, finish)
+over one ``_Scenario``'s state, and every step reads and writes that state; splitting it would
+pass the state between modules without making any step simpler.
+
 Without SLOs (the fixed protocol) every tenant is measured ``iterations`` times in each phase,
 in rounds of ``round_iterations``: each round runs every tenant solo (the others resident but
 idle), then all together, with the order flipped every round so that drift in clocks and

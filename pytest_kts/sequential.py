@@ -69,11 +69,13 @@ def _norm_sf(x: np.ndarray) -> np.ndarray:
         -0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (
             -0.82215223 + t * 0.17087277))))))))  # fmt: skip
     erfc = t * np.exp(poly)
-    return np.where(x >= 0, 0.5 * erfc, 1.0 - 0.5 * erfc)
+    sf: np.ndarray = np.where(x >= 0, 0.5 * erfc, 1.0 - 0.5 * erfc)
+    return sf
 
 
 def _norm_pdf(x: np.ndarray) -> np.ndarray:
-    return np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    pdf: np.ndarray = np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+    return pdf
 
 
 @functools.lru_cache(maxsize=256)
@@ -175,7 +177,8 @@ class SequentialTest:
         """Cumulative two-sided budget a look at ``n`` of ``n_max`` would have spent."""
         if final or n >= n_max:
             return self.alpha
-        return self.alpha * (max(n, 0.0) / n_max) ** self.rho
+        share: float = (max(n, 0.0) / n_max) ** self.rho  # a real power: the base is >= 0
+        return self.alpha * share
 
     def level(self, n: int, n_max: int, *, final: bool = False) -> float:
         """Record a look at ``n`` samples and return its interval's two-sided level."""
@@ -303,12 +306,17 @@ def evaluate(
         on_inconclusive=on_inconclusive,
         undecided_at=None if full_interval else check.threshold,
     )
-    changes: dict[str, str] = {}
-    if note:
-        changes["method"] = f"{result.method}; {note}"
-    if level == 0.0:
-        changes["reason"] = "no error budget left for this look: the budget ran out undecided"
-    return dataclasses.replace(result, **changes) if changes else result
+    if not note and level != 0.0:
+        return result
+    return dataclasses.replace(
+        result,
+        method=f"{result.method}; {note}" if note else result.method,
+        reason=(
+            "no error budget left for this look: the budget ran out undecided"
+            if level == 0.0
+            else result.reason
+        ),
+    )
 
 
 def samples_to_decide(df: DegradationFactor, threshold: float, confidence: float) -> int | None:

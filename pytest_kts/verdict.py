@@ -24,6 +24,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -59,6 +60,11 @@ class KtsInconclusiveWarning(UserWarning):
 
 class InconclusiveError(KtsError):
     """A degradation gate could not decide and ``on_inconclusive="error"`` was asked for."""
+
+
+def _is_threshold(x: object) -> TypeGuard[float | np.number[Any]]:
+    """A number a DF compares with (a bool is not one: ``df < True`` is a mistake)."""
+    return not isinstance(x, bool) and isinstance(x, (int, float, np.number))
 
 
 def _fmt_p(p: float) -> str:
@@ -144,9 +150,7 @@ class DegradationFactor:
             return "fail"
         return "inconclusive"
 
-    def _compare(self, op: str, threshold: object) -> bool:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float, np.number)):
-            return NotImplemented  # type: ignore[return-value]
+    def _compare(self, op: str, threshold: float | np.number[Any]) -> bool:
         t = float(threshold)
         v = self.verdict(t)
         if v == "inconclusive":
@@ -179,15 +183,23 @@ class DegradationFactor:
         return f"inconclusive: {self!r} {op} {t:g}: {why}"
 
     def __lt__(self, other: object) -> bool:
+        if not _is_threshold(other):
+            return NotImplemented
         return self._compare("<", other)
 
     def __le__(self, other: object) -> bool:
+        if not _is_threshold(other):
+            return NotImplemented
         return self._compare("<=", other)
 
     def __gt__(self, other: object) -> bool:
+        if not _is_threshold(other):
+            return NotImplemented
         return self._compare(">", other)
 
     def __ge__(self, other: object) -> bool:
+        if not _is_threshold(other):
+            return NotImplemented
         return self._compare(">=", other)
 
     def __bool__(self) -> bool:

@@ -189,9 +189,11 @@ class Llama:
         ]
         self.final_norm = init.ones(s.d_model)
         self.lm_head = init.linear(s.vocab, s.d_model)
-        f32 = {"device": init.device, "dtype": torch.float32}
-        inv_freq = _ROPE_THETA ** (-torch.arange(0, s.head_dim, 2, **f32) / s.head_dim)
-        angles = torch.outer(torch.arange(max_pos, **f32), inv_freq)
+        f32 = torch.float32
+        inv_freq = _ROPE_THETA ** (
+            -torch.arange(0, s.head_dim, 2, device=init.device, dtype=f32) / s.head_dim
+        )
+        angles = torch.outer(torch.arange(max_pos, device=init.device, dtype=f32), inv_freq)
         angles = torch.cat((angles, angles), dim=-1)
         self.cos, self.sin = angles.cos().to(init.dtype), angles.sin().to(init.dtype)
 

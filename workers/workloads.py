@@ -99,7 +99,8 @@ def resolve(workload: str) -> Factory:
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ValueError(f"workload {workload!r}: {module_name!r} has no callable {attr!r}")
-    return factory
+    maker: Factory = factory
+    return maker
 
 
 def check(

@@ -369,11 +369,11 @@ class LocalBackend(Backend):
             # A worker that exits is reported by its reader's EOF marker, through this queue.
             with contextlib.suppress(queue.Empty):
                 tenant, item, *source = self._lines.get(timeout=min(remaining, 0.5))
-                worker = self._workers.get(tenant)
+                current = self._workers.get(tenant)
                 if (
                     source
                     and source[0] is not None
-                    and (worker is None or source[0] is not worker.process)
+                    and (current is None or source[0] is not current.process)
                 ):
                     continue  # from a worker the pool has retired: nobody's business now
                 return tenant, item

@@ -1,0 +1,131 @@
+"""What both ``kts`` commands share: the exit codes, the one-line usage error, the SLO
+options and how a result is printed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments or unusable input: reported in one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One clear line instead of argparse's usage dump (subparsers inherit this class).
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def parse_slo(items: Sequence[str]) -> dict[str, float]:
+    slo = {}
+    for item in items:
+        tenant, sep, value = item.partition("=")
+        try:
+            threshold = float(value)
+        except ValueError:
+            threshold = math.nan
+        if not sep or not tenant or not threshold > 0:
+            raise UsageError(f"--slo {item!r}: expected TENANT=THRESHOLD, e.g. fft=1.3")
+        slo[tenant] = threshold
+    return slo
+
+
+def tenant_named(result: Any, name: str) -> str:
+    """``name`` as the result spells it; case-insensitive, since v1 lines say FFT for fft."""
+    if name in result.tenants:
+        return name
+    matches: list[str] = [t for t in result.tenants if t.lower() == name.lower()]
+    if len(matches) != 1:
+        raise UsageError(f"--slo names {name!r}; the logs hold {', '.join(result.tenants)}")
+    return matches[0]
+
+
+def finish(results: Any, args: argparse.Namespace, out: IO[str], command: str) -> int:
+    from pytest_kts.report import render_table, write_report
+
+    results = results if isinstance(results, list) else [results]
+    print(render_table(results), file=out)
+    checks = [c for r in results for c in r.checks]
+    for check in checks:
+        lo, hi = check["ci"]
+        print(
+            f"{check['tenant']}: DF p{check['p']:g} ({check['clock']}) {check['value']:.2f} "
+            f"[{lo:.2f}, {hi:.2f}] < {check['threshold']:g}: {check['verdict']}",
+            file=out,
+        )
+    if args.out:
+        written = write_report(results, Path(args.out), command=command)
+        print(f"report: {len(written)} file(s) written to {args.out}", file=out)
+    if args.benchmark_json:
+        from pytest_kts import safefile
+        from pytest_kts.baseline import github_benchmark_json
+
+        entries = github_benchmark_json(results)
+        safefile.write_text(args.benchmark_json, json.dumps(entries, indent=2) + "\n")
+        print(f"github-action-benchmark JSON: {args.benchmark_json}", file=out)
+    failed = any(c["verdict"] == "fail" for c in checks)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def positive(kind: type[int] | type[float]) -> Any:
+    """An argparse type: a positive int or float; anything else is a usage error (exit 2)."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+        if not value > 0 or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def confidence_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.5 <= value < 1:
+        raise argparse.ArgumentTypeError(f"confidence must be in [0.5, 1), got {text}")
+    return value
+
+
+def percentile_arg(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"percentile must be in (0, 100), got {text}")
+    # 99, not 99.0: the same DF and interval as the table, which asks for p=99.
+    return int(value) if value.is_integer() else value
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        metavar="TENANT=DF",
+        help="fail (exit 1) when TENANT's DF is above DF with confidence",
+    )
+    parser.add_argument("--p", type=percentile_arg, default=99, help="percentile of the DF (99)")
+    parser.add_argument(
+        "--confidence", type=confidence_arg, default=0.95, help="of every interval (0.95)"
+    )
+    parser.add_argument("--name", help="scenario name in the table and report")
+    parser.add_argument(
+        "--benchmark-json",
+        metavar="FILE",
+        help="also write github-action-benchmark customSmallerIsBetter JSON",
+    )
+
+
+EXIT_HELP = "Exit codes: 0 ok, 1 a verdict failed, 2 a usage or input error."

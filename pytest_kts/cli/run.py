@@ -1,0 +1,168 @@
+"""``kts run``: run tenants solo and co-located without a test file, and print the table."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from collections.abc import Iterable
+from typing import IO, Any
+
+from pytest_kts.backends.base import TenantSpec
+from pytest_kts.cli.common import (
+    EXIT_HELP,
+    Parser,
+    UsageError,
+    add_common_options,
+    finish,
+    parse_slo,
+    positive,
+)
+from pytest_kts.config import DEVICES
+from pytest_kts.constants import ARRIVALS
+from pytest_kts.protocol import check_tenant_name
+
+RUN_HELP = (
+    "Run tenants solo and then co-located, without a test file, and print the table. With "
+    "--slo the run is adaptive: it stops as soon as every SLO is decided. Example: kts run "
+    "--tenant fft:size=4096,sleep_ms=20 --tenant matmul:size=4096,sleep_ms=30 --slo fft=1.3"
+)
+
+
+_SPEC_FIELDS = {
+    "name": str,
+    "size": int,
+    "sleep_ms": float,
+    "warmup": int,
+    "arrival": str,
+    "rate_hz": float,
+    "seed": int,
+}
+
+
+def parse_tenant(text: str, taken: Iterable[str] = ()) -> TenantSpec:
+    """``WORKLOAD[:key=value,...]`` -> TenantSpec. ``module:function`` workloads work too.
+
+    Known keys fill TenantSpec fields (name, size, sleep_ms, warmup, arrival, rate_hz, seed);
+    any other key is a workload parameter. The name defaults to the workload's, made unique.
+    """
+    workload, sep, options = text.rpartition(":")
+    if not sep or "=" not in options:
+        workload, options = text, ""
+    if not workload:
+        raise UsageError(f"--tenant {text!r}: no workload (e.g. fft:size=4096,sleep_ms=100)")
+    fields: dict[str, Any] = {}
+    params: dict[str, str] = {}
+    for item in filter(None, options.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"--tenant {text!r}: {item!r} is not key=value")
+        if key in _SPEC_FIELDS:
+            try:
+                fields[key] = _SPEC_FIELDS[key](value)
+            except ValueError:
+                raise UsageError(f"--tenant {text!r}: {key}={value!r} is not a number") from None
+        else:
+            params[key] = value
+    if fields.get("arrival") not in (None, *ARRIVALS):
+        raise UsageError(f"--tenant {text!r}: arrival must be one of {', '.join(ARRIVALS)}")
+    base = fields.pop("name", None) or workload.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+    name, k = base, 2
+    while name in set(taken):
+        name, k = f"{base}-{k}", k + 1
+    try:
+        check_tenant_name(name)
+        return TenantSpec(
+            name=name, workload=workload, size=fields.pop("size", 4096), params=params, **fields
+        )
+    except ValueError as exc:
+        raise UsageError(f"--tenant {text!r}: {exc}") from None
+
+
+def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    from pytest_kts.config import RunSettings
+    from pytest_kts.machine import facts, resolve_device
+    from pytest_kts.progress import Progress
+    from pytest_kts.runner import run_scenario
+    from pytest_kts.workers.workloads import check as check_workload
+
+    tenants: list[TenantSpec] = []
+    for text in args.tenant:
+        spec = parse_tenant(text, [t.name for t in tenants])
+        try:
+            # Before anything spawns: an unknown workload or param, with what is allowed.
+            check_workload(spec.workload, spec.params)
+        except ValueError as exc:
+            raise UsageError(f"--tenant {text!r}: {exc}") from None
+        tenants.append(spec)
+    if len(tenants) < 2:
+        raise UsageError("kts run needs at least two --tenant options (co-location needs two)")
+    slo = parse_slo(args.slo)
+    changes: dict[str, Any] = {"device": args.device, "confidence": args.confidence}
+    if args.iterations:
+        # With SLOs the run is adaptive: N is then the most it may take, not a fixed count.
+        changes["max_iterations" if slo else "iterations"] = args.iterations
+        changes["round_iterations"] = min(args.iterations, RunSettings.round_iterations)
+    if args.timeout:
+        changes["timeout"] = args.timeout
+    settings = dataclasses.replace(RunSettings(), **changes)
+    device = resolve_device(args.device)
+    progress = Progress(sys.stderr, args.verbose - args.quiet, label=args.name)
+    result = run_scenario(
+        args.name,
+        tenants,
+        settings,
+        slo=slo or None,
+        p=args.p,
+        progress=progress,
+        device=device,
+        telemetry_factory=_telemetry_factory(device),
+        machine=facts(device),
+    )
+    if result.telemetry is not None:
+        result.warnings += result.telemetry.clock_warnings(result.windows)
+    return finish(result, args, out, "kts " + shlex.join(args.argv))
+
+
+def _telemetry_factory(device: str) -> Any:
+    if device != "cuda":
+        return None
+    from pytest_kts.telemetry import TelemetrySampler
+
+    if TelemetrySampler.unavailable_reason() is not None:
+        return None
+    return lambda: TelemetrySampler(0)
+
+
+def add_run_parser(sub: argparse._SubParsersAction[Parser]) -> None:
+    """Add ``kts run`` and its options to the subcommands of ``kts``."""
+    run = sub.add_parser(
+        "run", help="run a scenario without a test file", description=RUN_HELP, epilog=EXIT_HELP
+    )
+    run.add_argument(
+        "--tenant",
+        action="append",
+        default=[],
+        required=True,
+        metavar="WORKLOAD[:k=v,...]",
+        help="e.g. fft:size=4096,sleep_ms=100 (name=, warmup=, arrival=, rate_hz=, "
+        "seed=; other keys go to the workload)",
+    )
+    run.add_argument(
+        "--device", choices=DEVICES, default="auto", help="where tenants run (default auto)"
+    )
+    run.add_argument(
+        "--iterations",
+        type=positive(int),
+        metavar="N",
+        help="iterations per tenant and phase (with --slo: the most before giving up)",
+    )
+    run.add_argument(
+        "--timeout", type=positive(float), metavar="S", help="seconds one phase may take"
+    )
+    run.add_argument("--report", dest="out", metavar="DIR", help="write the report files here")
+    run.add_argument("-q", "--quiet", action="count", default=0, help="no progress line")
+    run.add_argument("-v", "--verbose", action="count", default=0, help="more progress lines")
+    add_common_options(run)
+    run.set_defaults(name="ad-hoc")
