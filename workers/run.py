@@ -210,7 +210,13 @@ def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> i
                     seq=seq, until_stopped=bool(command.get("until_stopped")),
                     max_duration_s=command.get("max_duration_s"),
                 )  # fmt: skip
-            return 0
+            # The backend has gone or said exit: everything is written. Leave at once rather
+            # than through the interpreter's (and torch's) teardown, which on a busy machine
+            # takes longer than Ctrl-C should; the driver frees the CUDA context either way.
+            emit.flush()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
     except LookupError as exc:
         emit.event("error", {"kind": "no_device", "message": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
