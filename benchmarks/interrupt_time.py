@@ -121,7 +121,8 @@ def main() -> int:
         "",
         f"`{summary['command']}` on {summary['date']}, {summary['machine']}, CPU tenants that "
         "sleep 2 s between iterations (so a stop arrives during a sleep). Target: under 1 s. "
-        "The rows of a test without the kts fixture are the floor: pytest's own exit after Ctrl-C on this machine (the plugin loaded, torch imported to find a GPU).",
+        "The rows of a test without the kts fixture are the floor: pytest's own exit after "
+        "Ctrl-C on this machine (the plugin loaded, torch imported to find a GPU).",
         "",
         "| signal | seconds to exit | workers seen | workers left | exit code |",
         "|---|---|---|---|---|",
