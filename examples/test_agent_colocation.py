@@ -47,10 +47,13 @@ def test_decode_next_to_prefill_timeslice_and_mps(kts):
         # survive warmup trimming depends on the data, so that is not asserted).
         for phase in ("solo", "shared"):
             assert len(decode.samples.phase(phase)) >= kts.settings.iterations
-        # The decode step keeps its tail within 10x of solo under every mode we offer. (On a
-        # shared 2-core CPU a p99 DF of 4-5 with a wide interval is seen: the bound there is
-        # far from it, so the verdict cannot flip with the machine's other load.)
-        assert assert_df(decode, p=99) < (10 if kts.device == "cuda" else 25)
+        # The decode step keeps its tail within 10x of solo under every mode we offer. On a
+        # shared 2-core CPU the streams mode's shared tail comes in runs (the threads share
+        # one GIL), and a p99 upper bound once needed more independent samples than these
+        # 600 iterations held (DF 1.45 [1.18, inf)): there the check is at p95, whose floor
+        # is 72 samples, against a bound far from the 4-5 seen.
+        p = 99 if kts.device == "cuda" else 95
+        assert assert_df(decode, p=p) < (10 if kts.device == "cuda" else 25)
 
 
 @pytest.mark.gpu
