@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from pytest_kts.backends.base import TenantSpec
 from pytest_kts.config import SHARING_MODES, RunSettings
@@ -28,39 +28,8 @@ from pytest_kts.results import ScenarioResult, TenantResult
 from pytest_kts.verdict import POLICIES, DegradationFactor
 from pytest_kts.workers.workloads import check as check_workload
 
-
-class Runs(Protocol):
-    """What the fixture needs from the session (``pytest_kts.session.KtsSession``)."""
-
-    def run(
-        self,
-        name: str,
-        tenants: Sequence[TenantSpec],
-        settings: RunSettings,
-        slo: Mapping[str, float] | None,
-        p: float,
-        progress: Any = None,
-    ) -> ScenarioResult: ...
-
-    def run_modes(
-        self,
-        name: str,
-        tenants: Sequence[TenantSpec],
-        settings: RunSettings,
-        modes: Sequence[str],
-        slo: Mapping[str, float] | None,
-        p: float,
-        progress: Any = None,
-    ) -> dict[str, ScenarioResult]: ...
-
-    def run_matrix(
-        self,
-        name: str,
-        tenants: Sequence[TenantSpec],
-        settings: RunSettings,
-        include_all: bool = True,
-        progress: Any = None,
-    ) -> MatrixResult: ...
+if TYPE_CHECKING:
+    from pytest_kts.session import KtsSession
 
 
 # Sizes that suit each device when a test gives none: the study's 4096 on a GPU; small enough
@@ -102,7 +71,7 @@ class Kts:
         name: str,
         settings: RunSettings,
         device: str,
-        runs: Runs,
+        runs: KtsSession,
         progress: Any = None,
     ) -> None:
         self.name = name

@@ -172,9 +172,8 @@ class LocalBackend(Backend):
 
     @staticmethod
     def _discard_stderr(worker: _Worker) -> None:
+        # The file's name was unlinked at spawn; only the descriptor is left to close.
         worker.stderr_file.close()
-        with contextlib.suppress(OSError):
-            os.unlink(worker.stderr_file.name)
 
     def _spawn(self, spec: TenantSpec, device: str) -> None:
         env = dict(os.environ)
