@@ -28,8 +28,8 @@ import numpy as np
 
 from pytest_kts import safefile
 from pytest_kts.errors import ConfigError, KtsError
+from pytest_kts.evidence import percentile_interval
 from pytest_kts.samples import TenantSamples, from_csv, to_csv
-from pytest_kts.stats import block_length, bootstrap_percentiles, percentile, trim_warmup
 from pytest_kts.verdict import degradation
 
 if TYPE_CHECKING:
@@ -239,6 +239,7 @@ def compare(
                 clock=used,
                 solo_segments=b.segments(),
                 shared_segments=c.segments(),
+                paired=False,  # two runs at different times: their rounds are not pairs
             )
         except KtsError:
             continue  # nothing finite on one side: no comparison to make
@@ -280,20 +281,14 @@ def machine_mismatches(current: Mapping[str, Any], baseline: Mapping[str, Any]) 
 def _percentile_with_range(
     values: np.ndarray, segments: np.ndarray, p: float
 ) -> tuple[float, float | None, int]:
-    """The percentile the statistics use (warmup trimmed), half the width of its 95% block
-    bootstrap interval (github-action-benchmark's "range"), and n."""
-    kept, labels, _ = trim_warmup(values, segments)
-    if kept.size == 0:
-        return math.nan, None, 0
-    q = percentile(kept, p)
-    if kept.size < 20:
-        return q, None, int(kept.size)
-    rng = np.random.default_rng(0)  # the same samples always give the same range
-    reps = bootstrap_percentiles(
-        kept, labels, p, block=round(block_length(kept, labels)), replicates=500, rng=rng
-    )
-    lo, hi = np.percentile(reps, [2.5, 97.5])
-    return q, float(hi - lo) / 2, int(kept.size)
+    """The percentile the statistics use (warmup trimmed), half the width of its 95% interval
+    (github-action-benchmark's "range"; none below the sample floor), and n."""
+    finite = np.isfinite(np.asarray(values, dtype=np.float64))
+    if finite.sum() < 20:
+        return math.nan, None, int(finite.sum())
+    q, lo, hi, n = percentile_interval(values, segments, p, 0.95)
+    half = (hi - lo) / 2 if math.isfinite(hi) else None
+    return q, half, n
 
 
 def _entry(name: str, unit: str, value: float, half: float | None, extra: str) -> dict[str, Any]:

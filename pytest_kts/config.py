@@ -91,7 +91,7 @@ OPTIONS: tuple[Option, ...] = (
            "where tenants run: auto (CUDA when present, else CPU), cuda, cpu", choices=DEVICES),
     Option("iterations", _positive_int, 800,
            "measured iterations per tenant and phase when a test sets no SLO (the study's 800)"),
-    Option("round_iterations", _positive_int, 200,
+    Option("round_iterations", _positive_int, 100,
            "iterations per tenant in one phase of one round; solo and shared phases alternate"),
     Option("max_iterations", _positive_int, 3200,
            "adaptive runs: most iterations per tenant and phase before giving up undecided"),
@@ -143,7 +143,7 @@ MARKER_KEYS = (
 class RunSettings:
     device: str = "auto"
     iterations: int = 800
-    round_iterations: int = 200
+    round_iterations: int = 100
     max_iterations: int = 3200
     max_seconds: float = 900.0
     budget_seconds: float = 7200.0

@@ -36,16 +36,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from pytest_kts import sequential
+from pytest_kts import planner, sequential
 from pytest_kts.backends import make_backend
 from pytest_kts.backends.base import Backend, PhaseOutput, PhasePlan, TenantSpec
 from pytest_kts.config import RunSettings
+from pytest_kts.constants import PHASES
 from pytest_kts.errors import ConfigError
 from pytest_kts.protocol import LineReader, Sample
 from pytest_kts.results import PhaseWindow, ScenarioResult, TenantResult
 from pytest_kts.samples import group
-from pytest_kts.sequential import Check, SequentialTest, evaluate, plan_looks, samples_to_decide
-from pytest_kts.stats import WARMUP_MAX_FRACTION, tail_dependence, trim_warmup
+from pytest_kts.sequential import Check, SequentialTest, evaluate
+from pytest_kts.stats import WARMUP_MAX_FRACTION, tail_clusters, trim_warmup
 from pytest_kts.verdict import DegradationFactor
 
 __all__ = ["Budget", "ProgressSink", "make_backend", "plan_checks", "run_scenario"]
@@ -61,11 +62,9 @@ PROFILE_ITERATIONS = 50
 PROFILE_SHARE = 0.05
 PROFILE_MAX_S = 2.0
 # The extremal index the look plan assumes at most (see _theta).
-THETA_MAX = 0.8
+THETA_MAX = 0.6
 # Time kept free at the end of every phase for its stop to arrive.
 STOP_MARGIN_S = 0.05
-# Looks closer than this to the last one add too little information to pay for a round.
-MIN_LOOK_GAIN = 0.1
 
 
 class ProgressSink(Protocol):
@@ -150,6 +149,7 @@ class _CheckState:
     df: DegradationFactor | None = None
     looks: int = 0
     decided: bool = False
+    final: bool = False
     power: str | None = None
 
 
@@ -174,6 +174,7 @@ class _Scenario:
         self.rounds = 0
         self.notes: list[str] = []
         self.cut_phases = 0
+        self.round_length: int | None = None  # samples per phase of a look's round
 
     # -- time ------------------------------------------------------------------------------
     def left(self) -> float:
@@ -390,76 +391,126 @@ def _adaptive(run: _Scenario, states: list[_CheckState], p: float) -> str:
     def undecided() -> list[str]:
         return list(dict.fromkeys(s.check.tenant for s in states if not s.decided))
 
-    def round_plans(rnd: int, target: int, tenants: list[str]) -> list[PhasePlan]:
-        plans = []
-        for t in tenants:
-            need = max(target, col.n(t, "shared")) - col.n(t, "solo")
-            if need > 0:
-                plans.append(PhasePlan("solo", rnd, {t: need}))
-        shared = {t: max(target - col.n(t, "shared"), 0) if t in tenants else 0 for t in run.names}
-        if any(shared.values()):
-            plans.append(PhasePlan("shared", rnd, shared))
-        return plans
-
     # 1. Calibration: a short round gives the rates the plan needs (its samples count too).
     calib = min(settings.round_iterations, CALIBRATION_ITERATIONS)
-    plans = round_plans(0, calib, focal)
+    plans = _round_plans(run, 0, calib, focal)
     share = max(run.left() * CALIBRATION_SHARE / len(plans), 0.5)
     plans = [PhasePlan(x.phase, x.round, x.iterations, max_seconds=share) for x in plans]
     if not run.run_round(plans, final=False):
         return _finish(run, states, p, f"undecided: {run.limit_reason()} during calibration")
     _check_colocated(run)
 
-    looks: list[int] = []
-    reason = ""
+    # 2. Rounds as short as pay for their phase switches; looks planned in samples per phase.
+    planned: tuple[int, ...] = ()
     while True:
         active = undecided()
         n_now = min(col.pairs(t) for t in active)
-        n_max = _reachable(run, active)
-        spent = max(s.test.spent_total for s in states if not s.decided)
-        if not looks or looks[0] <= n_now:
-            looks = plan_looks(
-                p,
-                settings.confidence,
-                n_now,
-                n_max,
-                theta=_theta(run, active, p),
-                rho=states[0].test.rho,
-                spent=spent,
-            )
-        else:
-            looks = [n for n in looks if n < n_max] + [n_max]
-        if n_max <= n_now or not looks:
-            reason = (
-                f"undecided: {run.limit_reason()}"
-                if n_max < settings.max_iterations
-                else (
-                    f"undecided: the budget of {settings.max_iterations} iterations per tenant and "
-                    "phase ran out"
-                )
-            )
-            _judge(run, states, n_max, final=True)
-            break
-        target = looks[0]
-        final = target >= n_max
-        run.run_round(round_plans(run.rounds, target, active), final=final)
-        n_after = _reachable(run, active)
-        left_gain = n_after - min(col.pairs(t) for t in active)
-        final = final or left_gain < max(MIN_LOOK_GAIN * n_after, 1)
-        _judge(run, states, max(n_max, 1), final=final)
+        if run.round_length is None:
+            run.round_length = _round_length(run, active, p)
+        standing = planner.Standing(
+            n_now=n_now,
+            n_reachable=_reachable(run, active),
+            n_cap=settings.max_iterations,
+            planned=planned,
+            p=p,
+            confidence=settings.confidence,
+            theta=_theta(run, active, p),
+            rho=states[0].test.rho,
+            spent=max(s.test.spent_total for s in states if not s.decided),
+            short_of_floor=any(
+                s.df is not None and s.df.evidence.limited_by == "floor"
+                for s in states
+                if not s.decided
+            ),
+        )
+        step = planner.next_look(standing)
+        if isinstance(step, planner.Stop):
+            _judge(run, states, max(standing.n_reachable, 1), final=True)
+            return _finish(run, states, p, f"undecided: {_limit(run, step.reason)}")
+        planned = step.plan
+        _run_to(run, active, step.target, final=step.final)
+        n_after = min(col.pairs(t) for t in active)
+        n_reach = _reachable(run, active)
+        final = planner.is_final(step.final, n_after, n_reach)
+        _judge(run, states, max(n_reach, 1), final=final)
         if not undecided():
-            reason = f"every SLO decided after {run.rounds} round(s)"
-            break
+            return _finish(run, states, p, f"every SLO decided after {run.rounds} round(s)")
         if final or all(s.test.exhausted for s in states if not s.decided):
-            limit = (
+            why = (
                 f"the budget of {settings.max_iterations} iterations per tenant and phase ran out"
                 if n_after >= settings.max_iterations
                 else run.limit_reason()
             )
-            reason = f"undecided: {limit}"
-            break
-        looks = looks[1:]
-    return _finish(run, states, p, reason)
+            return _finish(run, states, p, f"undecided: {why}")
+        planned = planned[1:]
+
+
+def _limit(run: _Scenario, why: str) -> str:
+    return run.limit_reason() if why == "the time budget ran out" else why
+
+
+def _round_plans(run: _Scenario, rnd: int, target: int, tenants: list[str]) -> list[PhasePlan]:
+    """One round: a solo phase per SLO tenant up to ``target`` samples, then a shared phase in
+    which every other tenant is background (target 0)."""
+    col = run.collected
+    plans = []
+    for t in tenants:
+        need = max(target, col.n(t, "shared")) - col.n(t, "solo")
+        if need > 0:
+            plans.append(PhasePlan("solo", rnd, {t: need}))
+    shared = {t: max(target - col.n(t, "shared"), 0) if t in tenants else 0 for t in run.names}
+    if any(shared.values()):
+        plans.append(PhasePlan("shared", rnd, shared))
+    return plans
+
+
+def _run_to(run: _Scenario, tenants: list[str], target: int, *, final: bool) -> None:
+    """Rounds of about ``run.round_length`` samples per phase until every one of ``tenants``
+    has ``target`` samples in both phases (or time runs out). The look's last round is the
+    run's last when the look is final, so it may use what time is left."""
+    col = run.collected
+    length = run.round_length or planner.ROUND_MIN
+    while True:
+        n_now = min(col.pairs(t) for t in tenants)
+        left = target - n_now
+        if left <= 0:
+            return
+        rounds = max(1, round(left / length))
+        step = math.ceil(left / rounds)
+        plans = _round_plans(run, run.rounds, n_now + step, tenants)
+        if not plans or not run.run_round(plans, final=final and rounds == 1):
+            return
+
+
+def _round_length(run: _Scenario, tenants: list[str], p: float) -> int:
+    """The round length for the looks, from the calibration's rates, overhead and trimming."""
+    col = run.collected
+    solo = [col.rate(t, "solo") for t in tenants]
+    shared = [col.rate(t, "shared") for t in tenants]
+    if min(solo + shared) <= 0:
+        return max(run.settings.round_iterations, planner.ROUND_MIN)
+    per_pair = sum(1.0 / r for r in solo) + 1.0 / min(shared)
+    grouped = group(col.records, run.names)
+    trimmed = []
+    for t in tenants:
+        for phase in PHASES:
+            data = grouped[t].phase(phase)
+            values = data.latency("host")
+            if len(values) >= 20:
+                trimmed.append(trim_warmup(values, data.segments())[2])
+    n_max = max(_reachable(run, tenants), 1)
+    first = sequential.first_decisive_n(
+        p, run.settings.confidence, n_max, theta=_theta(run, tenants, p)
+    )
+    level = (1.0 - run.settings.confidence) * min(1.0, (first or n_max) / n_max)
+    return planner.choose_round_length(
+        n_first=first or n_max,
+        seconds_per_pair=per_pair,
+        phase_overhead_s=col.overhead(),
+        phases_per_round=len(tenants) + 1,
+        warmup_per_round=max(trimmed, default=0),
+        level=max(level, 1e-4),
+    )
 
 
 def _reachable(run: _Scenario, tenants: list[str]) -> int:
@@ -471,9 +522,12 @@ def _reachable(run: _Scenario, tenants: list[str]) -> int:
     if min(solo_rates + shared_rates) <= 0:
         return n_now
     # One more sample pair costs a solo sample of each tenant, one after the other, and a
-    # shared phase as long as its slowest tenant needs; every phase costs its overhead.
+    # shared phase as long as its slowest tenant needs; every round costs one phase switch
+    # per phase (its overhead), so shorter rounds reach fewer samples.
     per_pair = sum(1.0 / r for r in solo_rates) + 1.0 / min(shared_rates)
-    spare = run.left() - col.overhead() * (len(tenants) + 1) * 2
+    length = run.round_length or planner.ROUND_MIN
+    per_pair += col.overhead() * (len(tenants) + 1) / length
+    spare = run.left() - col.overhead() * (len(tenants) + 1)
     more = int(max(spare, 0.0) / per_pair)
     return min(settings.max_iterations, n_now + more)
 
@@ -481,23 +535,24 @@ def _reachable(run: _Scenario, tenants: list[str]) -> int:
 def _theta(run: _Scenario, tenants: list[str], p: float) -> float:
     """The share of raw samples that count toward the floor, as the look plan assumes it.
 
-    Warmup trimming removes some samples of every round (MSER-5 takes about 8-13% even of
-    stationary data, more after a real transient), and clustering in the tail (extremal
-    index ``theta``) makes the rest count less. Both are read off the data so far; theta is
-    kept within [0.5, 0.8] and trimming at >= 10%: a calibration of 100 samples sees almost
-    no tail, and an H200's solo FFT showed theta 0.83 over 600 samples, so a plan that
-    trusted theta = 1 put its first look below the floor and lost a round.
+    Warmup trimming removes some samples of every round, and clustering in the tail (the
+    dispersion ``F`` of the exceedance count: theta here is ``1 / F``) makes the rest count
+    less. Both are read off the data so far (the tail's own clusters,
+    ``stats.tail_clusters``); theta is kept within [0.5, 0.8] and
+    trimming at >= 10%: a calibration of 100 samples sees almost no tail, and an H200's solo
+    FFT showed theta 0.83 over 600 samples, so a plan that trusted theta = 1 put its first
+    look below the floor and lost a round.
     """
     grouped = group(run.collected.records, run.names)
     thetas, trimmed = [], []
     for t in tenants:
         per_phase = []
-        for phase in ("solo", "shared"):
+        for phase in PHASES:
             data = grouped[t].phase(phase)
             values = data.latency("host")
             if len(values) >= 20:
                 kept, labels, cut = trim_warmup(values, data.segments())
-                per_phase.append(tail_dependence(kept, labels, p)[1])
+                per_phase.append(1.0 / tail_clusters(kept, labels, p).inflation)
                 trimmed.append(cut / len(values))
         # A fail needs the solo phase's floor, a pass the shared one's: the earliest look
         # that can decide either way follows the phase whose tail clusters less.
@@ -530,11 +585,8 @@ def _judge(run: _Scenario, states: list[_CheckState], n_max: int, final: bool) -
             confidence=run.settings.confidence,
             note=f"sequential look {len(state.test.info)} ({state.test.describe()})",
             on_inconclusive=run.settings.inconclusive,
-            # A look that cannot decide skips the bootstrap (same verdict); the last look
-            # always reports the full interval.
-            full_interval=final,
         )
-        state.df, state.looks = df, len(state.test.info)
+        state.df, state.looks, state.final = df, len(state.test.info), final
         state.decided = df.verdict(check.threshold) != "inconclusive"
         if run.progress and math.isfinite(df.value):
             run.progress.estimate(check.tenant, df.value, df.ci)
@@ -547,20 +599,15 @@ def _finish(run: _Scenario, states: list[_CheckState], p: float, reason: str) ->
         if state.decided or state.df is None:
             continue
         t = state.check.tenant
-        need = samples_to_decide(state.df, state.check.threshold, run.settings.confidence)
-        if need is None:
-            state.power = (
-                f"the estimate {state.df.value:.3g} sits on the threshold "
-                f"{state.check.threshold:g}: no sample count decides it"
-            )
-            continue
-        more = max(need - col.pairs(t), 0)
         rates = [col.rate(t, "solo"), col.rate(t, "shared")]
-        seconds = sum(more / r for r in rates if r > 0) if min(rates) > 0 else math.nan
-        state.power = (
-            f"at this noise, deciding against {state.check.threshold:g} needs about {more} more "
-            f"samples per phase"
-            + (f", about {seconds:.0f} s more of phases" if math.isfinite(seconds) else "")
+        per_sample = sum(1.0 / r for r in rates) if min(rates) > 0 else None
+        state.power = planner.power_hint(
+            state.df.evidence,
+            state.check.threshold,
+            budget_spent=state.test.exhausted,
+            n_budget=_reachable(run, [t]),
+            round_length=run.round_length or planner.ROUND_MIN,
+            seconds_per_sample=per_sample,
         )
     background = [t for t in run.names if col.n(t, "solo") == 0]
     profiled = []

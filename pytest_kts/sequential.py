@@ -24,7 +24,6 @@ proved, what is approximated and what ``benchmarks/eval_verdicts.py`` simulates.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pytest_kts.stats import min_samples, norm_ppf
+from pytest_kts.evidence import floor_samples
 from pytest_kts.verdict import DegradationFactor, degradation
 
 __all__ = [
@@ -42,7 +41,6 @@ __all__ = [
     "first_decisive_n",
     "group_sequential_boundaries",
     "plan_looks",
-    "samples_to_decide",
 ]
 
 _GRID = 301  # points of the numerical integration per look: boundaries within 1e-3 in z
@@ -225,9 +223,8 @@ def first_decisive_n(
 
     def decisive(n: int) -> bool:
         a = alpha if n >= n_max else max(alpha * (n / n_max) ** rho - spent, 0.0)
-        if a <= 0:
-            return False
-        return n * theta >= min_samples(p, 1.0 - a / 2.0)
+        floor = floor_samples(p, a)
+        return floor is not None and n * theta >= floor
 
     if not decisive(n_max):
         return None
@@ -283,17 +280,14 @@ def evaluate(
     note: str = "",
     trim: bool = True,
     on_inconclusive: str = "warn",
-    full_interval: bool = True,
 ) -> DegradationFactor:
     """The degradation factor for ``check`` with the two-sided level ``level`` of this look.
 
     ``result.verdict(check.threshold)``: ``"pass"``/``"fail"`` are final (stop measuring this
     check); ``"inconclusive"`` means another look is needed or, at the last look, that the
     budget ran out undecided (the gate's ``on_inconclusive`` policy applies).
-    ``full_interval=False`` skips the bootstrap when the verdict is inconclusive anyway (same
-    verdict, narrower rank-based interval reported; for simulations that look many times).
     """
-    result = degradation(
+    return degradation(
         solo,
         shared,
         p=check.p,
@@ -304,44 +298,5 @@ def evaluate(
         trim=trim,
         alpha=level,
         on_inconclusive=on_inconclusive,
-        undecided_at=None if full_interval else check.threshold,
+        note=note,
     )
-    if not note and level != 0.0:
-        return result
-    return dataclasses.replace(
-        result,
-        method=f"{result.method}; {note}" if note else result.method,
-        reason=(
-            "no error budget left for this look: the budget ran out undecided"
-            if level == 0.0
-            else result.reason
-        ),
-    )
-
-
-def samples_to_decide(df: DegradationFactor, threshold: float, confidence: float) -> int | None:
-    """About how many samples per phase would decide ``df`` against ``threshold``.
-
-    At the noise ``df``'s interval shows (its standard error shrinks as ``1 / sqrt(n)``), the
-    count at which an interval at the full ``confidence`` would clear the threshold, and at
-    least the sample floor. A power hint for an undecided check, not a promise: the estimate
-    itself moves as samples come in. ``None`` when the estimate sits on the threshold.
-    """
-    gap = abs(math.log(df.value) - math.log(threshold)) if df.value > 0 else math.inf
-    if gap < 1e-9:
-        return None
-    floor = min_samples(df.p, 1.0 - (1.0 - confidence) / 2.0)
-    n = min(df.n_solo, df.n_shared)
-    z = norm_ppf(1.0 - df.alpha / 2.0) if df.alpha > 0 else math.inf
-    centre = math.log(df.value)
-    lo, hi = df.ci
-    spreads = []
-    if math.isfinite(hi) and math.isfinite(z):
-        spreads.append((math.log(hi) - centre) / z)
-    if lo > 0 and math.isfinite(z):
-        spreads.append((centre - math.log(lo)) / z)
-    if not spreads or n <= 0:
-        return floor
-    z_final = norm_ppf(1.0 - (1.0 - confidence) / 2.0)
-    needed = n * (z_final * max(spreads) / gap) ** 2
-    return max(floor, math.ceil(needed))

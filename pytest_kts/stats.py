@@ -19,8 +19,8 @@ docstring, not because it holds several concerns.
 
 from __future__ import annotations
 
-import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,15 +29,19 @@ from pytest_kts.errors import StatisticsError
 
 __all__ = [
     "Summary",
-    "block_length",
-    "bootstrap_percentiles",
+    "TailClusters",
+    "batch_labels",
+    "grouped_jackknife_variance",
+    "leave_one_out_percentiles",
     "min_samples",
     "norm_ppf",
+    "norm_sf",
     "percentile",
-    "quantile_inflation",
-    "rank_se_log",
     "summarize",
-    "tail_dependence",
+    "t_ppf",
+    "t_sf",
+    "tail_clusters",
+    "tail_halfwidths",
     "trim_warmup",
     "warmup_length",
 ]
@@ -357,276 +361,351 @@ def norm_ppf(u: float) -> float:
     return x - step / (1 + x * step / 2)
 
 
+def norm_sf(x: float) -> float:
+    """Upper normal tail ``1 - Phi(x)``."""
+    return 0.5 * math.erfc(x / math.sqrt(2.0))
+
+
 # ---------------------------------------------------------------------------------------------
-# Dependence: block length and the within-segment block bootstrap
+# Student's t (no scipy at runtime): the critical values of intervals whose variance is
+# estimated from a few round pairs
 # ---------------------------------------------------------------------------------------------
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    ranks = np.empty(values.size)
-    ranks[np.argsort(values, kind="stable")] = np.arange(values.size, dtype=np.float64)
-    return ranks
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz, NR 6.4)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
 
 
-# Above this many lag-sample products (n = 10^4 with ~100 lags) the autocovariances are
-# computed by FFT; below, by the lag loop (the same pairs; equal to about 1e-15).
-_ACV_DIRECT_MAX = 1 << 20
-
-
-def _run_lag_sums(eps: np.ndarray, labels: np.ndarray, m_max: int) -> np.ndarray:
-    """``sum_t eps[t] * eps[t + k]`` over pairs inside one contiguous run of a label, k <= m_max."""
-    out = np.zeros(m_max + 1)
-    bounds = np.concatenate(([0], np.flatnonzero(labels[1:] != labels[:-1]) + 1, [eps.size]))
-    for lo, hi in itertools.pairwise(bounds.tolist()):
-        seg = eps[lo:hi]
-        if seg.size < 2:
-            continue
-        size = 1 << int(2 * seg.size - 1).bit_length()
-        f = np.fft.rfft(seg, size)
-        lags = np.fft.irfft(f * np.conj(f), size)[: min(m_max, seg.size - 1) + 1]
-        out[: lags.size] += lags
-    return out
-
-
-def _within_acv(series: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Autocovariances pairing samples of one segment only, and the Politis-White lag cut.
-
-    Returns ``(acv[0..m_max], m)``: ``m`` is twice the first lag after which ``kn``
-    consecutive autocorrelations lie inside ``+-2 sqrt(log10(n)/n)`` (Politis & White 2004),
-    the number of lags worth summing.
-    """
-    n = series.size
-    eps = series - series.mean()
-    kn = max(5, int(math.log10(n)))
-    m_max = min(math.ceil(math.sqrt(n)) + kn, n - 2)
-    acv = np.empty(m_max + 1)
-    acv[0] = eps @ eps / n
-    if n * m_max > _ACV_DIRECT_MAX:
-        # Long series: every lag at once by FFT per contiguous run, O(n log n) instead of
-        # O(n sqrt n); the same pairs as the loop below (adjacent samples of one run).
-        acv[1:] = _run_lag_sums(eps, labels, m_max)[1:] / n
-    else:
-        for k in range(1, m_max + 1):
-            # A pair at lag k counts only inside one segment (segments are contiguous runs).
-            mask = labels[:-k] == labels[k:]
-            acv[k] = (eps[:-k][mask] @ eps[k:][mask]) / n
-    if acv[0] <= 0:
-        return np.zeros(m_max + 1), 1
-    acorr = np.abs(acv / acv[0])
-    band = 2 * math.sqrt(math.log10(n) / n)
-    for i in range(kn, m_max + 1):
-        if np.all(acorr[i - kn + 1 : i + 1] < band):
-            return acv, min(2 * max(i - kn, 1), m_max)
-    return acv, m_max
-
-
-def _flat_top(m: int) -> np.ndarray:
-    """Politis-Romano flat-top lag window at lags 1..m: 1 up to m/2, then linear to 0."""
-    k = np.arange(1, m + 1, dtype=np.float64)
-    return np.where(k / m <= 0.5, 1.0, 2 * (1 - k / m))
-
-
-def block_length(x: np.ndarray, segments: np.ndarray | None = None) -> float:
-    """Politis-White (2004, corrected 2009) optimal circular-block length.
-
-    Computed on the ranks of ``x`` so that a few huge latencies do not dominate the
-    autocovariances (the block only has to span the dependence, whatever the marginal).
-    Autocovariances pair samples of the same segment only (rounds are separate runs).
-    ``x`` and ``segments`` must already be finite and grouped by segment (as
-    :func:`trim_warmup` returns them). Result is in ``[1, min(3 sqrt(n), n / 3)]``.
-    """
-    values, labels = _as_series(x, segments)
-    n = values.size
-    if n < 8:
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta ``I_x(a, b)``."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
         return 1.0
-    acv, m = _within_acv(_ranks(values), labels)
-    k = np.arange(1, m + 1, dtype=np.float64)
-    lam = _flat_top(m)
-    g = float(np.sum(2 * lam * k * acv[1 : m + 1]))
-    lr = float(acv[0] + np.sum(2 * lam * acv[1 : m + 1]))
-    b_max = math.ceil(min(3 * math.sqrt(n), n / 3))
-    if lr <= 0 or g == 0:
-        return 1.0
-    b = (2 * g**2 / (4 / 3 * lr**2)) ** (1 / 3) * n ** (1 / 3)
-    return float(min(max(b, 1.0), b_max))
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
 
 
-_BOOT_CELLS = 1 << 23
+def t_sf(t: float, df: float) -> float:
+    """``P(T > t)`` for Student's t with ``df`` degrees of freedom (``inf``: the normal)."""
+    if not df > 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    if math.isinf(df) or df > 1e7:
+        return norm_sf(t)
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t >= 0 else 1.0 - tail
 
 
-def bootstrap_percentiles(
-    x: np.ndarray,
-    segments: np.ndarray | None,
-    p: float,
-    *,
-    block: int,
-    replicates: int,
-    rng: np.random.Generator,
-    chunk: int = 256,
-) -> np.ndarray:
-    """Nearest-rank ``p``-th percentile of ``replicates`` circular-block resamples of ``x``.
+def t_ppf(u: float, df: float) -> float:
+    """Quantile of Student's t with ``df`` degrees of freedom (``inf``: the normal's).
 
-    Each resample has ``n`` samples made of blocks of ``block`` consecutive samples. A block
-    starts at a uniformly drawn sample and wraps around *within that sample's segment*, so it
-    never joins the end of one round to the start of another, while blocks from different
-    rounds mix (the between-round spread is part of the uncertainty). ``x``/``segments`` must
-    be grouped by segment, as :func:`trim_warmup` returns them. Vectorised in chunks of
-    ``chunk`` replicates to bound memory at ``chunk * n`` indices.
+    Bisection on :func:`t_sf` in the log of the tail probability, from the normal quantile's
+    neighbourhood; accurate to about 1e-10 in the tail probability. t_ppf(0.975, 9) = 2.2622.
+    """
+    if not 0.0 < u < 1.0:
+        if u in (0.0, 1.0):
+            return math.inf if u == 1.0 else -math.inf
+        raise ValueError(f"probability must be in [0, 1], got {u}")
+    if math.isinf(df) or df > 1e7:
+        return norm_ppf(u)
+    if u < 0.5:
+        return -t_ppf(1.0 - u, df)
+    target = 1.0 - u
+    lo, hi = 0.0, max(2.0 * norm_ppf(u), 1.0)
+    while t_sf(hi, df) > target:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_sf(mid, df) > target:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Dependence where the verdict looks: how the exceedances of the percentile cluster
+# ---------------------------------------------------------------------------------------------
+
+# Exceedances separated by at most this many iterations below the level are one cluster (the
+# runs estimator's run length): a co-tenant's time slice or a queue that drains over a few
+# iterations is one event, not several.
+RUN_LENGTH = 3
+
+
+@dataclass(frozen=True)
+class TailClusters:
+    """How the samples above a phase's percentile cluster in time (within rounds only).
+
+    ``theta = clusters / exceedances`` is the runs estimate of the extremal index: with
+    ``theta < 1`` a run of slow iterations is one observation of the tail, so ``n theta``
+    counts the independent samples a percentile bound rests on. ``inflation`` is the variance
+    inflation of the exceedance count, ``sum C^2 / sum C`` over cluster sizes ``C`` (a
+    compound-Poisson count's index of dispersion): the sample percentile's variance is
+    ``p (1-p) inflation / (n f(q)^2)`` (Bahadur), so ``n / inflation`` is its effective size.
+    """
+
+    level: float  # the latency whose exceedances are counted
+    exceedances: int
+    clusters: int
+    theta: float
+    inflation: float
+
+
+def _clusters_above(values: np.ndarray, labels: np.ndarray, level: float, run: int) -> np.ndarray:
+    above = np.flatnonzero(values > level)
+    if above.size == 0:
+        return np.zeros(0)
+    new_segment = labels[above[1:]] != labels[above[:-1]]
+    starts = np.r_[True, (np.diff(above) > run + 1) | new_segment]
+    sizes: np.ndarray = np.diff(np.r_[np.flatnonzero(starts), above.size]).astype(np.float64)
+    return sizes
+
+
+# The clustering is read at the percentile and at levels up to this many binomial sds of
+# rank below it: the interval around a percentile spans those ranks, and a tail whose slow
+# mode sits right at the percentile (a co-tenant that hits 1-2% of iterations in runs) shows
+# its clustering just below the sample percentile whenever the sample holds few of its runs.
+_BAND_SDS = 0
+
+
+def tail_clusters(
+    x: np.ndarray, segments: np.ndarray | None, p: float, *, run: int = RUN_LENGTH
+) -> TailClusters:
+    """Clusters of the samples above the ``p``-th sample percentile of ``x``.
+
+    ``x`` must be finite and grouped by segment in time order (as :func:`trim_warmup` returns
+    it); a cluster never spans two segments (rounds are separate runs). ``exceedances`` and
+    ``clusters`` are counted at the percentile; ``theta`` (smallest) and ``inflation``
+    (largest) over a band of levels from the percentile down to ``_BAND_SDS`` binomial sds of
+    rank below it, the ranks an interval for the percentile spans. With no exceedance at all,
+    ``theta`` and ``inflation`` are 1.
     """
     values, labels = _as_series(x, segments)
     n = values.size
     if n == 0:
-        raise StatisticsError("cannot bootstrap an empty sample")
-    b = int(max(1, min(block, n)))
-    windows, start_of = _circular_windows(values, labels, b)
-    n_blocks = -(-n // b)
-    k = _rank(p, n) - 1
-    # Bound the resample matrix at _BOOT_CELLS values whatever n is (10^6 lines: ~64 MB).
-    chunk = max(1, min(chunk, _BOOT_CELLS // max(n_blocks * b, 1)))
-    out = np.empty(replicates)
-    for lo in range(0, replicates, chunk):
-        hi = min(replicates, lo + chunk)
-        starts = start_of[rng.integers(0, n, size=(hi - lo, n_blocks))]
-        # Row gathers of contiguous windows: no per-element index arithmetic.
-        sample = windows[starts].reshape(hi - lo, n_blocks * b)[:, :n]
-        out[lo:hi] = np.partition(sample, k, axis=1)[:, k]
-    return out
-
-
-def _circular_windows(
-    values: np.ndarray, labels: np.ndarray, b: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """All length-``b`` blocks that wrap within their segment, as rows of a strided view.
-
-    Each segment is followed by its own first ``b - 1`` values (repeated if the segment is
-    shorter than ``b``), so the window starting at any sample of the segment is contiguous.
-    Returns the window view and, per sample, the row of the window that starts there.
-    """
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    lengths = np.diff(np.r_[starts, values.size])
-    pieces = []
-    start_of = np.empty(values.size, dtype=np.int64)
-    offset = 0
-    for s, length in zip(starts.tolist(), lengths.tolist(), strict=True):
-        seg = values[s : s + length]
-        pieces.append(seg)
-        pieces.append(seg[np.arange(b - 1) % length])
-        start_of[s : s + length] = offset + np.arange(length)
-        offset += length + b - 1
-    extended = np.concatenate(pieces)
-    return np.lib.stride_tricks.sliding_window_view(extended, b), start_of
-
-
-# ---------------------------------------------------------------------------------------------
-# Dependence at the tail: Gaussian-copula variance inflation and a rank-based standard error
-# ---------------------------------------------------------------------------------------------
-
-
-def _norm_ppf_vec(u: np.ndarray) -> np.ndarray:
-    """Vectorised Acklam approximation (relative error ~1e-9): enough for normal scores."""
-    u = np.asarray(u, dtype=np.float64)
-    out = np.empty_like(u)
-    lo = 0.02425
-    low, high = u < lo, u > 1 - lo
-    mid = ~(low | high)
-    q = u[mid] - 0.5
-    r = q * q
-    num = ((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]
-    den = ((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1
-    out[mid] = num * q / den
-    for mask, sign, tail in ((low, 1.0, u), (high, -1.0, 1 - u)):
-        q = np.sqrt(-2 * np.log(tail[mask]))
-        num = ((((_C[0] * q + _C[1]) * q + _C[2]) * q + _C[3]) * q + _C[4]) * q + _C[5]
-        den = (((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1
-        out[mask] = sign * num / den
-    return out
-
-
-_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(48)
-
-
-def _exceedance_cov(h: float, r: np.ndarray) -> np.ndarray:
-    """Cov(1{Z_0 > h}, 1{Z_k > h}) for standard bivariate normals with correlation ``r``.
-
-    Plackett's identity d Phi2 / d r = phi2 gives ``(1/2pi) int_0^{asin r}
-    exp(-h^2 / (1 + sin t)) dt``; the substitution r = sin t removes the 1/sqrt(1 - r^2)
-    singularity, so 48-point Gauss-Legendre is exact to ~1e-12 for |r| <= 0.999.
-    """
-    r = np.clip(np.asarray(r, dtype=np.float64), -0.999, 0.999)
-    top = np.arcsin(r)[:, None]
-    t = 0.5 * top * (_GL_NODES[None, :] + 1.0)
-    integrand = np.exp(-(h * h) / (1.0 + np.sin(t)))
-    phi2: np.ndarray = (0.5 * top[:, 0] * (integrand @ _GL_WEIGHTS)) / (2 * math.pi)
-    return phi2
-
-
-def tail_dependence(x: np.ndarray, segments: np.ndarray | None, p: float) -> tuple[float, float]:
-    """``(F, theta)``: how autocorrelation dilutes the information about the ``p``-th percentile.
-
-    ``F`` is the variance inflation of the sample percentile: its variance is
-    ``p(1-p) F / (n f(q)^2)`` with ``F = 1 + 2 sum_k corr(1{X_0 > q}, 1{X_k > q})`` (Bahadur
-    representation), so ``n / F`` is the effective sample size for its *spread*. ``theta`` is
-    the probability that an exceedance of ``q`` is not followed by another (the runs estimate
-    of the extremal index), so ``n theta`` counts independent *clusters* of exceedances, what
-    the order-statistic floor is about (seeing the tail at all).
-
-    Exceedances of p99 are too rare to estimate their correlations directly, so both come
-    from the lag correlations of the normal scores of ``x`` under a Gaussian copula (any
-    marginal; dependence of an autoregressive kind). For AR(1) with rho = 0.9 at p99 this
-    gives F = 5.9 and theta = 0.46 (rho = 0.5: 1.35 and 0.87); the mean's inflation would be
-    19 (3). Lags are summed within segments, with the Politis-White cut and the flat-top
-    window. ``x`` must be finite and grouped by segment. ``F >= 1``, ``theta`` in (0, 1].
-    """
-    values, labels = _as_series(x, segments)
-    n = values.size
-    if n < 8:
-        return 1.0, 1.0
-    scores = _norm_ppf_vec((_ranks(values) + 0.5) / n)
-    acv, m = _within_acv(scores, labels)
-    if acv[0] <= 0:
-        return 1.0, 1.0
-    rho = acv[1 : m + 1] / acv[0]
+        raise StatisticsError("no samples to find the tail's clusters in")
+    level = percentile(values, p)
+    at_level = _clusters_above(values, labels, level, run)
+    exceed = int(at_level.sum())
+    if exceed == 0:
+        return TailClusters(level, 0, 0, 1.0, 1.0)
     q = p / 100.0
-    h = float(norm_ppf(q))
-    cov = _exceedance_cov(h, rho)
-    factor = 1.0 + 2.0 * float(np.sum(_flat_top(m) * cov)) / (q * (1 - q))
-    # P(X_1 > q | X_0 > q) = ((1-q)^2 + cov_1) / (1-q); theta is its complement.
-    theta = 1.0 - ((1 - q) ** 2 + max(float(cov[0]), 0.0)) / (1 - q)
-    return float(min(max(factor, 1.0), n)), float(min(max(theta, 1.0 / n), 1.0))
+    sd = math.sqrt(n * q * (1 - q))
+    ordered = np.sort(values)
+    theta, inflation = at_level.size / exceed, float((at_level**2).sum() / exceed)
+    for j in range(1, _BAND_SDS + 1):
+        rank = math.floor(n * q - j * sd)
+        if rank < 1:
+            break
+        sizes = _clusters_above(values, labels, float(ordered[rank - 1]), run)
+        if sizes.size:
+            theta = min(theta, sizes.size / float(sizes.sum()))
+            inflation = max(inflation, float((sizes**2).sum() / sizes.sum()))
+    return TailClusters(
+        level=level,
+        exceedances=exceed,
+        clusters=int(at_level.size),
+        theta=float(theta),
+        inflation=float(max(inflation, 1.0)),
+    )
 
 
-def quantile_inflation(x: np.ndarray, segments: np.ndarray | None, p: float) -> float:
-    """Variance inflation ``F`` of the ``p``-th sample percentile (see :func:`tail_dependence`)."""
-    return tail_dependence(x, segments, p)[0]
+def _binom_cdf(k: float, n: float, q: float) -> float:
+    """``P(Bin(n, q) <= k)`` for a real ``n`` (the regularised incomplete beta)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return _betainc(n - k, k + 1.0, 1.0 - q)
 
 
-def rank_se_log(x: np.ndarray, p: float, inflation: float = 1.0, side: str = "both") -> float:
-    """Standard error of log(p-th percentile) from the spread of nearby order statistics.
+def _binom_rank(n: float, q: float, prob: float) -> int:
+    """Smallest integer ``k`` in ``[0, ceil(n)]`` with ``P(Bin(n, q) <= k) >= prob``."""
+    lo, hi = 0, math.ceil(n)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _binom_cdf(mid, n, q) >= prob:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
-    The rank of the true percentile among ``n`` samples has sd ``s = sqrt(n p (1-p) F)``
-    (binomial, inflated by ``F`` for dependence), so half the log-distance between the order
-    statistics at ranks ``np - s`` and ``np + s`` estimates the sd of log(percentile)
-    (Siddiqui-Bloch-Gastwirth with the natural bandwidth). Fractional ranks interpolate
-    linearly here only, the percentile itself stays nearest-rank. ``inf`` when ``np + s > n``:
-    the sample has not reached far enough into the tail to bound the percentile from above.
-    ``side="lower"`` uses the ranks ``np - s`` and ``np`` only: the spread that a *lower*
-    bound for the percentile needs, which exists with far fewer samples.
+
+def tail_halfwidths(
+    x: np.ndarray, p: float, critical: float, inflation: float = 1.0
+) -> tuple[float, float]:
+    """How far below and above its sample value the ``p``-th percentile may lie, in log ms.
+
+    The distribution-free order-statistic interval (binomial ranks, as
+    ``scipy.stats.quantile_test`` gives them) at one-sided level ``1 - Phi(critical)``, on
+    ``n / F`` effective samples: a tail that comes in clusters with count dispersion ``F``
+    carries the information of ``n / F`` independent samples. Taken at the level itself,
+    not as a standard error scaled afterwards: a tail whose slow mode starts just above the
+    sample percentile (a co-tenant that hits 1-2% of iterations, in runs) is flat one sd up
+    and steep two sds up, and only the second says how far the percentile may really be.
+    Returns ``(down, up)``: log distances from the nearest-rank percentile to the bounding
+    order statistics (fractional ranks interpolate, here only); ``up`` is ``inf`` when the
+    upper rank lies beyond the largest sample (below LoadGen's floor on ``n / F`` samples).
     """
-    if side not in ("both", "lower"):
-        raise ValueError(f"side must be 'both' or 'lower', got {side!r}")
     values = _finite(x)
     n = values.size
-    if n < 2 or np.any(values <= 0):
-        return math.inf
+    if n < 2 or np.any(values <= 0) or not critical < math.inf:
+        return math.inf, math.inf
     q = p / 100.0
-    s = math.sqrt(n * q * (1 - q) * inflation)
-    hi = n * q + s if side == "both" else n * q
-    if hi > n:
-        return math.inf
-    lo = max(1.0, n * q - s)
-    if hi <= lo:
-        return math.inf
+    beta = norm_sf(critical)
+    n_eff = n / max(inflation, 1.0)
     logs = np.log(np.sort(values))
+    centre = float(logs[_rank(p, n) - 1])
     ranks = np.arange(1, n + 1, dtype=np.float64)
-    v_lo, v_hi = np.interp([lo, hi], ranks, logs)
-    return float((v_hi - v_lo) / (hi - lo) * s)
+    # Lower: the largest l with P(Bin < l) <= beta; upper: the smallest u with P(Bin < u) >=
+    # 1 - beta (ranks in the effective sample, scaled back to the n samples).
+    lower = _binom_rank(n_eff, q, beta)  # P(Bin <= lower) >= beta: rank ``lower`` is below
+    low_rank = max(1.0, lower * n / n_eff)
+    down = max(centre - float(np.interp(low_rank, ranks, logs)), 0.0)
+    upper = _binom_rank(n_eff, q, 1.0 - beta) + 1
+    if upper > n_eff:
+        return down, math.inf
+    up_rank = min(float(n), upper * n / n_eff)
+    up = max(float(np.interp(up_rank, ranks, logs)) - centre, 0.0)
+    return down, up
+
+
+# ---------------------------------------------------------------------------------------------
+# Rounds as the unit: leave-one-out percentiles and the grouped jackknife
+# ---------------------------------------------------------------------------------------------
+
+# A phase recorded as one long run has no rounds to leave out: it is cut into contiguous
+# batches instead, each long against a burst (bursts last a few to a few dozen iterations).
+BATCH_MIN = 50
+BATCH_MAX_COUNT = 20
+
+
+def batch_labels(segments: np.ndarray, *, prefix: str) -> np.ndarray:
+    """Labels of contiguous batches of at least ``BATCH_MIN`` samples within each segment.
+
+    For a phase with a single round: between ``2`` and ``BATCH_MAX_COUNT`` batches in all
+    (fewer, longer batches for short phases). ``segments`` are grouped in time order.
+    """
+    labels = np.asarray(segments)
+    n = labels.size
+    count = int(min(BATCH_MAX_COUNT, max(2, n // BATCH_MIN)))
+    size = max(1, -(-n // count))
+    out = np.empty(n, dtype=object)
+    for k, idx in enumerate(_segment_slices(labels)):
+        for j in range(0, idx.size, size):
+            out[idx[j : j + size]] = f"{prefix}{k}.{j // size}"
+    return out
+
+
+def leave_one_out_percentiles(
+    x: np.ndarray, units: np.ndarray, p: float, labels: Sequence[object]
+) -> np.ndarray:
+    """The nearest-rank ``p``-th percentile of ``x`` without each unit of ``labels`` in turn.
+
+    ``units`` is a label per sample. A label absent from ``units`` leaves ``x`` whole; a unit
+    that holds every sample gives nan. One sort, then per unit a rank among what remains:
+    O(n log n) in all, whatever the number of units (a report of 10^6 lines has thousands).
+    """
+    values = np.asarray(x, dtype=np.float64)
+    units = np.asarray(units)
+    order = np.argsort(values, kind="stable")
+    xs = values[order]
+    n = values.size
+    index = {label: i for i, label in enumerate(labels)}
+    codes = np.array([index.get(u, -1) for u in units.tolist()], dtype=np.int64)[order]
+    # Sorted positions of each unit's samples, unit by unit (positions increasing within).
+    by_unit = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes[codes >= 0], minlength=len(index))
+    start = int(np.searchsorted(codes[by_unit], 0))
+    out = np.empty(len(index))
+    whole = xs[_rank(p, n) - 1] if n else math.nan
+    for i in range(len(index)):
+        m = int(counts[i])
+        if m == 0:
+            out[i] = whole
+            continue
+        pos = by_unit[start : start + m]
+        start += m
+        rest = n - m
+        if rest <= 0:
+            out[i] = math.nan
+            continue
+        k = _rank(p, rest) - 1  # 0-based rank among the samples of the other units
+        # The k-th sample not in this unit sits at k + (how many of its samples come before).
+        before = pos - np.arange(m)  # samples of other units before each of this unit's
+        out[i] = xs[k + int(np.searchsorted(before, k, side="right"))]
+    return out
+
+
+def grouped_jackknife_variance(
+    full: float, leave_out: np.ndarray, sizes: np.ndarray
+) -> tuple[float, float]:
+    """Delete-a-group jackknife variance of an estimate, for groups of unequal size.
+
+    ``leave_out[j]`` is the estimate without group ``j``, which holds ``sizes[j]`` samples
+    (Busing, Meijer & van der Leeden 1999: pseudo-values ``h_j full - (h_j - 1) leave_out[j]``
+    with ``h_j = n / m_j``). Groups are the independent units (round pairs, or batches), so
+    the dependence inside a group, bursts and all, is kept whole. Returns the variance and its
+    degrees of freedom (``g - 1`` at most, fewer when few groups carry the spread: see
+    :func:`_effective_dof`); ``(inf, 0)`` with fewer than two groups.
+    """
+    lo = np.asarray(leave_out, dtype=np.float64)
+    m = np.asarray(sizes, dtype=np.float64)
+    keep = np.isfinite(lo) & (m > 0)
+    lo, m = lo[keep], m[keep]
+    g = lo.size
+    if g < 2:
+        return math.inf, 0
+    n = m.sum()
+    h = n / m
+    centre = g * full - float(np.sum((1.0 - m / n) * lo))
+    pseudo = h * full - (h - 1.0) * lo
+    terms = (pseudo - centre) ** 2 / (h - 1.0)
+    variance = float(np.sum(terms) / g)
+    return variance, _effective_dof(terms, g)
+
+
+def _effective_dof(terms: np.ndarray, g: int) -> float:
+    """Degrees of freedom of a variance estimate summed from ``g`` squared deviations.
+
+    ``g - 1`` when the deviations are normal; fewer when a few units carry most of the sum (a
+    rare burst falls in few rounds): Satterthwaite's ``2 / (2/(g-1) + kappa/g)`` with the
+    excess kurtosis ``kappa`` of the deviations, read off the terms themselves.
+    """
+    total = float(terms.sum())
+    if g < 2 or total <= 0:
+        return float(max(g - 1, 0))
+    m2 = total / g
+    m4 = float(np.mean(terms**2))
+    kurtosis = max(m4 / (m2 * m2) - 3.0, 0.0)
+    return float(min(g - 1, 2.0 / (2.0 / (g - 1) + kurtosis / g)))

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pytest_kts.backends.base import TenantSpec
+from pytest_kts.evidence import Evidence
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.results import PhaseWindow, ScenarioResult, TenantResult
 from pytest_kts.samples import PhaseSamples, TenantSamples
@@ -40,11 +41,19 @@ def _phase_back(data: dict[str, Any]) -> PhaseSamples:
 
 
 def _df(df: DegradationFactor) -> dict[str, Any]:
-    return {f.name: getattr(df, f.name) for f in dataclasses.fields(df)}
+    return {
+        "evidence": df.evidence.to_dict(),
+        "on_inconclusive": df.on_inconclusive,
+        "note": df.note,
+    }
 
 
 def _df_back(data: dict[str, Any]) -> DegradationFactor:
-    return DegradationFactor(**(data | {"ci": tuple(data["ci"])}))
+    return DegradationFactor(
+        evidence=Evidence.from_dict(data["evidence"]),
+        on_inconclusive=data["on_inconclusive"],
+        note=data["note"],
+    )
 
 
 def _window_back(data: dict[str, Any]) -> PhaseWindow:

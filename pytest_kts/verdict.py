@@ -19,7 +19,6 @@ evidence: ``docs/statistics.md``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -28,18 +27,8 @@ from typing import Any, TypeGuard
 
 import numpy as np
 
-from pytest_kts.errors import KtsError, StatisticsError
-from pytest_kts.stats import (
-    WARMUP_MAX_FRACTION,
-    block_length,
-    bootstrap_percentiles,
-    min_samples,
-    norm_ppf,
-    percentile,
-    rank_se_log,
-    tail_dependence,
-    trim_warmup,
-)
+from pytest_kts.errors import KtsError
+from pytest_kts.evidence import Evidence, df_evidence, prepare
 
 __all__ = [
     "POLICIES",
@@ -50,8 +39,6 @@ __all__ = [
 ]
 
 POLICIES = ("warn", "fail", "skip", "error")
-# The bootstrap only supplies a standard error: 1000 replicates pin it within ~2% (1/sqrt(2B)).
-DEFAULT_REPLICATES = 1000
 
 
 class KtsInconclusiveWarning(UserWarning):
@@ -84,28 +71,16 @@ def interval_text(lo: float | None, hi: float | None, digits: int = 2) -> str:
 class DegradationFactor:
     """Ratio of the shared to the solo percentile, its interval, and how it was obtained.
 
-    ``ci`` is a two-sided interval at level ``1 - alpha``; ``alpha`` is ``1 - confidence``
-    unless a sequential plan spent a smaller share of the error budget on this look. A
-    verdict of ``fail`` when nothing changed then has probability at most ``alpha / 2``.
+    A frozen value around one :class:`~pytest_kts.evidence.Evidence` record (``evidence``):
+    every figure below is read from it. ``ci`` is the interval the verdict uses, at the look's
+    two-sided level ``alpha``: ``1 - confidence`` for one look, less at an early look of a
+    sequential plan (a repeated confidence interval: over all looks together the chance of a
+    false fail stays at most ``(1 - confidence) / 2``).
     """
 
-    value: float
-    ci: tuple[float, float]
-    p: float
-    confidence: float
-    clock: str
-    n_solo: int
-    n_shared: int
-    trimmed_solo: int
-    trimmed_shared: int
-    solo_quantile: float
-    shared_quantile: float
-    method: str
-    reason: str | None = None
+    evidence: Evidence
     on_inconclusive: str = "warn"
-    alpha: float = math.nan
-    dropped_solo: int = 0  # non-finite (unmeasured) samples ignored
-    dropped_shared: int = 0
+    note: str = ""  # how this look came about (a sequential plan's look), for the details
     # Extra lines for explain(), supplied by whoever holds the samples (results.TenantResult:
     # wait vs execution and co-tenant attribution); failures in it never hide the verdict.
     context: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
@@ -115,8 +90,71 @@ class DegradationFactor:
             raise ValueError(
                 f"on_inconclusive must be one of {POLICIES}, got {self.on_inconclusive!r}"
             )
-        if math.isnan(self.alpha):
-            object.__setattr__(self, "alpha", 1.0 - self.confidence)
+
+    # -- the record's figures --------------------------------------------------------------
+    @property
+    def value(self) -> float:
+        return self.evidence.estimate
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return self.evidence.ci
+
+    @property
+    def p(self) -> float:
+        return self.evidence.p
+
+    @property
+    def confidence(self) -> float:
+        return self.evidence.confidence
+
+    @property
+    def clock(self) -> str:
+        return self.evidence.clock
+
+    @property
+    def alpha(self) -> float:
+        return self.evidence.level
+
+    @property
+    def n_solo(self) -> int:
+        return self.evidence.solo.kept
+
+    @property
+    def n_shared(self) -> int:
+        return self.evidence.shared.kept
+
+    @property
+    def trimmed_solo(self) -> int:
+        return self.evidence.solo.trimmed
+
+    @property
+    def trimmed_shared(self) -> int:
+        return self.evidence.shared.trimmed
+
+    @property
+    def dropped_solo(self) -> int:
+        return self.evidence.solo.dropped
+
+    @property
+    def dropped_shared(self) -> int:
+        return self.evidence.shared.dropped
+
+    @property
+    def solo_quantile(self) -> float:
+        return self.evidence.solo.quantile
+
+    @property
+    def shared_quantile(self) -> float:
+        return self.evidence.shared.quantile
+
+    @property
+    def reason(self) -> str | None:
+        return self.evidence.reason
+
+    @property
+    def method(self) -> str:
+        return self.evidence.method() + (f"; {self.note}" if self.note else "")
 
     def with_policy(self, on_inconclusive: str) -> DegradationFactor:
         """This DF with another inconclusive policy (a copy; this one is unchanged)."""
@@ -269,47 +307,6 @@ class DegradationFactor:
 # ---------------------------------------------------------------------------------------------
 
 
-def _finite_or(value: float, fallback: float) -> float:
-    return value if math.isfinite(value) else fallback
-
-
-def _seed_from(*parts: np.ndarray | float | str) -> int:
-    """A seed that is a function of the inputs, so the same data always gives the same CI."""
-    h = hashlib.blake2b(digest_size=8)
-    for part in parts:
-        if isinstance(part, np.ndarray):
-            h.update(np.ascontiguousarray(part).tobytes())
-        else:
-            h.update(repr(part).encode())
-        h.update(b"|")
-    return int.from_bytes(h.digest(), "little")
-
-
-def _label_bytes(labels: np.ndarray) -> np.ndarray:
-    # Numeric round labels hash as they are; anything else by its text.
-    return labels if labels.dtype.kind in "iuf" else labels.astype(str)
-
-
-def _prepare(
-    x: Sequence[float] | np.ndarray, segments: object, trim: bool, name: str
-) -> tuple[np.ndarray, np.ndarray, int, int]:
-    values = np.asarray(x, dtype=np.float64).ravel()
-    if values.size == 0:
-        raise StatisticsError(f"no {name} samples: the {name} phase produced no iterations")
-    finite = np.isfinite(values)
-    if not finite.any():
-        raise StatisticsError(
-            f"all {values.size} {name} samples are nan or infinite: nothing was measured "
-            "(is this clock available on this device?)"
-        )
-    seg = None if segments is None else np.asarray(segments)
-    cap = WARMUP_MAX_FRACTION if trim else 0.0
-    kept, labels, trimmed = trim_warmup(values, seg, max_fraction=cap)
-    if np.any(kept < 0):
-        raise StatisticsError(f"{name} latencies must be >= 0 ms; got negative values")
-    return kept, labels, trimmed, int((~finite).sum())
-
-
 def degradation(
     solo: Sequence[float] | np.ndarray,
     shared: Sequence[float] | np.ndarray,
@@ -319,31 +316,28 @@ def degradation(
     clock: str = "host",
     solo_segments: Sequence[object] | np.ndarray | None = None,
     shared_segments: Sequence[object] | np.ndarray | None = None,
+    paired: bool = True,
     trim: bool = True,
     alpha: float | None = None,
-    seed: int | None = None,
     on_inconclusive: str = "warn",
-    replicates: int = DEFAULT_REPLICATES,
-    undecided_at: float | None = None,
+    note: str = "",
 ) -> DegradationFactor:
-    """Degradation factor ``p(shared) / p(solo)`` with a dependence-robust interval.
+    """Degradation factor ``p(shared) / p(solo)`` with an interval that holds for bursty tails
+    and round-to-round drift.
 
     ``solo``/``shared`` are per-iteration latencies (ms) in time order; ``*_segments`` their
-    round labels. Each round's warmup is trimmed by MSER-5 (``trim=False`` keeps it).
+    round labels. Each round's warmup is trimmed by MSER-5 (``trim=False`` keeps it). With
+    ``paired`` (the default), solo and shared rounds of the same label ran next to each other
+    in time and are left out together by the jackknife, so drift they share cancels; pass
+    ``paired=False`` for phases from separate runs (a baseline against today's run).
+    Without labels, each phase is one run and is cut into contiguous batches.
 
     The two-sided interval at level ``1 - alpha`` (``alpha`` defaults to ``1 - confidence``)
-    is a normal interval on ``log DF``; each phase's standard error is the larger of a circular
-    block bootstrap within rounds (Politis-White block length) and a rank-based standard error
-    inflated for autocorrelation under a Gaussian copula. Below the order-statistic floor
-    (:func:`min_samples` at one-sided level ``1 - alpha/2``, counted in independent clusters
-    of exceedances) no claim is possible: the result is then always inconclusive and
-    ``reason`` says how many more samples are needed. Deterministic: the bootstrap seed is
-    derived from the data unless ``seed`` is given. ``docs/statistics.md`` has the evidence.
-
-    ``undecided_at`` (a threshold, used by the sequential runner) skips the bootstrap when the
-    cheaper rank-based interval, which the final one always contains, already contains that
-    threshold: the verdict against it is then inconclusive either way, and the rank-based
-    interval is reported (``method`` says so).
+    is on ``log DF``: a delete-one-round-pair jackknife with Student's t, each end at least a
+    within-round bound from the order statistics inflated for how the tail's exceedances
+    cluster. Below a phase's sample floor (independent samples, counted with the extremal
+    index of its exceedances) the end that needs it is missing and ``reason`` says how many
+    more samples would bring it. Deterministic. ``docs/statistics.md`` has the evidence.
     """
     if not 0.0 < p < 100.0:
         raise ValueError(f"p must be in (0, 100), got {p}")
@@ -352,144 +346,9 @@ def degradation(
     a = 1.0 - confidence if alpha is None else float(alpha)
     if not 0.0 <= a < 1.0:
         raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-    if replicates < 100:
-        raise ValueError("replicates must be >= 100 for a usable interval")
-
-    so, so_lab, so_trim, so_drop = _prepare(solo, solo_segments, trim, "solo")
-    sh, sh_lab, sh_trim, sh_drop = _prepare(shared, shared_segments, trim, "shared")
-    q_so = percentile(so, p)
-    q_sh = percentile(sh, p)
-    if q_so <= 0:
-        raise StatisticsError(
-            f"solo {_fmt_p(p)} is {q_so} ms: a ratio needs a positive baseline latency"
-        )
-    value = q_sh / q_so
-
-    # Dependence (Gaussian copula of the samples): F inflates each percentile's variance,
-    # theta is the share of exceedances that start a new cluster.
-    f_so, th_so = tail_dependence(so, so_lab, p)
-    f_sh, th_sh = tail_dependence(sh, sh_lab, p)
-    nc_so, nc_sh = so.size * th_so, sh.size * th_sh
-
-    reasons = []
-    # A lower bound for DF needs an upper bound for the solo percentile, and an upper bound
-    # for DF one for the shared percentile: each needs the order-statistic floor, counted in
-    # independent clusters of exceedances (with theta < 1 a run of slow iterations is one
-    # observation of the tail, not many). The other two bounds exist with far fewer samples.
-    # So a phase short of the floor removes one side of the interval, not both: a clear
-    # regression can fail once the *solo* phase has its floor, whatever the shared phase's
-    # clustering, and a clear pass needs the shared phase's floor.
-    floor = min_samples(p, 1.0 - a / 2) if a > 0 else 0
-    solo_ok = a > 0 and nc_so >= floor
-    shared_ok = a > 0 and nc_sh >= floor
-    if a <= 0:
-        reasons.append("no error budget left for this look (alpha = 0)")
-    elif not (solo_ok or shared_ok):
-        more = max(floor / th_so - so.size, floor / th_sh - sh.size)
-        reasons.append(
-            f"too few samples: bounding {_fmt_p(p)} at one-sided confidence {1 - a / 2:.4g} "
-            f"needs >= {floor} independent samples per phase; have solo {nc_so:.0f} "
-            f"(n={so.size}, extremal index {th_so:.2f}), shared {nc_sh:.0f} "
-            f"(n={sh.size}, extremal index {th_sh:.2f}): about {math.ceil(more)} more "
-            "per phase"
-        )
-    elif not solo_ok:
-        reasons.append(
-            f"no lower bound: bounding the solo {_fmt_p(p)} at one-sided confidence "
-            f"{1 - a / 2:.4g} needs >= {floor} independent samples; have {nc_so:.0f} "
-            f"(n={so.size}, extremal index {th_so:.2f}): a fail verdict needs about "
-            f"{math.ceil(floor / th_so - so.size)} more solo samples"
-        )
-    elif not shared_ok:
-        reasons.append(
-            f"no upper bound: bounding the shared {_fmt_p(p)} at one-sided confidence "
-            f"{1 - a / 2:.4g} needs >= {floor} independent samples; have {nc_sh:.0f} "
-            f"(n={sh.size}, extremal index {th_sh:.2f}): a pass verdict needs about "
-            f"{math.ceil(floor / th_sh - sh.size)} more shared samples"
-        )
-
-    b_so = round(block_length(so, so_lab))
-    b_sh = round(block_length(sh, sh_lab))
-    if seed is None:
-        seed = _seed_from(so, _label_bytes(so_lab), sh, _label_bytes(sh_lab), float(p), float(a))
-    rng = np.random.default_rng(seed)
-    z = norm_ppf(1.0 - a / 2) if a > 0 else math.inf
-    centre = math.log(value) if value > 0 else -math.inf
-    se_rank = (rank_se_log(so, p, f_so), rank_se_log(sh, p, f_sh))
-    # Where a phase's rank interval reaches past its largest sample, its lower half still
-    # bounds the percentile from below.
-    se_low = (
-        rank_se_log(so, p, f_so, side="lower"),
-        rank_se_log(sh, p, f_sh, side="lower"),
+    so = prepare(solo, solo_segments, trim=trim, name="solo")
+    sh = prepare(shared, shared_segments, trim=trim, name="shared")
+    evidence = df_evidence(
+        so, sh, p=float(p), confidence=float(confidence), level=a, clock=clock, paired=paired
     )
-    rank_only = not (solo_ok or shared_ok)  # no bound either side: inconclusive whatever the CI
-    if not rank_only and undecided_at is not None and math.isfinite(z):
-        # The final standard errors are never below the rank-based ones, so if the
-        # rank-based bounds cannot decide against the threshold, neither can the final ones:
-        # skip the bootstrap (the sequential runner's looks are mostly of this kind).
-        t = math.log(undecided_at)
-        lo_rank = centre - z * math.hypot(se_rank[0], _finite_or(se_rank[1], se_low[1]))
-        hi_rank = centre + z * math.hypot(_finite_or(se_rank[0], se_low[0]), se_rank[1])
-        can_fail = solo_ok and lo_rank > t
-        can_pass = shared_ok and hi_rank < t
-        rank_only = not (can_fail or can_pass)
-    tiny = np.finfo(np.float64).tiny
-    ses = list(se_rank)
-    if not rank_only:
-        for i, (x, lab, b) in enumerate(((so, so_lab, b_so), (sh, sh_lab, b_sh))):
-            boot = bootstrap_percentiles(x, lab, p, block=b, replicates=replicates, rng=rng)
-            se_boot = float(np.std(np.log(np.maximum(boot, tiny)), ddof=1))
-            # The block bootstrap under-covers when rounds are short against the dependence
-            # (AR(1) rho = 0.9, 4 rounds: 13% one-sided misses at nominal 2.5%); the rank-based
-            # standard error with the copula inflation guards that case: the larger is used.
-            ses[i] = max(se_boot, ses[i])
-    # The two phases are independent runs. The lower bound of DF takes the solo phase's
-    # upper side and the shared phase's lower side; the upper bound the other two.
-    se_lo = math.hypot(ses[0], _finite_or(ses[1], se_low[1]))
-    se_hi = math.hypot(_finite_or(ses[0], se_low[0]), ses[1])
-    if (solo_ok or shared_ok) and not (math.isfinite(se_lo) or math.isfinite(se_hi)):
-        reasons.append(
-            "too few samples in the tail: the rank interval of a phase's percentile reaches "
-            "past its largest sample (strong autocorrelation); more rounds are needed"
-        )
-    lo = math.exp(centre - z * se_lo) if solo_ok and math.isfinite(se_lo) else 0.0
-    hi = math.exp(centre + z * se_hi) if shared_ok and math.isfinite(se_hi) else math.inf
-    ci = (lo, hi)
-
-    if rank_only:
-        why = (
-            "below the sample floor"
-            if not (solo_ok or shared_ok)
-            else f"cannot decide against {undecided_at:g}"
-        )
-        method = (
-            f"rank-based interval only ({why}, no bootstrap), Gaussian-copula "
-            f"inflation {f_so:.2f}/{f_sh:.2f}, nearest-rank {_fmt_p(p)}, "
-            f"MSER-5 warmup trim {'on' if trim else 'off'}"
-        )
-    else:
-        method = (
-            f"circular block bootstrap within rounds (Politis-White block {b_so}/{b_sh} "
-            f"solo/shared, {replicates} replicates) guarded by a rank-based standard error with "
-            f"Gaussian-copula inflation {f_so:.2f}/{f_sh:.2f}, normal interval on log DF, "
-            f"nearest-rank {_fmt_p(p)}, MSER-5 warmup trim {'on' if trim else 'off'}"
-        )
-    return DegradationFactor(
-        value=value,
-        ci=ci,
-        p=float(p),
-        confidence=float(confidence),
-        clock=clock,
-        n_solo=int(so.size),
-        n_shared=int(sh.size),
-        trimmed_solo=so_trim,
-        trimmed_shared=sh_trim,
-        solo_quantile=q_so,
-        shared_quantile=q_sh,
-        method=method,
-        reason="; ".join(reasons) or None,
-        on_inconclusive=on_inconclusive,
-        alpha=a,
-        dropped_solo=so_drop,
-        dropped_shared=sh_drop,
-    )
+    return DegradationFactor(evidence=evidence, on_inconclusive=on_inconclusive, note=note)

@@ -162,17 +162,14 @@ def test_pyplot_state_untouched(figures: list[Path]) -> None:
 
 def test_unbounded_intervals_are_drawn_open_ended() -> None:
     pytest.importorskip("matplotlib")
+    from dfs import make_df
     from matplotlib.figure import Figure
 
     from pytest_kts.plots import _df_points, _open_ends
     from pytest_kts.verdict import DegradationFactor
 
     def df(ci: tuple[float, float], reason: str | None) -> DegradationFactor:
-        return DegradationFactor(
-            value=2.0, ci=ci, p=99.0, confidence=0.95, clock="host", n_solo=100,
-            n_shared=100, trimmed_solo=0, trimmed_shared=0, solo_quantile=1.0,
-            shared_quantile=2.0, method="t", reason=reason,
-        )  # fmt: skip
+        return make_df(ci, value=2.0, reason=reason)
 
     dfs = {
         ("a", "host"): df((1.5, 2.5), None),  # bounded: an ordinary error bar

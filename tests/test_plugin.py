@@ -126,7 +126,7 @@ def test_failed_df_assertion_is_explained(pytester: pytest.Pytester, env: None) 
         """
     )
     result = pytester.runpytest_subprocess(
-        "--kts-device", "cpu", "--kts-iterations", "120", "--kts-round-iterations", "60"
+        "--kts-device", "cpu", "--kts-iterations", "120", "--kts-round-iterations", "30"
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import math
 
+from dfs import make_df
+
 from pytest_kts.report import _df_cell, check_line, comparison_line, interval_text, summary_lines
 from pytest_kts.results import ScenarioResult
 from pytest_kts.verdict import DegradationFactor
 
 
 def _df(ci: tuple[float, float], reason: str | None = None) -> DegradationFactor:
-    return DegradationFactor(
-        value=2.11, ci=ci, p=99.0, confidence=0.95, clock="host", n_solo=100, n_shared=100,
-        trimmed_solo=0, trimmed_shared=0, solo_quantile=1.0, shared_quantile=2.11,
-        method="test", reason=reason,
-    )  # fmt: skip
+    return make_df(ci, value=2.11, reason=reason)
 
 
 def test_interval_text_shows_only_the_ends_that_exist() -> None:

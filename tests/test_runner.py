@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -124,9 +125,12 @@ def test_a_clear_regression_fails_at_the_first_look_after_calibration() -> None:
     check = result.checks[0]
     assert check["verdict"] == "fail"
     assert check["looks"] == 1
-    # The look came no earlier than its own floor, and not much later: about twice the
-    # 368 samples a p99 claim at 95% needs at the least (plus what warmup trimming takes).
-    assert 368 <= check["n"] <= 2.2 * 368
+    # The look came no earlier than its own floor, and not much later: about 2.5 times the
+    # 368 samples a p99 claim at 95% needs at the least (its own level is smaller, warmup
+    # trimming takes some, and the plan allows for clustering up to a dispersion of 1.7).
+    assert 368 <= check["n"] <= 2.6 * 368
+    # The look's rounds are short enough for a t with several degrees of freedom.
+    assert result.tenants["slow"].sequential[(99.0, "host")].evidence.units >= 8
     assert result.stop_reason.startswith("every SLO decided")
     df = result.tenants["slow"].df(99)
     assert df is not None and df.verdict(1.3) == "fail" and df.alpha < 0.05
@@ -202,7 +206,8 @@ def test_the_look_plan_fits_the_budget_and_spends_all_of_it() -> None:
     assert "spent 0.05," in spending
     assert wall(backend) > 0.7 * 60.0
     if check["verdict"] == "inconclusive":
-        assert check["power"] and "more samples per phase" in check["power"]
+        assert check["power"] and "samples per phase" in check["power"]
+        assert not re.search(r"\babout 0 more", check["power"])
 
 
 def test_the_iteration_cap_ends_the_plan_and_is_named() -> None:

@@ -14,16 +14,17 @@ from scipy.signal import lfilter
 from pytest_kts.errors import StatisticsError
 from pytest_kts.stats import (
     Summary,
-    _circular_windows,
-    _exceedance_cov,
-    block_length,
-    bootstrap_percentiles,
+    batch_labels,
+    grouped_jackknife_variance,
+    leave_one_out_percentiles,
     min_samples,
     norm_ppf,
     percentile,
-    rank_se_log,
     summarize,
-    tail_dependence,
+    t_ppf,
+    t_sf,
+    tail_clusters,
+    tail_halfwidths,
     trim_warmup,
     warmup_length,
 )
@@ -201,78 +202,135 @@ def test_norm_ppf_matches_scipy() -> None:
     assert norm_ppf(1.0) == math.inf
 
 
-# -- dependence ---------------------------------------------------------------------------------
+# -- Student's t ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("rho", [0.5, 0.9])
-def test_block_length_agrees_with_arch(rho: float) -> None:
-    arch = pytest.importorskip("arch.bootstrap")
-    x = ar1(np.random.default_rng(4), 3000, rho)
-    ours = block_length(x)
-    theirs = float(arch.optimal_block_length(x)["circular"].iloc[0])
-    # Ours runs on ranks (robust to heavy tails) and normalises the autocorrelations properly;
-    # arch works on raw values. For Gaussian AR(1) the two should agree closely.
-    assert ours == pytest.approx(theirs, rel=0.2)
+@pytest.mark.parametrize("df", [1, 2, 3, 4.5, 7, 12.7, 29, 200, 1e5])
+def test_t_quantiles_and_tails_match_scipy(df: float) -> None:
+    for u in (0.9, 0.975, 0.99, 0.9944, 0.9995):
+        assert t_ppf(u, df) == pytest.approx(sps.t.ppf(u, df), rel=1e-8)
+        assert t_ppf(1 - u, df) == pytest.approx(sps.t.ppf(1 - u, df), rel=1e-8)
+    for x in (-3.0, 0.0, 0.7, 2.5, 9.0):
+        assert t_sf(x, df) == pytest.approx(sps.t.sf(x, df), rel=1e-8, abs=1e-15)
+    assert t_ppf(0.975, math.inf) == pytest.approx(1.959964, abs=1e-6)
+    with pytest.raises(ValueError):
+        t_sf(1.0, 0)
 
 
-def test_block_length_iid_and_segments() -> None:
+# -- the tail's clusters --------------------------------------------------------------------------
+
+
+def test_tail_clusters_counts_runs_within_rounds_only() -> None:
+    # 1000 samples at 1, with slow iterations at known places: a run of 4, a run of 3 split
+    # by one fast iteration (one cluster: gaps up to the run length join), two singles, and
+    # a run that straddles a round boundary (two clusters: rounds are separate runs).
+    x = np.ones(1000)
+    slow = [100, 101, 102, 103, 300, 301, 303, 500, 700, 498, 499]
+    x[slow] = 5.0
+    labels = np.repeat([0, 1], 500)  # 498, 499 | 500 straddle the boundary
+    tc = tail_clusters(x, labels, 98.9)  # the level is 1: all 11 slow samples exceed it
+    assert tc.exceedances == 11
+    assert tc.clusters == 5  # {100-103}, {300, 301, 303}, {498, 499}, {500}, {700}
+    assert tc.theta == pytest.approx(5 / 11)
+    assert tc.inflation == pytest.approx((16 + 9 + 4 + 1 + 1) / 11)
+    # Independent samples: one exceedance in a cluster of its own, nearly always.
+    iid = tail_clusters(np.random.default_rng(1).lognormal(size=20000), None, 99)
+    assert iid.theta > 0.95 and iid.inflation < 1.1
+    flat = tail_clusters(np.ones(50), None, 99)  # nothing above the percentile
+    assert (flat.exceedances, flat.theta, flat.inflation) == (0, 1.0, 1.0)
+
+
+def test_tail_clusters_see_bursts_that_the_body_does_not_show() -> None:
+    # Independent body, slow bursts of 5 consecutive iterations: exceedances of p99 come in
+    # runs of 5, so the extremal index is about 1/5 and the count's dispersion about 5.
+    rng = np.random.default_rng(2)
+    x = rng.lognormal(0, 0.1, 50_000)
+    for start in rng.choice(50_000 - 5, 110, replace=False):
+        x[start : start + 5] *= 3.0
+    tc = tail_clusters(x, None, 99)
+    assert tc.theta < 0.3
+    assert tc.inflation > 3.5
+
+
+def test_tail_halfwidths_are_scipys_order_statistic_interval() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.lognormal(0, 0.3, 2000)
+    down, up = tail_halfwidths(x, 99, float(sps.norm.ppf(0.975)))
+    q = percentile(x, 99)
+    ref = sps.quantile_test(x, q=q, p=0.99).confidence_interval(0.95)
+    assert q * math.exp(-down) == pytest.approx(ref.low, rel=1e-12)
+    assert q * math.exp(up) == pytest.approx(ref.high, rel=1e-12)
+    # Clustering with dispersion F is n / F effective samples: a wider interval.
+    down4, up4 = tail_halfwidths(x, 99, 1.96, inflation=4.0)
+    assert down4 > down and up4 > up
+    # Below LoadGen's floor on n / F samples there is no upper end.
+    assert tail_halfwidths(x[:300], 99, 1.96)[1] == math.inf  # 368 needed at 97.5%
+    assert tail_halfwidths(x[:1200], 99, 1.96, inflation=4.0)[1] == math.inf
+    assert math.isfinite(tail_halfwidths(x[:400], 99, 1.96)[1])
+    assert tail_halfwidths(np.r_[0.0, np.ones(500)], 99, 1.96) == (math.inf, math.inf)
+
+
+# -- rounds as the unit -------------------------------------------------------------------------
+
+
+@given(
+    st.lists(st.floats(0.01, 100.0), min_size=3, max_size=300),
+    st.integers(1, 9),
+    st.sampled_from([50.0, 90.0, 99.0, 99.9]),
+)
+@settings(max_examples=150, deadline=None)
+def test_leave_one_out_percentiles_match_brute_force(values: list[float], k: int, p: float) -> None:
+    x = np.array(values)
+    units = np.arange(x.size) % k
+    labels = [*range(k), 99]  # 99 holds no sample: its leave-out is the whole percentile
+    got = leave_one_out_percentiles(x, units, p, labels)
+    for g, label in enumerate(labels):
+        rest = x[units != label]
+        want = percentile(rest, p) if rest.size else math.nan
+        assert got[g] == want or (math.isnan(got[g]) and math.isnan(want))
+
+
+def test_grouped_jackknife_is_the_textbook_one_for_equal_groups() -> None:
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(400)
+    groups = np.arange(400) % 20
+    # The mean: the delete-a-group jackknife variance is exactly s^2 / g of the group means.
+    means = np.array([x[groups == g].mean() for g in range(20)])
+    leave = np.array([x[groups != g].mean() for g in range(20)])
+    var, dof = grouped_jackknife_variance(x.mean(), leave, np.full(20, 20.0))
+    assert var == pytest.approx(means.var(ddof=1) / 20, rel=1e-12)
+    assert 10 < dof <= 19  # normal deviations: close to g - 1
+    assert grouped_jackknife_variance(1.0, np.array([1.0]), np.array([5.0])) == (math.inf, 0)
+
+
+def test_grouped_jackknife_degrees_of_freedom_fall_when_one_group_carries_the_spread() -> None:
+    leave = np.zeros(30)
+    leave[7] = 1.0  # one round holds the only burst
+    var, dof = grouped_jackknife_variance(0.0, leave, np.full(30, 100.0))
+    assert var > 0
+    assert dof < 2.5  # not 29: one group's worth of information about the spread
+
+
+def test_grouped_jackknife_unequal_groups_is_the_weighted_one() -> None:
+    # Busing et al.: for the mean of unequal groups the weighted jackknife is the usual
+    # variance of a ratio estimator; check it against a brute-force formula.
     rng = np.random.default_rng(5)
-    assert block_length(rng.standard_normal(2000)) < 3
-    # Rounds at very different levels: a series without labels looks strongly dependent,
-    # with labels the pairs across a round boundary are not counted... but the level shifts
-    # still correlate samples inside a round, so only check that labels never *add* length.
-    x = np.concatenate([rng.standard_normal(100) + 5 * k for k in range(10)])
-    seg = np.repeat(np.arange(10), 100)
-    assert block_length(x, seg) <= block_length(x)
-    assert block_length(np.ones(5)) == 1.0
+    sizes = np.array([50, 120, 80, 200, 60, 90])
+    data = [rng.standard_normal(m) + 0.1 * k for k, m in enumerate(sizes)]
+    allx = np.concatenate(data)
+    n, g = allx.size, sizes.size
+    leave = np.array([np.concatenate(data[:k] + data[k + 1 :]).mean() for k in range(g)])
+    var, _ = grouped_jackknife_variance(allx.mean(), leave, sizes.astype(float))
+    h = n / sizes
+    pseudo = h * allx.mean() - (h - 1) * leave
+    centre = g * allx.mean() - np.sum((1 - sizes / n) * leave)
+    assert var == pytest.approx(np.sum((pseudo - centre) ** 2 / (h - 1)) / g, rel=1e-12)
 
 
-def test_exceedance_cov_matches_bivariate_normal() -> None:
-    h = float(sps.norm.ppf(0.99))
-    for r in (-0.3, 0.1, 0.5, 0.9, 0.99):
-        mvn = sps.multivariate_normal(mean=[0, 0], cov=[[1, r], [r, 1]])
-        expected = mvn.cdf([-h, -h]) - 0.01**2  # P(both > h) - P(>h)^2, by symmetry
-        assert _exceedance_cov(h, np.array([r]))[0] == pytest.approx(expected, abs=1e-7)
-
-
-def test_tail_dependence_ar1() -> None:
-    rng = np.random.default_rng(6)
-    f0, t0 = tail_dependence(rng.standard_normal(5000), None, 99)
-    assert f0 < 1.1 and t0 > 0.95
-    # Theory for Gaussian AR(1), rho = 0.9, p99: F = 5.86, theta = 0.458 (scipy integration).
-    x = np.exp(ar1(rng, 20000, 0.9))
-    f9, t9 = tail_dependence(x, None, 99)
-    assert 4.5 < f9 < 7.0
-    assert 0.38 < t9 < 0.55
-
-
-def test_rank_se_log_iid_lognormal() -> None:
-    rng = np.random.default_rng(7)
-    sigma, n = 0.5, 4000
-    ses = [rank_se_log(rng.lognormal(0, sigma, n), 99) for _ in range(20)]
-    # Asymptotic sd of log p99 for lognormal(sigma): 3.73 sigma / sqrt(n).
-    assert np.median(ses) == pytest.approx(3.73 * sigma / math.sqrt(n), rel=0.25)
-    assert rank_se_log(rng.lognormal(0, 1, 60), 99) == math.inf  # not far enough into the tail
-    assert rank_se_log(np.r_[0.0, np.ones(500)], 99) == math.inf  # log of 0
-
-
-def test_circular_windows_stay_in_their_segment() -> None:
-    labels = np.repeat([0, 1, 2], [5, 30, 12])
-    values = np.arange(labels.size, dtype=float)
-    windows, start_of = _circular_windows(values, labels, 7)
-    for i in range(values.size):
-        block = windows[start_of[i]].astype(int)
-        assert block[0] == i
-        assert np.all(labels[block] == labels[i])  # wraps inside the segment
-    # A 5-sample segment with 7-sample blocks repeats itself: 3 4 0 1 2 3 4.
-    assert windows[start_of[3]].tolist() == [3, 4, 0, 1, 2, 3, 4]
-
-
-def test_bootstrap_percentiles_spread_iid() -> None:
-    rng = np.random.default_rng(8)
-    x = rng.lognormal(0, 0.5, 3000)
-    reps = bootstrap_percentiles(x, None, 99, block=1, replicates=1000, rng=rng)
-    assert reps.shape == (1000,)
-    assert np.std(np.log(reps)) == pytest.approx(3.73 * 0.5 / math.sqrt(3000), rel=0.3)
-    with pytest.raises(StatisticsError):
-        bootstrap_percentiles(np.array([]), None, 99, block=1, replicates=10, rng=rng)
+def test_batch_labels_cut_long_runs_into_contiguous_batches() -> None:
+    labels = np.zeros(1000, dtype=int)
+    batches = batch_labels(labels, prefix="s:")
+    assert len(set(batches.tolist())) == 20  # at most 20, of at least 50 samples
+    assert all(batches[i] == batches[i + 1] or i % 50 == 49 for i in range(999))  # contiguous
+    short = batch_labels(np.zeros(120, dtype=int), prefix="")
+    assert len(set(short.tolist())) == 2

@@ -4,39 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 import warnings
 
 import numpy as np
 import pytest
+from dfs import make_df
 from scipy.signal import lfilter
 
 from pytest_kts.errors import KtsError, StatisticsError
 from pytest_kts.verdict import (
-    DegradationFactor,
     InconclusiveError,
     KtsInconclusiveWarning,
     degradation,
 )
-
-
-def make_df(ci: tuple[float, float], *, reason: str | None = None, policy: str = "warn"):
-    return DegradationFactor(
-        value=1.68,
-        ci=ci,
-        p=99.0,
-        confidence=0.95,
-        clock="host",
-        n_solo=540,
-        n_shared=540,
-        trimmed_solo=60,
-        trimmed_shared=55,
-        solo_quantile=1.231,
-        shared_quantile=2.063,
-        method="test",
-        reason=reason,
-        on_inconclusive=policy,
-    )
 
 
 def rounds(rng: np.random.Generator, n_rounds: int, r: int, rho: float, sigma: float):
@@ -140,11 +120,10 @@ def test_explain_lines() -> None:
     for needle in (
         "DF p99 (host clock) = 1.680, 95% CI [1.420, 2.220]",
         "solo   p99 = 1.231 ms from n=540",
-        "shared p99 = 2.063 ms from n=540",
+        "shared p99 = 2.068 ms from n=540",
         "60 warmup trimmed",
         "fail: the whole interval lies above 1.3",
         "`DF < 1.3` does not hold",
-        "method: test",
     ):
         assert needle in text
     assert "reason: need more" in "\n".join(
@@ -179,8 +158,7 @@ def test_degradation_counts_dropped_nan_and_is_deterministic() -> None:
     d1 = degradation(a, b)
     d2 = degradation(a, b)
     assert d1.dropped_solo == 3 and d1.dropped_shared == 0
-    assert d1.ci == d2.ci  # seed derived from the data
-    assert degradation(a, b, seed=1).ci != degradation(a, b, seed=2).ci
+    assert d1.ci == d2.ci  # no random numbers: the same samples give the same interval
     # A smaller alpha (a sequential look) gives a wider interval around the same estimate.
     d3 = degradation(a, b, alpha=0.001)
     assert d3.value == d1.value
@@ -197,6 +175,7 @@ def test_degradation_below_the_floor_is_inconclusive() -> None:
     assert d.verdict(1.3) == "inconclusive"
     assert "368" in d.reason  # the two-sided 95% floor for p99
     assert "more per phase" in d.reason
+    assert d.evidence.limited_by == "floor"
 
 
 def test_degradation_clear_cases() -> None:
@@ -210,19 +189,8 @@ def test_degradation_clear_cases() -> None:
     assert worse.verdict(1.3) == "fail"
     assert worse.value == pytest.approx(2.0 * same.value)
     assert worse.n_solo == same.n_solo
-    assert "block bootstrap" in worse.method
-
-
-def test_undecided_at_gives_the_same_verdict() -> None:
-    rng = np.random.default_rng(4)
-    for k in range(6):
-        a, sa = rounds(rng, 8, 100, 0.5, 0.4)
-        b, sb = rounds(rng, 8, 100, 0.5, 0.4)
-        b = b * (1.0 + 0.15 * k)
-        full = degradation(a, b, solo_segments=sa, shared_segments=sb)
-        fast = degradation(a, b, solo_segments=sa, shared_segments=sb, undecided_at=1.3)
-        assert fast.verdict(1.3) == full.verdict(1.3)
-        assert fast.ci[0] >= full.ci[0] - 1e-12 and fast.ci[1] <= full.ci[1] + 1e-12
+    assert "jackknife over 20 round pairs" in worse.method
+    assert worse.evidence.unit_kind == "round pairs"
 
 
 def test_interval_coverage_iid() -> None:
@@ -233,7 +201,7 @@ def test_interval_coverage_iid() -> None:
     for _ in range(runs):
         a = rng.lognormal(0, 0.5, 1000)
         b = rng.lognormal(0, 0.5, 1000)
-        d = degradation(a, b, trim=False, replicates=300)
+        d = degradation(a, b, trim=False)
         lo_miss += d.ci[0] > 1.0
         hi_miss += d.ci[1] < 1.0
     # 2.5% of 120 is 3; 9 or more on one side would be p < 0.01 for a calibrated interval.
@@ -249,18 +217,10 @@ def test_interval_holds_under_strong_autocorrelation() -> None:
     for _ in range(runs):
         a, sa = rounds(rng, 24, 100, 0.9, 0.5)
         b, sb = rounds(rng, 24, 100, 0.9, 0.5)
-        d = degradation(a, b, solo_segments=sa, shared_segments=sb, replicates=300)
+        d = degradation(a, b, solo_segments=sa, shared_segments=sb)
         decided += d.reason is None
         false_fail += d.verdict(1.0) == "fail"
-    assert decided >= runs // 2  # 2400 samples clear the dependence-aware floor
+    # At rho 0.9 the p99 exceedances come in runs (count dispersion about 6), so 2400 samples
+    # are about 400 independent ones: around the 368 a p99 bound needs, often short of it.
+    assert decided >= runs // 3
     assert false_fail <= 5  # nominal 2.5% = 1.5 of 60
-
-
-def test_a_look_on_two_by_two_thousand_is_fast() -> None:
-    rng = np.random.default_rng(7)
-    a, sa = rounds(rng, 20, 100, 0.5, 0.5)
-    b, sb = rounds(rng, 20, 100, 0.5, 0.5)
-    degradation(a, b, solo_segments=sa, shared_segments=sb)  # warm caches
-    t0 = time.perf_counter()
-    degradation(a, b * 1.01, solo_segments=sa, shared_segments=sb)
-    assert time.perf_counter() - t0 < 0.5

@@ -1,0 +1,511 @@
+"""The evidence behind a degradation factor: one record that every reader reads.
+
+One file on purpose: the record and the one function that fills it (each phase's counts and
+tail, the round-pair jackknife, the within-round bound, the floor and the reason) are read
+together by everything downstream; split, the floor rule and the interval would live apart.
+
+:func:`df_evidence` turns a tenant's solo and shared latencies (with their round labels) into
+an :class:`Evidence`: the estimate, its interval at the look's level and at the user's
+confidence, the standard errors, the degrees of freedom, each phase's counts, quantile, tail
+clustering and sample floor, and what limits the interval. The verdict, the sequential look
+planner, the power hint, the assertion message and every report read this record; none of
+them recomputes a number of its own.
+
+The method (``docs/statistics.md`` has the evidence for each choice):
+
+* **Estimate.** ``DF = q_p(shared) / q_p(solo)``, nearest-rank percentiles of the samples kept
+  after each round's warmup (MSER-5).
+* **Round pairs as the unit.** Solo round ``r`` and shared round ``r`` run next to each other
+  in time, so drift they share cancels in their ratio. The standard error of ``log DF`` is a
+  delete-one-pair jackknife: each round pair is left out in turn and the pooled ``log DF``
+  recomputed. A pair keeps its bursts whole, round-to-round drift that does not cancel shows
+  as spread between pairs, and drift that does cancel does not. A phase recorded as one long
+  run is cut into contiguous batches instead (unpaired). The critical value is Student's t
+  with ``pairs - 1`` degrees of freedom, so an early look with few pairs is wide, not wrong.
+* **Guarded by the tail itself.** With few pairs the jackknife can be small by chance (a pair
+  without a burst looks like every other). Each side of the interval is at least as wide as a
+  within-round bound from the order statistics around the percentile, inflated by how the
+  exceedances cluster (``stats.tail_clusters``), with t degrees of freedom from the number of
+  independent clusters.
+* **The floor.** Bounding a phase's percentile from above at one-sided level ``1 - a/2``
+  needs ``min_samples(p, 1 - a/2)`` independent samples, counted as ``kept / F`` with ``F``
+  the dispersion of the count of that phase's exceedances (``sum C^2 / sum C`` over cluster
+  sizes: 1 for independent samples, about twice the mean run length for runs). A lower
+  bound for DF needs the solo phase's floor, an upper bound the shared phase's: a phase
+  short of its floor removes one end of the interval, not both.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from pytest_kts.errors import StatisticsError
+from pytest_kts.stats import (
+    WARMUP_MAX_FRACTION,
+    TailClusters,
+    batch_labels,
+    grouped_jackknife_variance,
+    leave_one_out_percentiles,
+    min_samples,
+    norm_ppf,
+    percentile,
+    t_ppf,
+    tail_clusters,
+    tail_halfwidths,
+    trim_warmup,
+)
+
+__all__ = [
+    "Evidence",
+    "PhaseEvidence",
+    "Prepared",
+    "df_evidence",
+    "floor_samples",
+    "prepare",
+]
+
+# Round pairs below which the jackknife's spread is not reported as round-to-round drift.
+DRIFT_MIN_PAIRS = 4
+
+
+def floor_samples(p: float, level: float) -> int | None:
+    """Independent samples that bounding the ``p``-th percentile from above needs at the
+    two-sided ``level`` (one side: ``1 - level/2``); ``None`` with no level to spend.
+
+    The one floor rule: the verdict, the look planner and the power hint all call this.
+    """
+    if not level > 0:
+        return None
+    return min_samples(p, 1.0 - level / 2.0)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One phase's latencies, ready for a DF: warmup trimmed, finite, grouped by round."""
+
+    values: np.ndarray
+    labels: np.ndarray
+    measured: int  # finite samples before trimming
+    trimmed: int
+    dropped: int  # non-finite samples (not measured)
+
+
+def prepare(x: Any, segments: Any, *, trim: bool, name: str) -> Prepared:
+    values = np.asarray(x, dtype=np.float64).ravel()
+    if values.size == 0:
+        raise StatisticsError(f"no {name} samples: the {name} phase produced no iterations")
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise StatisticsError(
+            f"all {values.size} {name} samples are nan or infinite: nothing was measured "
+            "(is this clock available on this device?)"
+        )
+    seg = None if segments is None else np.asarray(segments)
+    kept, labels, trimmed = trim_warmup(
+        values, seg, max_fraction=WARMUP_MAX_FRACTION if trim else 0
+    )
+    if np.any(kept < 0):
+        raise StatisticsError(f"{name} latencies must be >= 0 ms; got negative values")
+    return Prepared(kept, labels, int(finite.sum()), int(trimmed), int((~finite).sum()))
+
+
+@dataclass(frozen=True)
+class PhaseEvidence:
+    """What one phase contributes to a DF."""
+
+    measured: int  # finite samples measured in the phase (before warmup trimming)
+    kept: int  # samples the percentile is taken of
+    trimmed: int  # warmup samples removed (per round, MSER-5)
+    dropped: int  # non-finite samples (not measured) ignored
+    rounds: int  # rounds with kept samples
+    quantile: float  # ms: the nearest-rank percentile of the kept samples
+    exceedances: int  # kept samples above the quantile
+    clusters: int  # independent clusters of those (runs estimator, within rounds)
+    theta: float  # clusters / exceedances: the extremal index estimate (1 with none)
+    inflation: float  # dispersion of the exceedance count (sum C^2 / sum C) of this phase
+    inflation_up: float  # the dispersion its upper range and floor use (see df_evidence)
+    critical: float  # normal quantile of the look's level (the tail range's multiplier)
+    half_down: float  # log distance to the lowest plausible percentile at that critical value
+    half_up: float  # ... to the highest (inf: even the largest sample is plausible)
+
+    @property
+    def effective(self) -> float:
+        """Independent samples behind the percentile's upper bound: what the floor counts
+        (the kept samples over the dispersion of their exceedance count)."""
+        return self.kept / max(self.inflation_up, 1.0)
+
+    def bounded(self, floor: int | None) -> bool:
+        """Whether this phase's percentile can be bounded from above against ``floor``."""
+        return floor is not None and self.effective >= floor
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Everything a DF verdict rests on, at one look. Frozen: read by every report."""
+
+    p: float
+    clock: str
+    confidence: float  # the user's: the error rate of the whole (sequential) procedure
+    level: float  # the two-sided alpha this look's interval spends (1 - confidence: one look)
+    estimate: float  # DF
+    ci: tuple[float, float]  # the verdict's interval, at ``level``; 0 / inf: an end missing
+    ci_single: tuple[float, float]  # the interval at the user's confidence, as one look
+    se_lower: float  # standard error of log DF used for the lower end (inf: none)
+    se_upper: float  # ... for the upper end
+    critical_lower: float  # multiplier of se_lower (t quantile at level)
+    critical_upper: float
+    units: int  # independent units the jackknife left out (round pairs, rounds or batches)
+    unit_kind: str  # "round pairs" | "rounds" | "batches"
+    jackknife_dof: float  # degrees of freedom of the jackknife variance (units - 1 at most)
+    floor: int | None  # independent samples per phase a bound needs at ``level``
+    solo: PhaseEvidence
+    shared: PhaseEvidence
+    drift_share: float  # share of the jackknife variance the within-round tail does not explain
+    limited_by: str  # what sets the width: "pairs" | "drift" | "tail" | "floor"
+    reason: str | None  # why an end is missing, when one is
+
+    @property
+    def solo_bounded(self) -> bool:
+        return self.solo.bounded(self.floor)
+
+    @property
+    def shared_bounded(self) -> bool:
+        return self.shared.bounded(self.floor)
+
+    @property
+    def measured(self) -> int:
+        """Samples per phase a DF could use: the smaller phase's measured count."""
+        return min(self.solo.measured, self.shared.measured)
+
+    def method(self) -> str:
+        """How the interval was made, in one line (the report's detail, not its headline)."""
+        return (
+            f"delete-one jackknife over {self.units} {self.unit_kind} (t, "
+            f"{self.jackknife_dof:.0f} df), each end at least the within-round range of the "
+            f"order statistics around p{self.p:g} widened for tail clustering (solo "
+            f"{self.solo.clusters} clusters of {self.solo.exceedances} exceedances, shared "
+            f"{self.shared.clusters} of {self.shared.exceedances}); nearest-rank percentiles, "
+            f"MSER-5 warmup trim per round"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["ci"] = list(self.ci)
+        out["ci_single"] = list(self.ci_single)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Evidence:
+        data = dict(data)
+        data["ci"] = tuple(data["ci"])
+        data["ci_single"] = tuple(data["ci_single"])
+        data["solo"] = PhaseEvidence(**data["solo"])
+        data["shared"] = PhaseEvidence(**data["shared"])
+        return cls(**data)
+
+
+def _halfwidths(
+    ph: Prepared, p: float, level: float, inflation: float, inflation_up: float
+) -> tuple[float, float, float]:
+    """The phase's plausible range for its percentile at the look's level (normal critical
+    value), below on its own dispersion and above on ``inflation_up``."""
+    if not level > 0:
+        return math.inf, math.inf, math.inf
+    critical = norm_ppf(1.0 - level / 2.0)
+    down = tail_halfwidths(ph.values, p, critical, inflation)[0]
+    up = tail_halfwidths(ph.values, p, critical, inflation_up)[1]
+    return critical, down, up
+
+
+def _phase_evidence(
+    ph: Prepared, tail: TailClusters, p: float, level: float, inflation_up: float
+) -> PhaseEvidence:
+    critical, down, up = _halfwidths(ph, p, level, tail.inflation, inflation_up)
+    return PhaseEvidence(
+        measured=ph.measured,
+        kept=int(ph.values.size),
+        trimmed=ph.trimmed,
+        dropped=ph.dropped,
+        rounds=int(np.unique(ph.labels).size),
+        quantile=percentile(ph.values, p),
+        exceedances=tail.exceedances,
+        clusters=tail.clusters,
+        theta=tail.theta,
+        inflation=tail.inflation,
+        inflation_up=inflation_up,
+        critical=critical,
+        half_down=down,
+        half_up=up,
+    )
+
+
+def _units(solo: Prepared, shared: Prepared, paired: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    """The jackknife's units for each phase's samples, and what they are.
+
+    Rounds, paired by label when ``paired`` (solo round r with shared round r, next to each
+    other in time); a phase with a single round is cut into contiguous batches, unpaired.
+    """
+    rounds_so, rounds_sh = np.unique(solo.labels), np.unique(shared.labels)
+    if rounds_so.size >= 2 and rounds_sh.size >= 2:
+        if paired:
+            common = np.intersect1d(rounds_so.astype(str), rounds_sh.astype(str)).size
+            kind = "round pairs" if common >= max(rounds_so.size, rounds_sh.size) / 2 else "rounds"
+            return solo.labels.astype(str), shared.labels.astype(str), kind
+        return (
+            np.char.add("solo:", solo.labels.astype(str)),
+            np.char.add("shared:", shared.labels.astype(str)),
+            "rounds",
+        )
+    return (
+        batch_labels(solo.labels, prefix="solo:"),
+        batch_labels(shared.labels, prefix="shared:"),
+        "batches",
+    )
+
+
+def _satterthwaite(parts: list[tuple[float, float]]) -> float:
+    """Degrees of freedom of a sum of variances ``v_i`` each with ``d_i`` degrees of freedom."""
+    total = sum(v for v, _ in parts)
+    denom = sum(v * v / d for v, d in parts if d > 0 and v > 0)
+    if not math.isfinite(total) or total <= 0 or denom <= 0:
+        return 1.0
+    return max(1.0, total * total / denom)
+
+
+@dataclass(frozen=True)
+class _Width:
+    half_lower: float  # log half-width below the estimate
+    half_upper: float
+    se_lower: float  # the standard error each half-width corresponds to (half / critical)
+    se_upper: float
+    critical_lower: float
+    critical_upper: float
+    jackknife: bool  # whether the jackknife (not the tail bound) set both ends
+
+
+def _width(
+    level: float,
+    jack: tuple[float, float],
+    so: tuple[float, float, float],
+    sh: tuple[float, float, float],
+) -> _Width:
+    """Each end's half-width: the wider of the round-pair jackknife's (t on its degrees of
+    freedom) and the within-round tail bound's (the two phases' plausible ranges at their own
+    t critical values, in quadrature: the lower end reads the solo phase's upper range and the
+    shared phase's lower one, the upper end the other two)."""
+    variance, dof = jack
+    t_jack = t_ppf(1.0 - level / 2.0, dof) if dof > 0 and level > 0 else math.inf
+    se_jack = math.sqrt(variance) if math.isfinite(variance) else math.inf
+    jack_half = t_jack * se_jack
+
+    def side(a: float, b: float, crit: float) -> tuple[float, float, float, bool]:
+        tail_half = math.hypot(a, b)
+        if jack_half >= tail_half:
+            return jack_half, se_jack, t_jack, True
+        return tail_half, tail_half / crit, crit, False
+
+    crit = max(so[0], sh[0])
+    h_lo, se_lo, t_lo, j_lo = side(so[2], sh[1], crit)
+    h_hi, se_hi, t_hi, j_hi = side(so[1], sh[2], crit)
+    return _Width(h_lo, h_hi, se_lo, se_hi, t_lo, t_hi, j_lo and j_hi)
+
+
+def _interval(centre: float, w: _Width, solo_ok: bool, shared_ok: bool) -> tuple[float, float]:
+    half_lo, half_hi = w.half_lower, w.half_upper
+    lo = math.exp(centre - half_lo) if solo_ok and math.isfinite(half_lo) else 0.0
+    hi = math.exp(centre + half_hi) if shared_ok and math.isfinite(half_hi) else math.inf
+    return lo, hi
+
+
+def df_evidence(
+    solo: Prepared,
+    shared: Prepared,
+    *,
+    p: float,
+    confidence: float,
+    level: float,
+    clock: str = "host",
+    paired: bool = True,
+) -> Evidence:
+    """The evidence record of ``DF = q_p(shared) / q_p(solo)`` at the two-sided ``level``."""
+    # How far the shared percentile may lie above its sample value uses the more clustered of
+    # the two phases: a shared phase whose sample happened to hold few of its tail's runs
+    # looks unclustered (a co-tenant that hits 1-2% of iterations in runs puts the p99 at
+    # the edge of that slow mode), and the solo phase of the same tenant says what such a
+    # sample can hide. A wrong pass is the costly error there. Every other range uses its
+    # phase's own clustering, so a clear regression fails once the solo phase has its floor.
+    tail_so = tail_clusters(solo.values, solo.labels, p)
+    tail_sh = tail_clusters(shared.values, shared.labels, p)
+    so = _phase_evidence(solo, tail_so, p, level, tail_so.inflation)
+    sh = _phase_evidence(shared, tail_sh, p, level, max(tail_so.inflation, tail_sh.inflation))
+    if so.quantile <= 0:
+        raise StatisticsError(
+            f"solo p{p:g} is {so.quantile} ms: a ratio needs a positive baseline latency"
+        )
+    value = sh.quantile / so.quantile
+    centre = math.log(value) if value > 0 else -math.inf
+
+    units_so, units_sh, kind = _units(solo, shared, paired)
+    labels = sorted(set(units_so.tolist()) | set(units_sh.tolist()))
+    leave_so = leave_one_out_percentiles(solo.values, units_so, p, labels)
+    leave_sh = leave_one_out_percentiles(shared.values, units_sh, p, labels)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        leave = np.log(leave_sh) - np.log(leave_so)
+    count_so = dict(zip(*np.unique(units_so, return_counts=True), strict=True))
+    count_sh = dict(zip(*np.unique(units_sh, return_counts=True), strict=True))
+    sizes = np.array([count_so.get(u, 0) + count_sh.get(u, 0) for u in labels], dtype=float)
+    jack = grouped_jackknife_variance(centre, leave, sizes)
+
+    def at(
+        a: float, phases: tuple[PhaseEvidence, PhaseEvidence] | None = None
+    ) -> tuple[tuple[float, float], _Width, int | None]:
+        floor = floor_samples(p, a)
+        if phases is not None:
+            tails = [(ph.critical, ph.half_down, ph.half_up) for ph in phases]
+        else:
+            tails = [
+                _halfwidths(prep, p, a, ph.inflation, ph.inflation_up)
+                for prep, ph in ((solo, so), (shared, sh))
+            ]
+        w = _width(a, jack, tails[0], tails[1])
+        return _interval(centre, w, so.bounded(floor), sh.bounded(floor)), w, floor
+
+    ci, width, floor = at(level, (so, sh))
+    overall = 1.0 - confidence
+    ci_single = ci if math.isclose(overall, level) else at(overall)[0]
+
+    # How much of the jackknife's spread the within-round tail bound does not explain: the
+    # share of round-to-round variability (drift that the pairing did not cancel).
+    within = 0.5 * (
+        (so.half_up / so.critical) ** 2
+        + (sh.half_down / sh.critical) ** 2
+        + (so.half_down / so.critical) ** 2
+        + (sh.half_up / sh.critical) ** 2
+    )
+    variance = jack[0]
+    drift = (
+        max(0.0, 1.0 - within / variance)
+        if math.isfinite(variance) and variance > 0 and math.isfinite(within)
+        else 0.0
+    )
+    solo_ok, shared_ok = so.bounded(floor), sh.bounded(floor)
+    if not (solo_ok and shared_ok):
+        limited = "floor"
+    elif width.jackknife and len(labels) >= DRIFT_MIN_PAIRS and drift >= 0.5:
+        limited = "drift"
+    elif width.jackknife:
+        limited = "pairs"
+    else:
+        limited = "tail"
+    return Evidence(
+        p=float(p),
+        clock=clock,
+        confidence=float(confidence),
+        level=float(level),
+        estimate=value,
+        ci=ci,
+        ci_single=ci_single,
+        se_lower=width.se_lower,
+        se_upper=width.se_upper,
+        critical_lower=width.critical_lower,
+        critical_upper=width.critical_upper,
+        units=len(labels),
+        unit_kind=kind,
+        jackknife_dof=float(jack[1]),
+        floor=floor,
+        solo=so,
+        shared=sh,
+        drift_share=drift,
+        limited_by=limited,
+        reason=_reason(p, level, floor, so, sh, ci),
+    )
+
+
+def _reason(
+    p: float,
+    level: float,
+    floor: int | None,
+    so: PhaseEvidence,
+    sh: PhaseEvidence,
+    ci: tuple[float, float],
+) -> str | None:
+    """Why an end of the interval is missing, with what would bring it (None: both exist)."""
+    if floor is None:
+        return "no error budget left for this look"
+    one_sided = f"{100 * (1 - level / 2):.4g}%"
+
+    def short(ph: PhaseEvidence) -> str:
+        return (
+            f"{ph.effective:.0f} independent of {ph.kept} kept (its p{p:g} exceedances came "
+            f"in {ph.clusters} cluster(s) of {ph.exceedances}, dispersion {ph.inflation_up:.2g})"
+        )
+
+    def more(ph: PhaseEvidence) -> int:
+        return max(1, math.ceil(floor * max(ph.inflation_up, 1.0) - ph.kept))
+
+    need = f"bounding a p{p:g} at one-sided {one_sided} needs {floor} independent samples"
+    solo_ok, shared_ok = so.bounded(floor), sh.bounded(floor)
+    if not solo_ok and not shared_ok:
+        return (
+            f"too few samples: {need}; solo has {short(so)}, shared {short(sh)}: about "
+            f"{max(more(so), more(sh))} more per phase"
+        )
+    if not solo_ok:
+        return (
+            f"no lower bound: {need}; solo has {short(so)}: a fail needs about "
+            f"{more(so)} more solo samples"
+        )
+    if not shared_ok:
+        return (
+            f"no upper bound: {need}; shared has {short(sh)}: a pass needs about "
+            f"{more(sh)} more shared samples"
+        )
+    if not math.isfinite(ci[1]):
+        return (
+            f"no upper bound: the shared p{p:g}'s rank interval reaches past its largest "
+            "sample (its tail clusters strongly); more samples are needed"
+        )
+    if ci[0] <= 0:
+        return (
+            f"no lower bound: the solo p{p:g}'s rank interval reaches past its largest sample "
+            "(its tail clusters strongly); more samples are needed"
+        )
+    return None
+
+
+def percentile_interval(
+    x: Any, segments: Any, p: float, confidence: float = 0.95, *, trim: bool = True
+) -> tuple[float, float, float, int]:
+    """One phase's ``p``-th percentile with its interval: ``(q, lo, hi, kept)`` in ms.
+
+    The same construction as a DF's, for one phase alone: a delete-one-round jackknife of the
+    log percentile (batches for a single round) with Student's t, each end at least the
+    order-statistic range widened for tail clustering; ``hi`` is ``inf`` below the floor.
+    """
+    ph = prepare(x, segments, trim=trim, name="phase")
+    level = 1.0 - confidence
+    tail = tail_clusters(ph.values, ph.labels, p)
+    ev = _phase_evidence(ph, tail, p, level, tail.inflation)
+    units = (
+        ph.labels.astype(str)
+        if np.unique(ph.labels).size >= 2
+        else batch_labels(ph.labels, prefix="")
+    )
+    labels = sorted(set(units.tolist()))
+    leave = np.log(leave_one_out_percentiles(ph.values, units, p, labels))
+    counts = dict(zip(*np.unique(units, return_counts=True), strict=True))
+    sizes = np.array([counts[u] for u in labels], dtype=float)
+    variance, dof = grouped_jackknife_variance(math.log(ev.quantile), leave, sizes)
+    jack = t_ppf(1.0 - level / 2.0, dof) * math.sqrt(variance) if dof > 0 else math.inf
+    centre = math.log(ev.quantile)
+    lo = math.exp(centre - max(jack, ev.half_down))
+    bounded = ev.bounded(floor_samples(p, level))
+    hi = math.exp(centre + max(jack, ev.half_up)) if bounded else math.inf
+    return ev.quantile, lo, hi, ev.kept
