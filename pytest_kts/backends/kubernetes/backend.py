@@ -60,6 +60,7 @@ class KubernetesBackend(Backend):
     """Runs each tenant of each phase as a Kubernetes Job and collects its log."""
 
     name = "kubernetes"
+    checks_colocation = True
 
     def __init__(self, settings: ClusterSettings, *, clients: ClusterClients | None = None) -> None:
         self.settings = settings
