@@ -181,6 +181,7 @@ class Backend(abc.ABC):
         The base class checks nothing (:attr:`checks_colocation` is false): a backend that can
         tell where its tenants ran overrides both.
         """
+        return None
 
     @property
     def reusable(self) -> bool:
