@@ -45,8 +45,9 @@ for a bounded time, then prints the ``kubectl delete`` command for what it left.
 
 Modules, by concern: :mod:`.settings` (what the backend is told, names, tunables),
 :mod:`.client` (connection, deadlines, retries, error text: every API call goes through its
-:class:`~.client.Client`), :mod:`.manifest` (the Job), :mod:`.watch` (waiting for the Jobs),
-:mod:`.logs` (the log threads), :mod:`.diagnose` (errors with events), :mod:`.backend`.
+:class:`~.client.Client`), :mod:`.errors` (the API's statuses as typed errors),
+:mod:`.manifest` (the Job), :mod:`.watch` (waiting for the Jobs), :mod:`.logs` (the log
+threads), :mod:`.diagnose` (errors with events), :mod:`.backend`.
 The co-location and overlap checks are :mod:`pytest_kts.colocation`, shared by every backend.
 """
 
@@ -54,11 +55,24 @@ from __future__ import annotations
 
 from pytest_kts.backends.kubernetes.backend import KubernetesBackend, make_cluster_backend
 from pytest_kts.backends.kubernetes.client import (
-    ApiUnreachable,
     Client,
     ClusterClients,
     check_reachable,
     connect,
+)
+from pytest_kts.backends.kubernetes.errors import (
+    ApiBadRequest,
+    ApiClientError,
+    ApiConflict,
+    ApiError,
+    ApiForbidden,
+    ApiGone,
+    ApiNotFound,
+    ApiServerError,
+    ApiTooManyRequests,
+    ApiUnauthorized,
+    ApiUnprocessable,
+    ApiUnreachable,
 )
 from pytest_kts.backends.kubernetes.logs import parse_timestamp_ns
 from pytest_kts.backends.kubernetes.manifest import job_template, render_job
@@ -71,6 +85,17 @@ from pytest_kts.backends.kubernetes.settings import (
 )
 
 __all__ = [
+    "ApiBadRequest",
+    "ApiClientError",
+    "ApiConflict",
+    "ApiError",
+    "ApiForbidden",
+    "ApiGone",
+    "ApiNotFound",
+    "ApiServerError",
+    "ApiTooManyRequests",
+    "ApiUnauthorized",
+    "ApiUnprocessable",
     "ApiUnreachable",
     "Client",
     "ClusterClients",

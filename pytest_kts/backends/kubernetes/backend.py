@@ -22,11 +22,11 @@ from pytest_kts.backends.kubernetes import settings as knobs
 from pytest_kts.backends.kubernetes.client import (
     Client,
     ClusterClients,
-    api,
     connect,
     connection_why,
     one_line,
 )
+from pytest_kts.backends.kubernetes.errors import ApiNotFound
 from pytest_kts.backends.kubernetes.manifest import render_job
 from pytest_kts.backends.kubernetes.settings import (
     LABEL_MANAGED_BY,
@@ -303,10 +303,9 @@ class KubernetesBackend(Backend):
                         doing=f"delete Job {name}",
                         deadline=deadline,
                         attempts=attempts,
-                        passthrough=(404,),
                     )
                     self._deleted.add(name)
-                except api().ApiException:  # 404: already gone
+                except ApiNotFound:  # already gone
                     self._deleted.add(name)
                 except ClusterError as exc:
                     why[name] = one_line(exc)

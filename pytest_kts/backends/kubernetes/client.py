@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from pytest_kts.backends.kubernetes import settings as knobs
+from pytest_kts.backends.kubernetes.errors import ApiError, ApiUnreachable, error_class
 from pytest_kts.backends.kubernetes.settings import ClusterSettings
 from pytest_kts.errors import ClusterError
 
@@ -156,7 +157,7 @@ def check_reachable(settings: ClusterSettings) -> None:
         names.k8s.client.VersionApi(clients.api_client).get_code(_request_timeout=timeout)
         clients.batch.list_namespaced_job(settings.namespace, limit=1, _request_timeout=timeout)
     except names.ApiException as exc:
-        raise ClusterError(api_error_line(exc, host, settings, "list Jobs")) from None
+        raise typed_error(exc, host, settings, "list Jobs") from None
     except names.transport_errors as exc:
         raise ClusterError(
             f"no Kubernetes cluster reachable at {host} ({clients.source}): "
@@ -193,6 +194,19 @@ def api_error_line(exc: Any, host: str, settings: ClusterSettings, doing: str) -
     return f"the cluster at {host} answered {status} {reason} while trying to {doing}: {message}"
 
 
+def typed_error(exc: Any, host: str, settings: ClusterSettings, doing: str) -> ApiError:
+    """The client's ``ApiException`` as the :class:`~.errors.ApiError` for its status, with
+    the one-line message a user reads."""
+    status = int(getattr(exc, "status", 0) or 0)
+    return error_class(status)(
+        api_error_line(exc, host, settings, doing),
+        status=status,
+        reason=one_line(getattr(exc, "reason", "") or ""),
+        message=status_message(exc),
+        headers=getattr(exc, "headers", None) or {},
+    )
+
+
 def status_message(exc: Any) -> str:
     """The ``message`` of a Kubernetes Status body, or the raw body in a few words."""
     body = getattr(exc, "body", None)
@@ -211,14 +225,6 @@ def status_message(exc: Any) -> str:
 
 # Answers worth another try: the server is overloaded or restarting, not saying "no".
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
-
-
-class ApiUnreachable(ClusterError):
-    """The API server did not answer (refused, timed out, dropped) or kept answering 429/5xx."""
-
-
-class WatchExpired(Exception):
-    """A watch's resourceVersion is too old (410 Gone): list again, then watch from there."""
 
 
 class Client:
@@ -284,15 +290,14 @@ class Client:
         deadline: float | None = None,
         attempts: int | None = None,
         read_s: float | None = None,
-        passthrough: tuple[int, ...] = (),
         track: bool = True,
         **kwargs: Any,
     ) -> Any:
         """``fn(*args, **kwargs)`` with a timeout and bounded retries.
 
-        ``passthrough``: statuses whose ``ApiException`` reaches the caller as it is (the log
-        endpoint's 400 "container is being created"). Other refusals become one-line
-        :class:`ClusterError`; no answer (after the retries) :class:`ApiUnreachable`.
+        A refusal raises the :class:`~.errors.ApiError` of its status (:class:`ApiNotFound`,
+        :class:`ApiBadRequest`, ...; one line for the user, the status as an attribute); no
+        answer, or 429/5xx until the retries ran out, :class:`ApiUnreachable`.
         ``track=False`` (the log threads' calls): the answer or its absence does not change
         :attr:`failing_since`, which speaks for the calls that drive the phase.
         """
@@ -305,14 +310,9 @@ class Client:
             try:
                 result = fn(*args, **kwargs)
             except names.ApiException as exc:
-                if exc.status in passthrough:
-                    self._answered(track)
-                    raise
                 if exc.status not in TRANSIENT_STATUS:
                     self._answered(track)
-                    raise ClusterError(
-                        api_error_line(exc, self.host, self.settings, doing)
-                    ) from None
+                    raise typed_error(exc, self.host, self.settings, doing) from None
                 why = f"answered {exc.status} {one_line(exc.reason or '')}".rstrip()
                 wait = _retry_after(exc, delay)
             except names.transport_errors as exc:
@@ -335,8 +335,9 @@ class Client:
     ) -> Any:
         """Job events for ``segment_s`` seconds from ``resource_version``, then the end.
 
-        Raises :class:`WatchExpired` on 410 Gone, :class:`ApiUnreachable` when the watch could
-        not be opened or went silent past its read timeout, :class:`ClusterError` otherwise.
+        Raises :class:`ApiGone` on 410 Gone, :class:`ApiUnreachable` when the watch could
+        not be opened or went silent past its read timeout, the status's :class:`ApiError`
+        otherwise.
         """
         names = api()
         watcher = names.Watch()
@@ -356,12 +357,12 @@ class Client:
                 yield event
         except names.ApiException as exc:
             if exc.status == 410:
-                raise WatchExpired() from None
+                raise typed_error(exc, self.host, self.settings, doing) from None
             if exc.status in TRANSIENT_STATUS:
                 why = f"answered {exc.status} {one_line(exc.reason or '')}".rstrip()
                 self._failed(doing, why)
                 raise ApiUnreachable(self.unreachable_line(doing, why, 1, started)) from None
-            raise ClusterError(api_error_line(exc, self.host, self.settings, doing)) from None
+            raise typed_error(exc, self.host, self.settings, doing) from None
         except names.transport_errors as exc:
             why = connection_why(exc)
             self._failed(doing, why)
