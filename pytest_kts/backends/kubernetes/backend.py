@@ -13,6 +13,7 @@ import threading
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_kts import colocation
@@ -27,7 +28,8 @@ from pytest_kts.backends.kubernetes.client import (
     one_line,
 )
 from pytest_kts.backends.kubernetes.errors import ApiNotFound
-from pytest_kts.backends.kubernetes.manifest import render_job
+from pytest_kts.backends.kubernetes.gpu_request import DRA_GROUP, DRA_PLURAL, DRA_VERSION
+from pytest_kts.backends.kubernetes.manifest import render_claim, render_job
 from pytest_kts.backends.kubernetes.settings import (
     LABEL_MANAGED_BY,
     LABEL_PHASE,
@@ -35,6 +37,7 @@ from pytest_kts.backends.kubernetes.settings import (
     LABEL_RUN_ID,
     MANAGED_BY,
     ClusterSettings,
+    claim_name,
     cluster_settings,
     job_name,
     label_value,
@@ -56,6 +59,18 @@ _APART_HINT = (
 )
 
 
+@dataclass(frozen=True)
+class PhaseObjects:
+    """What one phase creates, and when it runs out (``deadline``: monotonic seconds)."""
+
+    started_ns: int
+    deadline: float
+    start_at_ns: int | None
+    max_duration_s: float | None
+    claim: dict[str, Any] | None  # the ResourceClaim its pods share (DRA)
+    jobs: dict[str, dict[str, Any]]  # tenant -> Job
+
+
 class KubernetesBackend(Backend):
     """Runs each tenant of each phase as a Kubernetes Job and collects its log."""
 
@@ -70,6 +85,7 @@ class KubernetesBackend(Backend):
         self._device = "auto"
         self._seq = 0
         self._jobs: list[str] = []  # every Job this backend asked for, in order
+        self._claims: list[str] = []  # every ResourceClaim (DRA), in order
         self._deleted: set[str] = set()
         self._closed = False
         self._startup_s: dict[str, float] = {}
@@ -79,11 +95,16 @@ class KubernetesBackend(Backend):
         self._relists = 0
         self._notes: list[str] = []
         self._metas: dict[str, dict[str, Any]] = {}
-        self.left_behind: list[str] = []  # Jobs cleanup could not delete
+        self.left_behind: list[str] = []  # Jobs (and claims) cleanup could not delete
 
     # -- Backend interface ---------------------------------------------------------------
 
     def start(self, tenants: Sequence[TenantSpec], device: str) -> None:
+        self._take(tenants, device)
+        if self._client is None:
+            self._client = Client(connect(self.settings), self.settings)
+
+    def _take(self, tenants: Sequence[TenantSpec], device: str) -> None:
         names = [t.name for t in tenants]
         if len(set(names)) != len(names):
             raise ConfigError(f"tenant names must be unique, got {names}")
@@ -91,8 +112,23 @@ class KubernetesBackend(Backend):
             raise ConfigError(f"device must be auto, cuda or cpu, got {device!r}")
         self._tenants = {t.name: t for t in tenants}
         self._device = device
-        if self._client is None:
-            self._client = Client(connect(self.settings), self.settings)
+
+    def preview(
+        self,
+        tenants: Sequence[TenantSpec],
+        device: str,
+        plans: Sequence[PhasePlan],
+        timeout_s: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every object :meth:`run_phase` would create for ``plans``, in order (the dry run):
+        no API call, no client. The shared phase's start instant is counted from now."""
+        self._take(tenants, device)
+        out: list[dict[str, Any]] = []
+        for plan in plans:
+            objects = self._render_phase(plan, timeout_s or self.settings.timeout_s)
+            out += [objects.claim] if objects.claim is not None else []
+            out += objects.jobs.values()
+        return out
 
     def run_phase(self, plan: PhasePlan, timeout_s: float) -> PhaseOutput:
         if self._closed:
@@ -100,43 +136,16 @@ class KubernetesBackend(Backend):
         if self._client is None:
             raise ClusterError("run_phase before start(): call start(tenants, device) first")
         client = self._client
-        unknown = [t for t in plan.tenants if t not in self._tenants]
-        if unknown:
-            raise ConfigError(f"phase names tenants that were never started: {unknown}")
-        if plan.phase not in ("solo", "shared"):
-            raise ConfigError(f"phase must be solo or shared, got {plan.phase!r}")
         timeout = float(timeout_s) if timeout_s and timeout_s > 0 else self.settings.timeout_s
-        self._seq += 1
-        started_ns = time.time_ns()
-        deadline = time.monotonic() + timeout
-        start_at_ns: int | None = None
-        min_duration: float | None = None
-        lead = self._start_lead_s(plan.tenants)
-        if plan.phase == "shared":
-            start_at_ns = started_ns + int(lead * 1e9)
-            min_duration = self._min_duration_s(plan, lead)
-            deadline += lead
-        # The phase's time share counts from now; pods spend about ``lead`` starting.
-        max_duration = None if plan.max_seconds is None else max(plan.max_seconds - lead, 1.0)
-        if max_duration is not None and min_duration is not None:
-            min_duration = min(min_duration, max_duration)
+        objects = self._render_phase(plan, timeout)
+        started_ns, deadline = objects.started_ns, objects.deadline
+        start_at_ns, max_duration = objects.start_at_ns, objects.max_duration_s
         runs: dict[str, TenantRun] = {}
+        claim = None if objects.claim is None else str(objects.claim["metadata"]["name"])
         try:
-            for tenant in plan.tenants:
-                name = job_name(self.settings.run_id, self._seq, plan.phase, tenant)
-                manifest = render_job(
-                    self.settings,
-                    self._tenants[tenant],
-                    device=self._device,
-                    name=name,
-                    phase=plan.phase,
-                    round=plan.round,
-                    iterations=int(plan.iterations[tenant]),
-                    start_at_ns=start_at_ns,
-                    min_duration_s=min_duration,
-                    deadline_s=deadline - time.monotonic(),
-                    max_duration_s=max_duration,
-                )
+            if objects.claim is not None:
+                self._create_claim(objects.claim, deadline)
+            for tenant, manifest in objects.jobs.items():
                 runs[tenant] = self._create(manifest, tenant, deadline)
             for run in runs.values():
                 run.thread = threading.Thread(
@@ -158,11 +167,14 @@ class KubernetesBackend(Backend):
             # session is ending, close() may never run. Other errors leave the Jobs to close().
             logs.abort(runs)
             if not self.settings.keep_jobs:
-                self._delete_jobs()
+                self._delete_created()
             raise
         finally:
             logs.abort(runs)
         ended_ns = time.time_ns()
+        if claim is not None:
+            # The phase is over: free its GPU for the next phase's claim (kept Jobs or not).
+            self._delete_claim_now(claim)
         record = self._record(plan, runs, start_at_ns)
         if plan.phase == "shared":
             self._check_colocation(plan, runs, record)
@@ -186,7 +198,9 @@ class KubernetesBackend(Backend):
         self._closed = True
         try:
             if not self.settings.keep_jobs:
-                self._delete_jobs()
+                self._delete_created()
+            elif self._claims:
+                self._delete_created(claims_only=True)  # a kept claim would hold the GPU
         finally:
             if self._client is not None and self._own_clients:
                 self._client.close()
@@ -218,6 +232,9 @@ class KubernetesBackend(Backend):
             "namespace": self.settings.namespace,
             "run_id": self.settings.run_id,
             "image": self.settings.image,
+            "gpu_request": self.settings.gpu.mode,
+            "gpu_request_detail": self.settings.gpu.describe(),
+            "claims": list(self._claims),
             "node_pinned": self.settings.node,
             "nodes": sorted(nodes),
             "tenants": copy.deepcopy(self._metas),
@@ -245,6 +262,51 @@ class KubernetesBackend(Backend):
 
     # -- Jobs ----------------------------------------------------------------------------
 
+    def _render_phase(self, plan: PhasePlan, timeout: float) -> PhaseObjects:
+        """The phase's claim (DRA) and Jobs, and its timings: start barrier, time share."""
+        unknown = [t for t in plan.tenants if t not in self._tenants]
+        if unknown:
+            raise ConfigError(f"phase names tenants that were never started: {unknown}")
+        if plan.phase not in ("solo", "shared"):
+            raise ConfigError(f"phase must be solo or shared, got {plan.phase!r}")
+        self._seq += 1
+        started_ns = time.time_ns()
+        deadline = time.monotonic() + timeout
+        start_at_ns: int | None = None
+        min_duration: float | None = None
+        lead = self._start_lead_s(plan.tenants)
+        if plan.phase == "shared":
+            start_at_ns = started_ns + int(lead * 1e9)
+            min_duration = self._min_duration_s(plan, lead)
+            deadline += lead
+        # The phase's time share counts from now; pods spend about ``lead`` starting.
+        max_duration = None if plan.max_seconds is None else max(plan.max_seconds - lead, 1.0)
+        if max_duration is not None and min_duration is not None:
+            min_duration = min(min_duration, max_duration)
+        claim: dict[str, Any] | None = None
+        if self.settings.gpu.claims_per_phase and self._device != "cpu":
+            # One claim for the phase's pods: co-tenants get one GPU by construction.
+            name = claim_name(self.settings.run_id, self._seq, plan.phase)
+            claim = render_claim(self.settings, name=name, phase=plan.phase, round=plan.round)
+        jobs = {
+            tenant: render_job(
+                self.settings,
+                self._tenants[tenant],
+                device=self._device,
+                name=job_name(self.settings.run_id, self._seq, plan.phase, tenant),
+                phase=plan.phase,
+                round=plan.round,
+                iterations=int(plan.iterations[tenant]),
+                start_at_ns=start_at_ns,
+                min_duration_s=min_duration,
+                deadline_s=deadline - time.monotonic(),
+                max_duration_s=max_duration,
+                claim=None if claim is None else claim["metadata"]["name"],
+            )
+            for tenant in plan.tenants
+        }
+        return PhaseObjects(started_ns, deadline, start_at_ns, max_duration, claim, jobs)
+
     def _create(self, manifest: dict[str, Any], tenant: str, deadline: float) -> TenantRun:
         assert self._client is not None
         name = manifest["metadata"]["name"]
@@ -261,6 +323,60 @@ class KubernetesBackend(Backend):
         log.debug("created Job %s for tenant %s", name, tenant)
         return run
 
+    def _create_claim(self, manifest: dict[str, Any], deadline: float) -> None:
+        assert self._client is not None
+        name = manifest["metadata"]["name"]
+        self._claims.append(name)  # before the call, as for Jobs
+        self._client.call(
+            self._client.custom.create_namespaced_custom_object,
+            DRA_GROUP,
+            DRA_VERSION,
+            self.settings.namespace,
+            DRA_PLURAL,
+            manifest,
+            doing=f"create ResourceClaim {name}",
+            deadline=deadline,
+        )
+        log.debug("created ResourceClaim %s", name)
+
+    def _delete_one(self, kind: str, name: str, deadline: float, attempts: int | None) -> None:
+        """Delete one Job (with its pods) or ResourceClaim; gone already is fine."""
+        client = self._client
+        assert client is not None
+        try:
+            if kind == "job":
+                client.call(
+                    client.batch.delete_namespaced_job,
+                    name,
+                    self.settings.namespace,
+                    propagation_policy="Background",
+                    doing=f"delete Job {name}",
+                    deadline=deadline,
+                    attempts=attempts,
+                )
+            else:
+                client.call(
+                    client.custom.delete_namespaced_custom_object,
+                    DRA_GROUP,
+                    DRA_VERSION,
+                    self.settings.namespace,
+                    DRA_PLURAL,
+                    name,
+                    doing=f"delete ResourceClaim {name}",
+                    deadline=deadline,
+                    attempts=attempts,
+                )
+        except ApiNotFound:
+            pass
+        self._deleted.add(name)
+
+    def _delete_claim_now(self, name: str) -> None:
+        """A finished phase's claim; what fails here is left to close(), which retries."""
+        try:
+            self._delete_one("claim", name, time.monotonic() + knobs.REQUEST_TIMEOUT_S, 1)
+        except ClusterError as exc:
+            log.debug("deleting ResourceClaim %s failed (close() retries): %s", name, exc)
+
     def _selector(self, plan: PhasePlan) -> str:
         return ",".join(
             [
@@ -271,8 +387,9 @@ class KubernetesBackend(Backend):
             ]
         )
 
-    def _delete_jobs(self) -> None:
-        """Delete this run's Jobs (and their pods), retrying for ``DELETE_BUDGET_S`` at most.
+    def _delete_created(self, *, claims_only: bool = False) -> None:
+        """Delete this run's Jobs (and their pods) and ResourceClaims, retrying for
+        ``DELETE_BUDGET_S`` at most.
 
         What cannot be deleted in that time (or before a second Ctrl-C) is named, with the
         exact ``kubectl delete`` command, on stderr and as a warning: cleanup must neither hang
@@ -287,46 +404,42 @@ class KubernetesBackend(Backend):
             budget, attempts = min(budget, knobs.REQUEST_TIMEOUT_S), 1
         deadline = time.monotonic() + budget
         why: dict[str, str] = {}
+        created = [] if claims_only else [("job", n) for n in self._jobs]
+        created += [("claim", n) for n in self._claims]
         try:
-            for name in self._jobs:
+            for kind, name in created:
                 if name in self._deleted:
                     continue
                 if time.monotonic() >= deadline:
                     why.setdefault(name, "out of time")
                     continue
                 try:
-                    client.call(
-                        client.batch.delete_namespaced_job,
-                        name,
-                        self.settings.namespace,
-                        propagation_policy="Background",
-                        doing=f"delete Job {name}",
-                        deadline=deadline,
-                        attempts=attempts,
-                    )
-                    self._deleted.add(name)
-                except ApiNotFound:  # already gone
-                    self._deleted.add(name)
+                    self._delete_one(kind, name, deadline, attempts)
                 except ClusterError as exc:
                     why[name] = one_line(exc)
                 except Exception as exc:  # never mask the error being reported
                     why[name] = connection_why(exc)
         finally:  # a second Ctrl-C ends the loop, not the report
-            self._report_left(why, budget)
+            self._report_left(why, budget, claims_only)
 
-    def _report_left(self, why: dict[str, str], budget: float) -> None:
-        left = [name for name in self._jobs if name not in self._deleted]
-        self.left_behind = left
-        if not left:
+    def _report_left(self, why: dict[str, str], budget: float, claims_only: bool) -> None:
+        jobs = [] if claims_only else [n for n in self._jobs if n not in self._deleted]
+        claims = [n for n in self._claims if n not in self._deleted]
+        self.left_behind = jobs + claims
+        if not self.left_behind:
             return
-        command = (
-            f"kubectl delete jobs -n {self.settings.namespace} --cascade=background "
-            + " ".join(left)
-        )
-        reason = next((why[n] for n in left if n in why), "interrupted")
+        ns = self.settings.namespace
+        commands = []
+        if jobs:
+            commands.append(f"kubectl delete jobs -n {ns} --cascade=background " + " ".join(jobs))
+        if claims:
+            commands.append(f"kubectl delete resourceclaims -n {ns} " + " ".join(claims))
+        counts = (jobs and f"{len(jobs)} Job(s)", claims and f"{len(claims)} ResourceClaim(s)")
+        what = " and ".join(text for text in counts if text)
+        reason = next((why[n] for n in self.left_behind if n in why), "interrupted")
         message = (
-            f"pytest-kts could not delete {len(left)} Job(s) within {budget:.0f} s ({reason}); "
-            f"delete them with: {command}"
+            f"pytest-kts could not delete {what} within {budget:.0f} s ({reason}); "
+            f"delete them with: {'; '.join(commands)}"
         )
         # Straight to the terminal as well: a warning may be lost when the session is ending.
         print(f"pytest-kts: {message}", file=sys.__stderr__, flush=True)

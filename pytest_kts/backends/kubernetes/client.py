@@ -36,6 +36,9 @@ class ClusterClients:
     batch: Any  # kubernetes.client.BatchV1Api
     host: str
     source: str  # where the configuration came from, for messages
+    # kubernetes.client.CustomObjectsApi: resource.k8s.io claims by group/version/plural, so
+    # DRA needs no client version that knows the resource API.
+    custom: Any = None
 
     def close(self) -> None:
         try:
@@ -125,6 +128,7 @@ def connect(settings: ClusterSettings, *, retries: int = 0) -> ClusterClients:
         batch=k8s.client.BatchV1Api(api_client),
         host=str(cfg.host),
         source=source,
+        custom=k8s.client.CustomObjectsApi(api_client),
     )
 
 
@@ -243,6 +247,7 @@ class Client:
         self.host = clients.host
         self.core = clients.core
         self.batch = clients.batch
+        self.custom = clients.custom
         self.namespace = settings.namespace
         self._lock = threading.Lock()
         self.failing_since: float | None = None  # first failure of the current run of failures
