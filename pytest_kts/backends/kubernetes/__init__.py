@@ -74,10 +74,12 @@ from pytest_kts.backends.kubernetes.errors import (
     ApiUnprocessable,
     ApiUnreachable,
 )
+from pytest_kts.backends.kubernetes.gpu_request import GpuRequest
 from pytest_kts.backends.kubernetes.logs import parse_timestamp_ns
-from pytest_kts.backends.kubernetes.manifest import job_template, render_job
+from pytest_kts.backends.kubernetes.manifest import job_template, render_claim, render_job
 from pytest_kts.backends.kubernetes.settings import (
     ClusterSettings,
+    claim_name,
     cluster_settings,
     dns_slug,
     job_name,
@@ -100,8 +102,10 @@ __all__ = [
     "Client",
     "ClusterClients",
     "ClusterSettings",
+    "GpuRequest",
     "KubernetesBackend",
     "check_reachable",
+    "claim_name",
     "cluster_settings",
     "connect",
     "dns_slug",
@@ -110,5 +114,6 @@ __all__ = [
     "label_value",
     "make_cluster_backend",
     "parse_timestamp_ns",
+    "render_claim",
     "render_job",
 ]

@@ -25,6 +25,7 @@ from pytest_kts.backends.kubernetes.client import (
     ClusterClients,
     connect,
     connection_why,
+    namespace_missing,
     one_line,
 )
 from pytest_kts.backends.kubernetes.errors import ApiNotFound
@@ -327,16 +328,27 @@ class KubernetesBackend(Backend):
         assert self._client is not None
         name = manifest["metadata"]["name"]
         self._claims.append(name)  # before the call, as for Jobs
-        self._client.call(
-            self._client.custom.create_namespaced_custom_object,
-            DRA_GROUP,
-            DRA_VERSION,
-            self.settings.namespace,
-            DRA_PLURAL,
-            manifest,
-            doing=f"create ResourceClaim {name}",
-            deadline=deadline,
-        )
+        try:
+            self._client.call(
+                self._client.custom.create_namespaced_custom_object,
+                DRA_GROUP,
+                DRA_VERSION,
+                self.settings.namespace,
+                DRA_PLURAL,
+                manifest,
+                doing=f"create ResourceClaim {name}",
+                deadline=deadline,
+            )
+        except ApiNotFound as exc:
+            if namespace_missing(exc.message):
+                raise
+            self._deleted.add(name)
+            raise ClusterError(
+                f"the cluster at {self._client.host} serves no {DRA_GROUP}/{DRA_VERSION} "
+                f"ResourceClaims ({exc.message or exc.reason}): --kts-gpu-request dra needs "
+                "Kubernetes 1.34+ with DRA and NVIDIA's DRA driver (docs/kubernetes.md); or "
+                "use another --kts-gpu-request"
+            ) from None
         log.debug("created ResourceClaim %s", name)
 
     def _delete_one(self, kind: str, name: str, deadline: float, attempts: int | None) -> None:

@@ -186,7 +186,7 @@ def api_error_line(exc: Any, host: str, settings: ClusterSettings, doing: str) -
             f"(403 Forbidden: {message or reason}); apply manifests/rbac.yaml and use its "
             "ServiceAccount, or a context that may"
         )
-    if status == 404 and "namespace" in message.lower():
+    if status == 404 and namespace_missing(message):
         return (
             f"namespace {settings.namespace!r} does not exist at {host}; "
             "kubectl apply -f manifests/namespace.yaml, or pass --kts-namespace"
@@ -196,6 +196,12 @@ def api_error_line(exc: Any, host: str, settings: ClusterSettings, doing: str) -
             f"no Kubernetes cluster reachable at {host}: {reason}; check the kubeconfig's TLS data"
         )
     return f"the cluster at {host} answered {status} {reason} while trying to {doing}: {message}"
+
+
+def namespace_missing(message: str) -> bool:
+    """Whether a 404's message says the namespace is missing ('namespaces "kts" not found'),
+    not the object or the API (whose URL names the namespace too)."""
+    return re.search(r'namespaces? "[^"]*" not found', message) is not None
 
 
 def typed_error(exc: Any, host: str, settings: ClusterSettings, doing: str) -> ApiError:
