@@ -127,6 +127,20 @@ def test_the_dra_claim_is_the_drivers_quickstart_shape() -> None:
     )
 
 
+def test_the_claim_in_the_docs_is_the_one_rendered() -> None:
+    import re
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "kubernetes.md").read_text()
+    block = re.search(r"```yaml\n(apiVersion: resource.k8s.io/v1\n.*?)```", text, re.S)
+    assert block is not None
+    documented = yaml.safe_load(block.group(1))
+    gpu = GpuRequest("dra", dra_sharing="timeslicing", dra_interval="Short")
+    assert documented["spec"] == gpu.resource_claim("x", "kts", {})["spec"]
+    assert documented["metadata"]["name"] == kb.claim_name("3f9c2a61d0", 3, "shared")
+
+
 def test_hami_asks_for_cores_and_memory_and_binpacks() -> None:
     meta, _, container = pod_of(job(GpuRequest("hami", hami_cores=30, hami_memory=3000)))
     limits = container["resources"]["limits"]
