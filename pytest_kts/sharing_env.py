@@ -255,8 +255,11 @@ def combine(
     }
     if per_tenant:
         record["tenants"] = per_tenant
+    said = [set(r.get("notes") or []) for r in reported.values()]
+    everyone = set.intersection(*said) if said else set()
+    notes += sorted(everyone)  # said by every tenant: once, unprefixed
     for name, r in sorted(reported.items()):
-        notes += [f"{name}: {note}" for note in r.get("notes") or []]
+        notes += [f"{name}: {note}" for note in r.get("notes") or [] if note not in everyone]
     missing = sorted(set(tenants) - set(reported))
     if missing:
         notes.append(f"not reported by {', '.join(missing)} (a worker older than this version?)")

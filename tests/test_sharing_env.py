@@ -113,7 +113,9 @@ def test_on_the_cpu_the_gpu_fields_are_absent() -> None:
     record = sharing_env.read({"PATH": "/nonexistent"}, device="cpu")
     assert [record[k] for k in sharing_env.GPU_FIELDS] == [None] * 4
     assert "CPU cores" in record["notes"][0]
-    assert sharing_env.describe(sharing_env.combine({"a": record})) == "no GPU"
+    combined = sharing_env.combine({"a": record, "b": record})
+    assert sharing_env.describe(combined) == "no GPU"
+    assert combined["notes"] == record["notes"]  # said by both: once
 
 
 def test_a_failing_nvidia_smi_is_a_note_not_an_error(tmp_path: Path) -> None:
