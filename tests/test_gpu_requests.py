@@ -13,9 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
-import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ from pytest_kts.errors import ClusterError, ColocationError, ConfigError
 from pytest_kts.report import write_report
 from pytest_kts.runner import run_scenario
 from tests.fake_cluster import FakeCluster
-from tests.test_kubernetes_backend import STANDIN, _new_threads
+from tests.test_kubernetes_backend import STANDIN, running_cluster
 from tests.test_sharing_env import fake_smi
 
 A = TenantSpec("a", "fft", 64)
@@ -211,16 +209,9 @@ def fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sharing_env._smi.cache_clear()
 
 
-@contextlib.contextmanager
-def _cluster(**kwargs: Any) -> Iterator[FakeCluster]:
-    before = set(threading.enumerate())
-    fake = FakeCluster(gpu_uuids=GPUS, **kwargs).start()
-    try:
-        yield fake
-    finally:
-        fake.stop()
-        assert fake.live_processes() == [], "container processes outlived the fake cluster"
-        assert _new_threads(before) == [], "threads outlived the test"
+def _cluster(**kwargs: Any) -> contextlib.AbstractContextManager[FakeCluster]:
+    """A fake node with two GPUs (and the sharing system of ``kwargs``)."""
+    return running_cluster(gpu_uuids=GPUS, **kwargs)
 
 
 def _settings(cluster: FakeCluster, tmp_path: Path, gpu: GpuRequest) -> kb.ClusterSettings:
@@ -299,15 +290,10 @@ def test_the_device_plugin_spreads_co_tenants_and_the_uuid_check_says_so(
 
 
 def test_the_device_plugin_on_a_one_gpu_node_is_co_located(tmp_path: Path) -> None:
-    before = set(threading.enumerate())
-    cluster = FakeCluster(gpu_uuids=GPUS[:1]).start()
-    try:
+    with running_cluster(gpu_uuids=GPUS[:1]) as cluster:
         result, summary = _run(_settings(cluster, tmp_path, GpuRequest()), tmp_path)
         assert _shared_uuids(result) == {GPUS[0]}
         assert summary["backend"]["gpu_request_detail"] == "device plugin: nvidia.com/gpu: 1"
-    finally:
-        cluster.stop()
-    assert _new_threads(before) == []
 
 
 def test_kai_requested_where_no_kai_scheduler_runs_says_so(tmp_path: Path) -> None:
@@ -375,9 +361,8 @@ def test_each_mode_needs_only_what_its_rbac_grants(mode: str, tmp_path: Path) ->
         for resource in rule["resources"]
         for verb in rule["verbs"]
     }
-    with _cluster(**system) as cluster:
-        gpus = GPUS[:1] if mode == "device-plugin" else GPUS
-        cluster.gpus.uuids = gpus  # type: ignore[union-attr]
+    gpus = GPUS[:1] if mode == "device-plugin" else GPUS  # one GPU: co-located, so it runs
+    with running_cluster(gpu_uuids=gpus, **system) as cluster:
         _run(_settings(cluster, tmp_path, gpu), tmp_path)
         used = {(v, f"{r}/{sub}" if sub else r) for v, r, sub, _ in cluster.seen}
     assert used <= granted, f"not granted for {mode}: {sorted(used - granted)}"
