@@ -1,4 +1,5 @@
-"""Kubernetes backend: every tenant of every phase runs as one Job on a (time-sliced) GPU.
+"""Kubernetes backend: every tenant of every phase runs as one Job on a shared GPU (a
+device-plugin replica, a DRA claim, HAMi's or KAI's share: :mod:`.gpu_request`).
 
 What happens in a phase (``run_phase``):
 
@@ -46,8 +47,10 @@ for a bounded time, then prints the ``kubectl delete`` command for what it left.
 Modules, by concern: :mod:`.settings` (what the backend is told, names, tunables),
 :mod:`.client` (connection, deadlines, retries, error text: every API call goes through its
 :class:`~.client.Client`), :mod:`.errors` (the API's statuses as typed errors),
-:mod:`.manifest` (the Job), :mod:`.watch` (waiting for the Jobs), :mod:`.logs` (the log
-threads), :mod:`.diagnose` (errors with events), :mod:`.backend`.
+:mod:`.gpu_request` (how a pod asks for its GPU, per ``--kts-gpu-request``), :mod:`.manifest`
+(the Job, the DRA claim), :mod:`.objects` (what a run created, and its cleanup), :mod:`.watch`
+(waiting for the Jobs), :mod:`.logs` (the log threads), :mod:`.diagnose` (errors with events),
+:mod:`.backend`.
 The co-location and overlap checks are :mod:`pytest_kts.colocation`, shared by every backend.
 """
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 import threading
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +22,10 @@ from pytest_kts.backends.kubernetes.client import (
     Client,
     ClusterClients,
     connect,
-    connection_why,
-    namespace_missing,
     one_line,
 )
-from pytest_kts.backends.kubernetes.errors import ApiNotFound
-from pytest_kts.backends.kubernetes.gpu_request import DRA_GROUP, DRA_PLURAL, DRA_VERSION
 from pytest_kts.backends.kubernetes.manifest import render_claim, render_job
+from pytest_kts.backends.kubernetes.objects import CreatedObjects
 from pytest_kts.backends.kubernetes.settings import (
     LABEL_MANAGED_BY,
     LABEL_PHASE,
@@ -85,9 +80,7 @@ class KubernetesBackend(Backend):
         self._tenants: dict[str, TenantSpec] = {}
         self._device = "auto"
         self._seq = 0
-        self._jobs: list[str] = []  # every Job this backend asked for, in order
-        self._claims: list[str] = []  # every ResourceClaim (DRA), in order
-        self._deleted: set[str] = set()
+        self._objects = CreatedObjects(settings)  # every Job and claim asked for, in order
         self._closed = False
         self._startup_s: dict[str, float] = {}
         self._solo_period_s: dict[str, float] = {}
@@ -96,7 +89,6 @@ class KubernetesBackend(Backend):
         self._relists = 0
         self._notes: list[str] = []
         self._metas: dict[str, dict[str, Any]] = {}
-        self.left_behind: list[str] = []  # Jobs (and claims) cleanup could not delete
 
     # -- Backend interface ---------------------------------------------------------------
 
@@ -145,7 +137,7 @@ class KubernetesBackend(Backend):
         claim = None if objects.claim is None else str(objects.claim["metadata"]["name"])
         try:
             if objects.claim is not None:
-                self._create_claim(objects.claim, deadline)
+                self._objects.create_claim(client, objects.claim, deadline)
             for tenant, manifest in objects.jobs.items():
                 runs[tenant] = self._create(manifest, tenant, deadline)
             for run in runs.values():
@@ -168,14 +160,14 @@ class KubernetesBackend(Backend):
             # session is ending, close() may never run. Other errors leave the Jobs to close().
             logs.abort(runs)
             if not self.settings.keep_jobs:
-                self._delete_created()
+                self._objects.delete_all(self._client)
             raise
         finally:
             logs.abort(runs)
         ended_ns = time.time_ns()
         if claim is not None:
             # The phase is over: free its GPU for the next phase's claim (kept Jobs or not).
-            self._delete_claim_now(claim)
+            self._objects.delete_claim_now(client, claim)
         record = self._record(plan, runs, start_at_ns)
         if plan.phase == "shared":
             self._check_colocation(plan, runs, record)
@@ -199,9 +191,9 @@ class KubernetesBackend(Backend):
         self._closed = True
         try:
             if not self.settings.keep_jobs:
-                self._delete_created()
-            elif self._claims:
-                self._delete_created(claims_only=True)  # a kept claim would hold the GPU
+                self._objects.delete_all(self._client)
+            elif self._objects.claims:
+                self._objects.delete_all(self._client, claims_only=True)  # it would hold the GPU
         finally:
             if self._client is not None and self._own_clients:
                 self._client.close()
@@ -235,7 +227,7 @@ class KubernetesBackend(Backend):
             "image": self.settings.image,
             "gpu_request": self.settings.gpu.mode,
             "gpu_request_detail": self.settings.gpu.describe(),
-            "claims": list(self._claims),
+            "claims": list(self._objects.claims),
             "node_pinned": self.settings.node,
             "nodes": sorted(nodes),
             "tenants": copy.deepcopy(self._metas),
@@ -311,83 +303,15 @@ class KubernetesBackend(Backend):
     def _create(self, manifest: dict[str, Any], tenant: str, deadline: float) -> TenantRun:
         assert self._client is not None
         name = manifest["metadata"]["name"]
-        # Remembered before the call: a Ctrl-C during it must still clean up.
-        self._jobs.append(name)
         run = TenantRun(tenant=tenant, job=name, created_ns=time.time_ns())
-        self._client.call(
-            self._client.batch.create_namespaced_job,
-            self.settings.namespace,
-            manifest,
-            doing=f"create Job {name}",
-            deadline=deadline,
-        )
+        self._objects.create_job(self._client, manifest, deadline)
         log.debug("created Job %s for tenant %s", name, tenant)
         return run
 
-    def _create_claim(self, manifest: dict[str, Any], deadline: float) -> None:
-        assert self._client is not None
-        name = manifest["metadata"]["name"]
-        self._claims.append(name)  # before the call, as for Jobs
-        try:
-            self._client.call(
-                self._client.custom.create_namespaced_custom_object,
-                DRA_GROUP,
-                DRA_VERSION,
-                self.settings.namespace,
-                DRA_PLURAL,
-                manifest,
-                doing=f"create ResourceClaim {name}",
-                deadline=deadline,
-            )
-        except ApiNotFound as exc:
-            if namespace_missing(exc.message):
-                raise
-            self._deleted.add(name)
-            raise ClusterError(
-                f"the cluster at {self._client.host} serves no {DRA_GROUP}/{DRA_VERSION} "
-                f"ResourceClaims ({exc.message or exc.reason}): --kts-gpu-request dra needs "
-                "Kubernetes 1.34+ with DRA and NVIDIA's DRA driver (docs/kubernetes.md); or "
-                "use another --kts-gpu-request"
-            ) from None
-        log.debug("created ResourceClaim %s", name)
-
-    def _delete_one(self, kind: str, name: str, deadline: float, attempts: int | None) -> None:
-        """Delete one Job (with its pods) or ResourceClaim; gone already is fine."""
-        client = self._client
-        assert client is not None
-        try:
-            if kind == "job":
-                client.call(
-                    client.batch.delete_namespaced_job,
-                    name,
-                    self.settings.namespace,
-                    propagation_policy="Background",
-                    doing=f"delete Job {name}",
-                    deadline=deadline,
-                    attempts=attempts,
-                )
-            else:
-                client.call(
-                    client.custom.delete_namespaced_custom_object,
-                    DRA_GROUP,
-                    DRA_VERSION,
-                    self.settings.namespace,
-                    DRA_PLURAL,
-                    name,
-                    doing=f"delete ResourceClaim {name}",
-                    deadline=deadline,
-                    attempts=attempts,
-                )
-        except ApiNotFound:
-            pass
-        self._deleted.add(name)
-
-    def _delete_claim_now(self, name: str) -> None:
-        """A finished phase's claim; what fails here is left to close(), which retries."""
-        try:
-            self._delete_one("claim", name, time.monotonic() + knobs.REQUEST_TIMEOUT_S, 1)
-        except ClusterError as exc:
-            log.debug("deleting ResourceClaim %s failed (close() retries): %s", name, exc)
+    @property
+    def left_behind(self) -> list[str]:
+        """Jobs (and claims) that cleanup could not delete."""
+        return self._objects.left_behind
 
     def _selector(self, plan: PhasePlan) -> str:
         return ",".join(
@@ -398,64 +322,6 @@ class KubernetesBackend(Backend):
                 f"{LABEL_ROUND}={plan.round}",
             ]
         )
-
-    def _delete_created(self, *, claims_only: bool = False) -> None:
-        """Delete this run's Jobs (and their pods) and ResourceClaims, retrying for
-        ``DELETE_BUDGET_S`` at most.
-
-        What cannot be deleted in that time (or before a second Ctrl-C) is named, with the
-        exact ``kubectl delete`` command, on stderr and as a warning: cleanup must neither hang
-        nor mask the error. Once that was said, a later attempt (close()) gets one short try.
-        """
-        client = self._client
-        if client is None:
-            return
-        budget = knobs.DELETE_BUDGET_S
-        attempts = None
-        if self.left_behind:  # the server failed us already: do not make the user wait again
-            budget, attempts = min(budget, knobs.REQUEST_TIMEOUT_S), 1
-        deadline = time.monotonic() + budget
-        why: dict[str, str] = {}
-        created = [] if claims_only else [("job", n) for n in self._jobs]
-        created += [("claim", n) for n in self._claims]
-        try:
-            for kind, name in created:
-                if name in self._deleted:
-                    continue
-                if time.monotonic() >= deadline:
-                    why.setdefault(name, "out of time")
-                    continue
-                try:
-                    self._delete_one(kind, name, deadline, attempts)
-                except ClusterError as exc:
-                    why[name] = one_line(exc)
-                except Exception as exc:  # never mask the error being reported
-                    why[name] = connection_why(exc)
-        finally:  # a second Ctrl-C ends the loop, not the report
-            self._report_left(why, budget, claims_only)
-
-    def _report_left(self, why: dict[str, str], budget: float, claims_only: bool) -> None:
-        jobs = [] if claims_only else [n for n in self._jobs if n not in self._deleted]
-        claims = [n for n in self._claims if n not in self._deleted]
-        self.left_behind = jobs + claims
-        if not self.left_behind:
-            return
-        ns = self.settings.namespace
-        commands = []
-        if jobs:
-            commands.append(f"kubectl delete jobs -n {ns} --cascade=background " + " ".join(jobs))
-        if claims:
-            commands.append(f"kubectl delete resourceclaims -n {ns} " + " ".join(claims))
-        counts = (jobs and f"{len(jobs)} Job(s)", claims and f"{len(claims)} ResourceClaim(s)")
-        what = " and ".join(text for text in counts if text)
-        reason = next((why[n] for n in self.left_behind if n in why), "interrupted")
-        message = (
-            f"pytest-kts could not delete {what} within {budget:.0f} s ({reason}); "
-            f"delete them with: {'; '.join(commands)}"
-        )
-        # Straight to the terminal as well: a warning may be lost when the session is ending.
-        print(f"pytest-kts: {message}", file=sys.__stderr__, flush=True)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _drain(self, runs: dict[str, TenantRun]) -> None:
         """After the Jobs ended: wait for the log streams, then turn failures into errors."""
