@@ -176,3 +176,27 @@ def test_the_plugins_dry_run_needs_the_cluster_option(pytester: pytest.Pytester)
     result = pytester.runpytest_subprocess("--kts-dry-run", "-p", "no:cacheprovider")
     assert result.ret == 4  # a usage error
     result.stderr.fnmatch_lines(["*--kts-dry-run*add --kts-cluster*"])
+
+
+def test_kts_run_cluster_runs_the_scenario_as_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --dry-run the same command runs: real workers (on the CPU) in the fake's pods."""
+    pytest.importorskip("torch")
+    from pytest_kts.backends.kubernetes import settings as knobs
+    from tests.fake_cluster import FakeCluster
+
+    monkeypatch.setattr(knobs, "START_LEAD_DEFAULT_S", 8.0)  # a real worker imports torch
+    with FakeCluster() as cluster:
+        kubeconfig = str(cluster.write_kubeconfig(tmp_path))
+        code, out = _kts(
+            "run", "--cluster", "--kubeconfig", kubeconfig, "--device", "cpu",
+            "--tenant", "fft:size=16,sleep_ms=1", "--tenant", "matmul:size=16,sleep_ms=1",
+            "--iterations", "20", "--timeout", "120", "--report", str(tmp_path / "out"), "-q",
+        )  # fmt: skip
+        created = cluster.created_jobs()
+        assert cluster.jobs() == []  # deleted at the end
+    assert code == 0, out
+    assert len(created) == 4  # fft solo, matmul solo, both shared
+    summary = yaml.safe_load((tmp_path / "out" / "summary.json").read_text())
+    assert summary["scenarios"][0]["backend"]["backend"] == "kubernetes"
