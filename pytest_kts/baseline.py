@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from pytest_kts import safefile
+from pytest_kts import safefile, sharing_env
 from pytest_kts.errors import ConfigError, KtsError
 from pytest_kts.evidence import percentile_interval
 from pytest_kts.samples import TenantSamples, from_csv, to_csv
@@ -51,10 +51,12 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 class Baseline(NamedTuple):
-    """What :func:`load_baseline` returns: per-tenant samples and the machine they ran on."""
+    """What :func:`load_baseline` returns: per-tenant samples, the machine they ran on, and
+    how its GPU was shared (empty for a baseline saved before that was recorded)."""
 
     samples: dict[str, TenantSamples]
     machine: dict[str, Any]
+    sharing_env: dict[str, Any]
 
 
 def safe_id(scenario: str) -> str:
@@ -96,6 +98,7 @@ def save_baseline(result: ScenarioResult, root: Path, name: str) -> Path:
         "device": result.device,
         "started_at": result.started_at,
         "machine": dict(result.machine),
+        "sharing_env": result.sharing_env,
         "tenants": {
             n: {
                 "workload": t.spec.workload,
@@ -132,7 +135,7 @@ def load_baseline(root: Path, name: str, scenario: str) -> Baseline | None:
         ) from None
     machine = dict(facts.get("machine", {}))
     machine.setdefault("device", facts.get("device"))
-    return Baseline(samples, machine)
+    return Baseline(samples, machine, dict(facts.get("sharing_env") or {}))
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,19 @@ def compare(
             )
         )
     return out
+
+
+def sharing_mismatch(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> str | None:
+    """One line when the baseline's GPU was shared otherwise (time slice, compute or MIG mode,
+    driver, MPS or HAMi settings), else None. A comparison across such a difference cannot
+    say whether the code or the setting moved the tail, so it is reported and not gated."""
+    changed = sharing_env.differences(current, baseline)
+    if not changed:
+        return None
+    return (
+        f"baseline sharing environment differs ({'; '.join(changed)}): the comparison is "
+        "reported, not gated"
+    )
 
 
 def machine_mismatches(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pytest_kts.constants import DEVICES, INCONCLUSIVE_POLICIES, SHARING_MODES
+from pytest_kts.constants import (
+    DEVICES,
+    DRA_INTERVALS,
+    DRA_SHARING,
+    GPU_REQUESTS,
+    INCONCLUSIVE_POLICIES,
+    SHARING_MODES,
+)
 from pytest_kts.errors import ConfigError
 
 __all__ = ["DEVICES", "INCONCLUSIVE_POLICIES", "OPTIONS", "SHARING_MODES", "RunSettings", "resolve"]
@@ -48,6 +55,20 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def _percent(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise ValueError("must be a percentage, 1..100")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError("must be a fraction in (0, 1]")
+    return value
 
 
 def _bool(text: str) -> bool:
@@ -129,13 +150,40 @@ OPTIONS: tuple[Option, ...] = (
     Option("context", _optional_str, None, "kubeconfig context", cluster=True),
     Option("prometheus", _optional_str, None,
            "cluster runs: Prometheus URL for dcgm-exporter metrics of each phase", cluster=True),
+    Option("dry_run", _bool, False,
+           "print every manifest the run would create (YAML) and contact no cluster",
+           flag=True, cluster=True),
+    Option("gpu_request", _choice(*GPU_REQUESTS), "device-plugin",
+           "how each pod asks for its GPU: device-plugin (nvidia.com/gpu), dra (one "
+           "ResourceClaim per phase), hami (gpucores/gpumem limits), kai (gpu-fraction)",
+           cluster=True, choices=GPU_REQUESTS),
+    Option("dra_device_class", _optional_str, "gpu.nvidia.com",
+           "dra: the DeviceClass of the claim", cluster=True),
+    Option("dra_sharing", _choice(*DRA_SHARING), "default",
+           "dra: the claim's GpuConfig sharing strategy (default: none, the driver decides)",
+           cluster=True, choices=DRA_SHARING),
+    Option("dra_interval", _choice(*DRA_INTERVALS), None,
+           "dra with timeslicing: the time-slice interval", cluster=True, choices=DRA_INTERVALS),
+    Option("dra_mps_threads", _percent, None,
+           "dra with mps: defaultActiveThreadPercentage", cluster=True),
+    Option("dra_mps_memory", _optional_str, None,
+           "dra with mps: defaultPinnedDeviceMemoryLimit (a quantity, e.g. 10Gi)", cluster=True),
+    Option("hami_cores", _percent, None, "hami: nvidia.com/gpucores, percent of the SMs",
+           cluster=True),
+    Option("hami_memory", _positive_int, None, "hami: nvidia.com/gpumem, MiB", cluster=True),
+    Option("kai_fraction", _fraction, None, "kai: the gpu-fraction annotation (default 0.5)",
+           cluster=True),
+    Option("kai_queue", _optional_str, None,
+           "kai: the kai.scheduler/queue label (default default-queue)", cluster=True),
 )  # fmt: skip
 
 OPTIONS_BY_NAME = {o.name: o for o in OPTIONS}
 # Settings a marker may override per test.
 MARKER_KEYS = (
     "device", "iterations", "round_iterations", "max_iterations", "max_seconds", "confidence",
-    "inconclusive", "timeout", "sharing",
+    "inconclusive", "timeout", "sharing", "gpu_request", "dra_device_class", "dra_sharing",
+    "dra_interval", "dra_mps_threads", "dra_mps_memory", "hami_cores", "hami_memory",
+    "kai_fraction", "kai_queue",
 )  # fmt: skip
 
 
@@ -165,6 +213,17 @@ class RunSettings:
     kubeconfig: str | None = None
     context: str | None = None
     prometheus: str | None = None
+    dry_run: bool = False
+    gpu_request: str = "device-plugin"
+    dra_device_class: str | None = "gpu.nvidia.com"
+    dra_sharing: str = "default"
+    dra_interval: str | None = None
+    dra_mps_threads: int | None = None
+    dra_mps_memory: str | None = None
+    hami_cores: int | None = None
+    hami_memory: int | None = None
+    kai_fraction: float | None = None
+    kai_queue: str | None = None
 
     @property
     def report_dir(self) -> Path | None:

@@ -15,6 +15,10 @@ CLOCKS = ("host", "device")
 DEVICES = ("auto", "cuda", "cpu")
 ARRIVALS = ("closed", "constant", "poisson")
 SHARING_MODES = ("timeslice", "mps", "streams")
+# How a worker pod asks for its GPU on a cluster (backends/kubernetes/gpu_request.py).
+GPU_REQUESTS = ("device-plugin", "dra", "hami", "kai")
+DRA_SHARING = ("default", "timeslicing", "mps")  # default: no GpuConfig, the driver decides
+DRA_INTERVALS = ("Default", "Short", "Medium", "Long")  # the DRA driver's TimeSliceInterval
 INCONCLUSIVE_POLICIES = ("warn", "fail", "skip", "error")
 
 # A worker's exit codes (anything else non-zero: the workload raised).

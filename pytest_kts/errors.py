@@ -46,3 +46,8 @@ class StatisticsError(KtsError, ValueError):
 
 class RegressionError(KtsError, AssertionError):
     """This run is significantly slower than a saved baseline (``--kts-compare``)."""
+
+
+class DryRun(KtsError):
+    """``--kts-dry-run``: the scenario's manifests were rendered instead of run; the test stops
+    here and is reported as skipped."""

@@ -12,6 +12,7 @@ import socket
 import sys
 from typing import Any
 
+from pytest_kts import sharing_env
 from pytest_kts.errors import NoDeviceError
 
 
@@ -60,6 +61,34 @@ def _nvml_facts() -> dict[str, Any]:
             pass
 
 
+# nvmlDeviceGetComputeMode's values, named as nvidia-smi names them.
+_COMPUTE_MODES = {0: "Default", 1: "Exclusive_Thread", 2: "Prohibited", 3: "Exclusive_Process"}
+
+
+def _nvml_sharing(gpu: str | None) -> dict[str, str]:
+    """Compute mode, MIG mode and driver from NVML (nvidia-smi adds the time-slice policy,
+    which NVML has no getter for). Raises when NVML is absent or fails."""
+    import pynvml
+
+    pynvml.nvmlInit()
+    try:
+        if gpu:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(gpu.encode())
+        else:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        out = {"driver": _text(pynvml.nvmlSystemGetDriverVersion())}
+        mode = int(pynvml.nvmlDeviceGetComputeMode(handle))
+        out["compute_mode"] = _COMPUTE_MODES.get(mode, str(mode))
+        try:
+            current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
+            out["mig_mode"] = "Enabled" if int(current) else "Disabled"
+        except pynvml.NVMLError:  # a GPU without MIG answers NotSupported
+            out["mig_mode"] = "not supported"
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -96,6 +125,10 @@ def facts(device: str) -> dict[str, Any]:
         out["gpu_name"] = torch_facts.get("gpu_name")
         out["gpu_count"] = torch_facts.get("gpu_count")
         out.update({k: v for k, v in _nvml_facts().items() if v is not None})
+        # The host's view; each tenant's worker reads its own (a scenario's record prefers it).
+        out["sharing_env"] = sharing_env.read(
+            device="cuda", gpu=out.get("gpu_uuid"), nvml=_nvml_sharing
+        )
     else:
         out["cpu"] = platform.processor() or platform.machine()
     return out
@@ -106,7 +139,8 @@ def header_line(device: str) -> str:
     if device == "cuda":
         return (
             f"kts: device cuda, GPU {f.get('gpu_name')} ({f.get('gpu_uuid', 'uuid unknown')}), "
-            f"driver {f.get('driver', 'unknown')}, CUDA {f.get('cuda')}, torch {f.get('torch')}"
+            f"driver {f.get('driver', 'unknown')}, CUDA {f.get('cuda')}, torch {f.get('torch')}; "
+            f"sharing: {sharing_env.describe(f.get('sharing_env'))}"
         )
     torch_version = f.get("torch") or "not installed"
     return f"kts: device cpu ({f.get('cpu')}), no GPU clock, torch {torch_version}"

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_kts import machine
 from pytest_kts.config import OPTIONS, Option, RunSettings, resolve
-from pytest_kts.errors import ConfigError, KtsError, NoDeviceError
+from pytest_kts.errors import ConfigError, DryRun, KtsError, NoDeviceError
 from pytest_kts.fixture import Kts
 from pytest_kts.session import KtsSession
 from pytest_kts.verdict import DegradationFactor
@@ -27,7 +27,8 @@ MARKERS = (
     "gpu: needs a CUDA GPU; skipped with 'no CUDA device' unless one is present or "
     "--kts-device cpu asks for the CPU",
     "kts(**settings): per-test pytest-kts settings (iterations, round_iterations, "
-    "max_iterations, max_seconds, confidence, inconclusive, timeout, device, sharing)",
+    "max_iterations, max_seconds, confidence, inconclusive, timeout, device, sharing, "
+    "gpu_request and its dra_*, hami_*, kai_* options)",
 )
 
 
@@ -72,7 +73,9 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[settings_key] = settings
-    if settings.cluster:
+    if settings.dry_run and not settings.cluster:
+        raise pytest.UsageError("--kts-dry-run shows what a cluster run creates: add --kts-cluster")
+    if settings.cluster and not settings.dry_run:
         _check_cluster(settings)
     try:
         config.stash[session_key] = KtsSession.create(settings)
@@ -100,7 +103,11 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     if session.settings.cluster:
         s = session.settings
-        return [f"kts: Kubernetes backend, namespace {s.namespace}, image {s.image}"]
+        line = f"kts: Kubernetes backend, namespace {s.namespace}, image {s.image}"
+        line += f", --kts-gpu-request {s.gpu_request}"
+        if s.dry_run:
+            line += "; dry run: manifests are printed, nothing is created"
+        return [line]
     return [machine.header_line(session.device)]
 
 
@@ -219,6 +226,12 @@ def pytest_runtest_makereport(
     excinfo = call.excinfo
     if excinfo is None or not report.failed or not isinstance(excinfo.value, KtsError):
         return
+    if isinstance(excinfo.value, DryRun):
+        # Not a failure: the test asked for its scenario, which was printed, not run.
+        path, line, _ = item.location
+        report.outcome = "skipped"
+        report.longrepr = (str(path), (line or 0) + 1, f"Skipped: {excinfo.value}")
+        return
     report.longrepr = _short_failure(item, excinfo)
 
 
@@ -285,6 +298,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if _is_xdist_worker(config):
         return
     session = config.stash.get(session_key, None)
+    if session is not None and session.dry_runs:
+        _dry_run_summary(terminalreporter, session)
     if session is None or not (session.results or session.matrices):
         return
     from pytest_kts.report import render_matrices, render_table, summary_lines
@@ -303,6 +318,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             terminalreporter.write_line(f"kts: {session.report_error}", red=True)
         else:
             terminalreporter.write_line(f"kts: report written to {directory}/results.md")
+
+
+def _dry_run_summary(terminalreporter: Any, session: KtsSession) -> None:
+    """The manifests of every scenario of a --kts-dry-run, as YAML (and to the report dir)."""
+    terminalreporter.section("kts: dry run (nothing was sent to a cluster)")
+    terminalreporter.write_line(session.dry_run_yaml().rstrip("\n"))
+    directory = session.settings.report_dir
+    if directory is not None:
+        path = session.write_dry_run(Path(directory))
+        terminalreporter.write_line(f"kts: manifests written to {path}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
-from pytest_kts import safefile
+from pytest_kts import safefile, sharing_env
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.plots import write_heatmap, write_plots
 from pytest_kts.results import ScenarioResult, TenantResult
@@ -205,7 +205,9 @@ def summary_lines(results: Sequence[ScenarioResult]) -> list[tuple[str, dict[str
         if not r.comparisons:
             continue
         name = r.comparisons[0].get("baseline", "")
-        out.append((f"kts: compared with baseline {name!r}:", {}))
+        gated = all(c.get("gated", True) for c in r.comparisons)
+        why = "" if gated else " (not gated: its sharing environment differs)"
+        out.append((f"kts: compared with baseline {name!r}{why}:", {}))
         for c in r.comparisons:
             colour = {"fail": "red", "pass": "green"}.get(c["verdict"], "yellow")
             out.append((f"  {comparison_line(r, c)}", {colour: True}))
@@ -311,6 +313,7 @@ def scenario_dict(result: ScenarioResult) -> dict[str, Any]:
         "confidence": result.confidence,
         "checks": result.checks,
         "machine": result.machine,
+        "sharing_env": result.sharing_env,
         "backend": result.backend,
         "windows": [
             {
@@ -469,6 +472,7 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
         f"{result.gpu_seconds:.1f} s of phases in {len(result.windows)} phases; "
         f"stopped: {result.stop_reason}."
     )
+    out += ["", f"Sharing environment: {sharing_env.describe(result.sharing_env)}."]
     out.append("")
     specs = [
         [

@@ -11,6 +11,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pytest_kts import sharing_env
 from pytest_kts.attribution import NO_DEVICE_CLOCK, Attribution, WaitSplit, attribute, split_wait
 from pytest_kts.backends.base import TenantSpec
 from pytest_kts.samples import TenantSamples
@@ -186,3 +187,14 @@ class ScenarioResult:
 
     def __getitem__(self, tenant: str) -> TenantResult:
         return self.tenants[tenant]
+
+    @property
+    def sharing_env(self) -> dict[str, Any]:
+        """How the GPU was shared: time slice, compute and MIG mode, driver, MPS and HAMi
+        settings (:mod:`pytest_kts.sharing_env`), from what each tenant's worker read where
+        it ran; a local run fills what no worker could read from the runner's host."""
+        local = self.backend.get("backend") != "kubernetes"
+        return sharing_env.combine(
+            {name: t.meta.get("sharing_env") for name, t in self.tenants.items()},
+            host=self.machine.get("sharing_env") if local else None,
+        )

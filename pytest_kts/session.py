@@ -16,7 +16,7 @@ from pytest_kts import machine
 from pytest_kts.backends import make_backend
 from pytest_kts.backends.base import Backend, TenantSpec
 from pytest_kts.config import RunSettings
-from pytest_kts.errors import RegressionError
+from pytest_kts.errors import DryRun, RegressionError
 from pytest_kts.matrix import MatrixResult, run_matrix
 from pytest_kts.results import ScenarioResult
 from pytest_kts.runner import Budget, ProgressSink, run_scenario
@@ -38,6 +38,8 @@ class KtsSession:
     # later scenario that declares the same tenants skips their start-up (torch import,
     # CUDA init, build, warmup), which is most of a test's fixed cost.
     pool: dict[tuple[Any, ...], Backend] = field(default_factory=dict)
+    # --kts-dry-run: (scenario, the manifests its first round would create), in test order.
+    dry_runs: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
 
     @classmethod
     def create(cls, settings: RunSettings) -> KtsSession:
@@ -55,6 +57,8 @@ class KtsSession:
         p: float,
         progress: ProgressSink | None = None,
     ) -> ScenarioResult:
+        if settings.cluster and settings.dry_run:
+            self._dry_run(name, tenants, settings, slo, p)
         with self._gpu(settings) as (backend, gpu_uuid, pooled):
             telemetry_factory = None
             if gpu_uuid is not None:
@@ -93,6 +97,21 @@ class KtsSession:
         self._baselines(result, settings)
         return result
 
+    def _dry_run(
+        self,
+        name: str,
+        tenants: Sequence[TenantSpec],
+        settings: RunSettings,
+        slo: Mapping[str, float] | None,
+        p: float,
+    ) -> None:
+        """Render what the scenario would create on the cluster, keep it, stop the test."""
+        from pytest_kts import dryrun
+
+        documents = dryrun.manifests(tenants, settings, slo, p, self.device)
+        self.dry_runs.append((name, documents))
+        raise DryRun(f"dry run: {len(documents)} manifest(s) rendered, nothing sent to a cluster")
+
     def _baselines(self, result: ScenarioResult, settings: RunSettings) -> None:
         """Save this run as a baseline, and/or judge it against one.
 
@@ -116,12 +135,17 @@ class KtsSession:
             else:
                 mismatches = baseline.machine_mismatches(result.machine, before.machine)
                 result.warnings += [f"baseline machine differs: {m}" for m in mismatches]
+                # Another sharing setting moves the tail by itself: say so, do not gate on it.
+                unattributable = baseline.sharing_mismatch(result.sharing_env, before.sharing_env)
+                if unattributable:
+                    result.warnings.append(unattributable)
                 comparisons = baseline.compare(result, before, threshold=settings.regression)
                 result.comparisons = [
-                    c.to_dict() | {"baseline": settings.compare} for c in comparisons
+                    c.to_dict() | {"baseline": settings.compare, "gated": not unattributable}
+                    for c in comparisons
                 ]
                 regressed = [c.describe() for c in comparisons if c.regressed]
-                if regressed:
+                if regressed and not unattributable:
                     raise RegressionError(
                         f"regression against baseline {settings.compare!r}: " + "; ".join(regressed)
                     )
@@ -155,6 +179,9 @@ class KtsSession:
         include_all: bool = True,
         progress: ProgressSink | None = None,
     ) -> MatrixResult:
+        if settings.cluster and settings.dry_run:
+            # A matrix runs each pair as a scenario runs all of them: the same objects.
+            self._dry_run(name, tenants, settings, None, 99)
         with self._gpu(settings, pool=False) as (backend, _, _):
             result = run_matrix(
                 name, tenants, settings, backend, device=self.device, include_all=include_all,
@@ -233,6 +260,20 @@ class KtsSession:
             )
         except Exception as exc:  # the report must never take the test run's outcome with it
             self.report_error = f"could not write the report to {directory}: {exc}"
+
+    def write_dry_run(self, directory: Path) -> Path:
+        """The dry run's manifests as one YAML file (``manifests.yaml``) in ``directory``."""
+        from pytest_kts import safefile
+
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "manifests.yaml"
+        safefile.write_text(path, self.dry_run_yaml())
+        return path
+
+    def dry_run_yaml(self) -> str:
+        from pytest_kts import dryrun
+
+        return "".join(dryrun.to_yaml(docs, f"scenario {name}") for name, docs in self.dry_runs)
 
     def facts(self) -> dict[str, Any]:
         return machine.facts(self.device)

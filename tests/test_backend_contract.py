@@ -194,3 +194,32 @@ def test_nothing_is_left_after_close_even_mid_phase(harness: Harness) -> None:
             interrupt.cancel()
     assert harness.leftovers(backend) == []
     assert os.environ.get("KTS_PARENT_PID") is None  # nothing leaked into our environment
+
+
+# --------------------------------------------------------------------------- what a backend offers
+
+
+def _backend_classes() -> list[type[Backend]]:
+    from pytest_kts.backends.kubernetes import KubernetesBackend
+    from pytest_kts.backends.local import LocalBackend
+    from pytest_kts.backends.streams import StreamsBackend
+
+    return [LocalBackend, StreamsBackend, KubernetesBackend]
+
+
+def test_a_backend_says_what_it_offers_in_the_base_class() -> None:
+    """Callers ask ``backend.check_colocated()`` and ``backend.reusable``; no getattr probes."""
+
+    class Bare(Backend):
+        def start(self, tenants: Any, device: str) -> None: ...
+        def run_phase(self, plan: PhasePlan, timeout_s: float) -> Any: ...
+        def close(self) -> None: ...
+
+    bare = Bare()
+    assert bare.check_colocated() is None and bare.checks_colocation is False
+    assert bare.reusable is False
+    for cls in _backend_classes():
+        # A backend that claims the check implements it; one that implements it says so.
+        overrides = cls.check_colocated is not Backend.check_colocated
+        assert cls.checks_colocation == overrides, cls.__name__
+        assert cls.checks_colocation, f"{cls.__name__} must verify co-location by GPU UUID"

@@ -77,8 +77,9 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["machine.json", "samples.csv"]
     loaded = load_baseline(tmp_path, "main", SCENARIO)
     assert isinstance(loaded, Baseline)
-    samples, machine = loaded  # the (samples, machine) pair
+    samples, machine, shared_how = loaded  # samples, machine, sharing environment
     assert machine == MACHINE
+    assert shared_how == result.sharing_env  # saved with the samples
     assert set(samples) == {"fft", "gemm"}
     for name in ("fft", "gemm"):
         for phase in ("solo", "shared"):

@@ -6,6 +6,8 @@
 * Other Python blocks (fragments) must compile.
 * Shell blocks may name only options that exist: ``--kts-*`` of the plugin, the options of the
   ``kts`` subcommand they call, and scripts that are in the repository.
+* YAML blocks must parse; a Kubernetes object among them (``apiVersion`` and ``kind``) must be
+  valid for the newest Kubernetes supported, by the official schema in strict mode.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def blocks(language: tuple[str, ...]) -> list[tuple[str, str]]:
 
 PYTHON = blocks(("python", "py"))
 SHELL = blocks(("bash", "sh", "shell", "console"))
+YAML = blocks(("yaml", "yml"))
 TESTS = [(where, code) for where, code in PYTHON if re.search(r"^def test_", code, re.M)]
 FRAGMENTS = [(where, code) for where, code in PYTHON if (where, code) not in TESTS]
 
@@ -136,3 +139,20 @@ def test_shell_blocks_name_only_options_that_exist(where: str, code: str) -> Non
                     assert flag in kts[words[1]], f"{where}: kts {words[1]} has no {flag}"
         elif words[0] == "bash" and words[1].startswith("scripts/"):
             assert (ROOT / words[1]).is_file(), f"{where}: no {words[1]}"
+
+
+@pytest.mark.parametrize(("where", "code"), YAML, ids=[w for w, _ in YAML])
+def test_yaml_blocks_parse_and_objects_are_valid(where: str, code: str) -> None:
+    import yaml
+
+    documents = [d for d in yaml.safe_load_all(code) if d is not None]
+    assert documents, f"{where}: an empty YAML block"
+    objects = [d for d in documents if isinstance(d, dict) and "apiVersion" in d and "kind" in d]
+    if not objects:
+        return
+    validate = pytest.importorskip("kubernetes_validate")
+    from pytest_kts.backends.kubernetes.gpu_request import SUPPORTED_KUBERNETES
+
+    newest = max(v for versions in SUPPORTED_KUBERNETES.values() for v in versions)
+    for doc in objects:
+        validate.validate(doc, newest, strict=True)

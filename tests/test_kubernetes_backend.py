@@ -8,6 +8,7 @@ starts in milliseconds; one runs the real ``pytest_kts.workers.run`` on the CPU.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import dataclasses
 import importlib.util
 import socket
@@ -62,17 +63,23 @@ def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
         time.sleep(0.05)
 
 
-@pytest.fixture
-def cluster() -> Iterator[FakeCluster]:
+@contextlib.contextmanager
+def running_cluster(**kwargs: Any) -> Iterator[FakeCluster]:
     """A fresh fake cluster; afterwards no container process and no thread may be left."""
     before = set(threading.enumerate())
-    fake = FakeCluster().start()
+    fake = FakeCluster(**kwargs).start()
     try:
         yield fake
     finally:
         fake.stop()
         assert fake.live_processes() == [], "container processes outlived the fake cluster"
         assert _new_threads(before) == [], "threads outlived the test"
+
+
+@pytest.fixture
+def cluster() -> Iterator[FakeCluster]:
+    with running_cluster() as fake:
+        yield fake
 
 
 def make_settings(cluster: FakeCluster, tmp_path: Path, **overrides: Any) -> kb.ClusterSettings:

@@ -268,3 +268,51 @@ def test_retry_after_is_honoured_and_capped() -> None:
     assert capped == knobs.API_BACKOFF_MAX_S
     assert _retry_after(SimpleNamespace(headers={"Retry-After": "soon"}), 0.5) == 0.5
     assert _retry_after(SimpleNamespace(headers=None), 0.5) == 0.5
+
+
+# --------------------------------------------------------------------------- typed answers
+
+
+def test_api_statuses_map_to_error_classes_as_kopf_does() -> None:
+    from pytest_kts.backends.kubernetes.errors import error_class
+
+    assert error_class(404) is kb.ApiNotFound and error_class(410) is kb.ApiGone
+    assert error_class(400) is kb.ApiBadRequest and error_class(409) is kb.ApiConflict
+    assert error_class(418) is kb.ApiClientError  # a 4xx of its own: the family's class
+    assert error_class(507) is kb.ApiServerError
+    assert issubclass(kb.ApiForbidden, kb.ApiClientError)
+    assert issubclass(kb.ApiClientError, ClusterError)
+    assert issubclass(kb.ApiServerError, kb.ApiError)
+
+
+def test_the_client_raises_the_class_of_the_status_with_one_line(
+    cluster: FakeCluster, settings: kb.ClusterSettings
+) -> None:
+    """Callers catch ``ApiNotFound`` or ``ApiConflict``; nobody matches on status codes."""
+    client = kb.Client(kb.connect(settings), settings)
+    try:
+        with pytest.raises(kb.ApiNotFound) as missing:
+            client.call(client.batch.read_namespaced_job, "nope", "kts", doing="read Job nope")
+        assert missing.value.status == 404 and "nope" in missing.value.message
+        assert "while trying to read Job nope" in str(missing.value)
+        job = kb.render_job(
+            settings, A, device="cpu", name="kts-typed-001-solo-a", phase="solo", round=0,
+            iterations=1,
+        )  # fmt: skip
+        client.call(client.batch.create_namespaced_job, "kts", job, doing="create Job")
+        with pytest.raises(kb.ApiConflict) as again:
+            client.call(client.batch.create_namespaced_job, "kts", job, doing="create Job")
+        assert again.value.status == 409 and again.value.reason == "Conflict"
+        broken = {**job, "metadata": {**job["metadata"], "name": "Not_A_Name"}}
+        with pytest.raises(kb.ApiUnprocessable):
+            client.call(client.batch.create_namespaced_job, "kts", broken, doing="create Job")
+        cluster.fail_requests(403, 1, verb="list", resource="jobs")
+        with pytest.raises(kb.ApiForbidden) as forbidden:
+            client.call(client.batch.list_namespaced_job, "kts", doing="list Jobs")
+        assert "\n" not in str(forbidden.value) and "rbac.yaml" in str(forbidden.value)
+        client.call(
+            client.batch.delete_namespaced_job, "kts-typed-001-solo-a", "kts",
+            propagation_policy="Background", doing="delete Job",
+        )  # fmt: skip
+    finally:
+        client.close()

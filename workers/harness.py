@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
+from pytest_kts import sharing_env
 from pytest_kts.protocol import Sample, format_event, format_meta, format_sample
 
 _FLUSH_EVERY_LINES = 64
@@ -338,6 +339,9 @@ def machine_facts(device: str) -> dict[str, Any]:
         )
     else:
         facts.update(cpu_threads=torch.get_num_threads())
+    # Read here, in the tenant's own process (its pod on a cluster): HAMi's and MPS's settings
+    # are in this environment, and the GPU is the one this process got.
+    facts["sharing_env"] = sharing_env.read(device=device, gpu=facts.get("gpu_uuid"))
     return facts
 
 

@@ -11,7 +11,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from pytest_kts.constants import ARRIVALS
 from pytest_kts.protocol import LineReader, check_tenant_name
@@ -146,9 +146,17 @@ class PhaseOutput:
 
 
 class Backend(abc.ABC):
-    """Runs tenants' workers. Use as a context manager: ``close`` always runs."""
+    """Runs tenants' workers. Use as a context manager: ``close`` always runs.
+
+    Besides the three abstract methods, a backend says what else it offers, so that callers
+    ask it instead of probing for attributes: :meth:`check_colocated` (with
+    :attr:`checks_colocation` saying whether it verifies anything) and :attr:`reusable`.
+    The defaults promise nothing: no check, no reuse.
+    """
 
     name: str = "abstract"
+    #: Whether :meth:`check_colocated` verifies anything (by the GPU UUID each worker prints).
+    checks_colocation: ClassVar[bool] = False
 
     @abc.abstractmethod
     def start(self, tenants: Sequence[TenantSpec], device: str) -> None:
@@ -165,6 +173,21 @@ class Backend(abc.ABC):
     def facts(self) -> dict[str, Any]:
         """What the backend knows about where tenants ran (GPU UUIDs, nodes, pods)."""
         return {"backend": self.name}
+
+    def check_colocated(self) -> None:
+        """Raise :class:`~pytest_kts.errors.ColocationError` if the tenants of a shared phase
+        so far ran on different GPUs. The runner calls it after the first round.
+
+        The base class checks nothing (:attr:`checks_colocation` is false): a backend that can
+        tell where its tenants ran overrides both.
+        """
+        return None
+
+    @property
+    def reusable(self) -> bool:
+        """Whether a session may keep this backend, its tenants resident, for a later scenario
+        that declares the same tenants (a worker pool). The base class says no."""
+        return False
 
     def __enter__(self) -> Backend:
         return self

@@ -90,6 +90,7 @@ class _Worker:
 
 class LocalBackend(Backend):
     name = "local"
+    checks_colocation = True
 
     def __init__(
         self,

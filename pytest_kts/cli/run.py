@@ -12,6 +12,7 @@ from typing import IO, Any
 from pytest_kts.backends.base import TenantSpec
 from pytest_kts.cli.common import (
     EXIT_HELP,
+    EXIT_OK,
     Parser,
     UsageError,
     add_common_options,
@@ -19,15 +20,22 @@ from pytest_kts.cli.common import (
     parse_slo,
     positive,
 )
-from pytest_kts.config import DEVICES
+from pytest_kts.config import DEVICES, OPTIONS, RunSettings, resolve
 from pytest_kts.constants import ARRIVALS
 from pytest_kts.protocol import check_tenant_name
 
 RUN_HELP = (
     "Run tenants solo and then co-located, without a test file, and print the table. With "
     "--slo the run is adaptive: it stops as soon as every SLO is decided. Example: kts run "
-    "--tenant fft:size=4096,sleep_ms=20 --tenant matmul:size=4096,sleep_ms=30 --slo fft=1.3"
+    "--tenant fft:size=4096,sleep_ms=20 --tenant matmul:size=4096,sleep_ms=30 --slo fft=1.3. "
+    "With --cluster the tenants run as Kubernetes Jobs (the cluster options below, as the "
+    "plugin's --kts-* ones); --cluster --dry-run prints every manifest the run would create, "
+    "as YAML, and contacts no cluster."
 )
+# The plugin's cluster options, each as --NAME here (--kts-NAME there); --dry-run is one.
+CLUSTER_OPTIONS = [
+    o for o in OPTIONS if (o.cluster or o.name == "cluster") and o.name != "prometheus"
+]
 
 
 _SPEC_FIELDS = {
@@ -80,8 +88,25 @@ def parse_tenant(text: str, taken: Iterable[str] = ()) -> TenantSpec:
         raise UsageError(f"--tenant {text!r}: {exc}") from None
 
 
+def _settings(args: argparse.Namespace, slo: dict[str, float]) -> RunSettings:
+    """The run's settings: the cluster options resolved as the plugin resolves them (command
+    line > KTS_* environment > default), then this command's own."""
+    cli = {o.name: getattr(args, o.name) for o in CLUSTER_OPTIONS}
+    changes: dict[str, Any] = {"device": args.device, "confidence": args.confidence}
+    if args.iterations:
+        # With SLOs the run is adaptive: N is then the most it may take, not a fixed count.
+        changes["max_iterations" if slo else "iterations"] = args.iterations
+        changes["round_iterations"] = min(args.iterations, RunSettings.round_iterations)
+    if args.timeout:
+        changes["timeout"] = args.timeout
+    cluster = {o.name for o in CLUSTER_OPTIONS}
+    resolved = resolve(cli, {})
+    return dataclasses.replace(
+        RunSettings(), **{k: getattr(resolved, k) for k in cluster}, **changes
+    )
+
+
 def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
-    from pytest_kts.config import RunSettings
     from pytest_kts.machine import facts, resolve_device
     from pytest_kts.progress import Progress
     from pytest_kts.runner import run_scenario
@@ -99,15 +124,16 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     if len(tenants) < 2:
         raise UsageError("kts run needs at least two --tenant options (co-location needs two)")
     slo = parse_slo(args.slo)
-    changes: dict[str, Any] = {"device": args.device, "confidence": args.confidence}
-    if args.iterations:
-        # With SLOs the run is adaptive: N is then the most it may take, not a fixed count.
-        changes["max_iterations" if slo else "iterations"] = args.iterations
-        changes["round_iterations"] = min(args.iterations, RunSettings.round_iterations)
-    if args.timeout:
-        changes["timeout"] = args.timeout
-    settings = dataclasses.replace(RunSettings(), **changes)
-    device = resolve_device(args.device)
+    settings = _settings(args, slo)
+    if settings.dry_run:
+        return _dry_run(tenants, settings, slo, args, out)
+    if settings.cluster:
+        from pytest_kts.backends.kubernetes import check_reachable, cluster_settings
+
+        check_reachable(cluster_settings(settings))  # one line when the cluster cannot be used
+        device = "cuda" if args.device == "auto" else args.device
+    else:
+        device = resolve_device(args.device)
     progress = Progress(sys.stderr, args.verbose - args.quiet, label=args.name)
     result = run_scenario(
         args.name,
@@ -123,6 +149,28 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     if result.telemetry is not None:
         result.warnings += result.telemetry.clock_warnings(result.windows)
     return finish(result, args, out, "kts " + shlex.join(args.argv))
+
+
+def _dry_run(
+    tenants: list[TenantSpec],
+    settings: RunSettings,
+    slo: dict[str, float],
+    args: argparse.Namespace,
+    out: IO[str],
+) -> int:
+    """Print every manifest the cluster run would create; contact no cluster."""
+    from pytest_kts import dryrun
+
+    if not settings.cluster:
+        raise UsageError("--dry-run shows what a cluster run would create: add --cluster")
+    device = "cuda" if args.device == "auto" else args.device
+    documents = dryrun.manifests(tenants, settings, slo or None, args.p, device)
+    title = (
+        f"kts run, {len(tenants)} tenants, namespace {settings.namespace}, "
+        f"--gpu-request {settings.gpu_request}"
+    )
+    out.write(dryrun.to_yaml(documents, title))
+    return EXIT_OK
 
 
 def _telemetry_factory(device: str) -> Any:
@@ -162,6 +210,14 @@ def add_run_parser(sub: argparse._SubParsersAction[Parser]) -> None:
         "--timeout", type=positive(float), metavar="S", help="seconds one phase may take"
     )
     run.add_argument("--report", dest="out", metavar="DIR", help="write the report files here")
+    group = run.add_argument_group("cluster (as the plugin's --kts-* options; KTS_* too)")
+    for option in CLUSTER_OPTIONS:
+        flag = "--" + option.name.replace("_", "-")
+        if option.flag:
+            group.add_argument(flag, action="store_true", default=None, help=option.help)
+        else:
+            metavar = "{" + ",".join(option.choices) + "}" if option.choices else None
+            group.add_argument(flag, default=None, metavar=metavar, help=option.help)
     run.add_argument("-q", "--quiet", action="count", default=0, help="no progress line")
     run.add_argument("-v", "--verbose", action="count", default=0, help="more progress lines")
     add_common_options(run)

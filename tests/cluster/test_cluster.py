@@ -16,7 +16,9 @@ from pytest_kts.backends import kubernetes as kb
 from pytest_kts.backends.base import PhasePlan, TenantSpec
 from pytest_kts.errors import ClusterError, WorkerError
 
-RBAC = Path(__file__).resolve().parents[2] / "manifests" / "rbac.yaml"
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
+RBAC = MANIFESTS / "rbac.yaml"
+RBAC_DRA = MANIFESTS / "rbac-dra.yaml"  # --kts-gpu-request dra: ResourceClaims too
 
 
 def fresh(settings: kb.ClusterSettings, **changes: Any) -> kb.ClusterSettings:
@@ -26,12 +28,19 @@ def fresh(settings: kb.ClusterSettings, **changes: Any) -> kb.ClusterSettings:
 def test_the_credentials_may_do_what_the_backend_does(cluster_settings: kb.ClusterSettings) -> None:
     from kubernetes import client
 
-    role = next(d for d in yaml.safe_load_all(RBAC.read_text()) if d and d["kind"] == "Role")
+    files = [RBAC] + ([RBAC_DRA] if cluster_settings.gpu.mode == "dra" else [])
+    rules = [
+        rule
+        for path in files
+        for d in yaml.safe_load_all(path.read_text())
+        if d and d["kind"] == "Role"
+        for rule in d["rules"]
+    ]
     clients = kb.connect(cluster_settings)
     try:
         auth = client.AuthorizationV1Api(clients.api_client)
         denied = []
-        for rule in role["rules"]:
+        for rule in rules:
             for resource in rule["resources"]:
                 plural, _, sub = resource.partition("/")
                 for verb in rule["verbs"]:
@@ -55,7 +64,8 @@ def test_the_credentials_may_do_what_the_backend_does(cluster_settings: kb.Clust
                         denied.append(f"{verb} {resource}")
     finally:
         clients.close()
-    assert not denied, f"the kubeconfig may not: {denied}; apply manifests/rbac.yaml"
+    names = " and ".join(f"manifests/{f.name}" for f in files)
+    assert not denied, f"the kubeconfig may not: {denied}; apply {names}"
 
 
 def test_solo_and_shared_on_one_gpu(

@@ -24,7 +24,8 @@ import kmock
 import yaml
 
 from tests.fake_cluster.controller import Controller, PodBehaviour
-from tests.fake_cluster.emulator import EVENTS, JOBS, PODS, ClusterEmulator
+from tests.fake_cluster.emulator import CLAIMS, EVENTS, JOBS, PODS, ClusterEmulator
+from tests.fake_cluster.gpus import FakeGpus
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -41,8 +42,23 @@ class FakeCluster:
         gpus_per_node: int = 4,
         namespaces: tuple[str, ...] = ("default", "kts"),
         runtime_classes: tuple[str, ...] = ("nvidia",),
+        gpu_uuids: tuple[str, ...] | None = None,
+        dra: bool = False,
+        hami: bool = False,
+        kai: bool = False,
     ) -> None:
+        """``gpu_uuids``: the node's physical GPUs, handed out by UUID (:mod:`.gpus`): the
+        device plugin's replicas, or HAMi's (``hami``), KAI's fractions (``kai``: the
+        ``kai-scheduler`` runs), DRA claims (``dra``: ``resource.k8s.io/v1`` is served and
+        DeviceClass ``gpu.nvidia.com`` exists)."""
         self.workdir = workdir
+        self.gpus = (
+            FakeGpus(gpu_uuids, hami=hami, dra_classes=("gpu.nvidia.com",) if dra else ())
+            if gpu_uuids
+            else None
+        )
+        self.dra = dra
+        self.schedulers = {"default-scheduler", *(("kai-scheduler",) if kai else ())}
         self.node_name = node_name
         self.gpus_per_node = gpus_per_node
         self.namespaces = set(namespaces)
@@ -93,13 +109,15 @@ class FakeCluster:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        emulator = ClusterEmulator(namespaces=set(self.namespaces))
+        emulator = ClusterEmulator(namespaces=set(self.namespaces), dra=self.dra)
         controller = Controller(
             emulator,
             workdir=self.workdir,
             node_name=self.node_name,
             gpus_per_node=self.gpus_per_node,
             runtime_classes=self.runtime_classes,
+            gpus=self.gpus,
+            schedulers=self.schedulers,
         )
         emulator.controller = controller
         self.emulator, self.controller = emulator, controller
@@ -195,13 +213,22 @@ class FakeCluster:
     def events(self, namespace: str = "kts") -> list[dict[str, Any]]:
         return self.call(lambda: self._emulator.list(EVENTS, namespace))
 
+    def claims(self, namespace: str = "kts") -> list[dict[str, Any]]:
+        return self.call(lambda: self._emulator.list(CLAIMS, namespace))
+
+    def created_claims(self) -> list[dict[str, Any]]:
+        """Every ResourceClaim ever created, as created (deleted ones too)."""
+        return self.created(CLAIMS)
+
     def created_jobs(self) -> list[dict[str, Any]]:
         """Every Job ever created, as created (deleted ones too)."""
+        return self.created(JOBS)
 
+    def created(self, kind: Any) -> list[dict[str, Any]]:
         def collect() -> list[dict[str, Any]]:
             found = []
             for (resource, _, _), obj in self._emulator.objects.items():
-                if resource == JOBS:
+                if resource == kind:
                     first = obj.history[0]
                     if first is not None:
                         found.append(copy.deepcopy(first.raw))

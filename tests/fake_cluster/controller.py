@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.fake_cluster.emulator import JOBS, PODS, ClusterEmulator, rfc3339
+from tests.fake_cluster.emulator import CLAIMS, JOBS, PODS, ClusterEmulator, rfc3339
+from tests.fake_cluster.gpus import FakeGpus
 
 META = b"KTS_META,v2,"
 
@@ -106,8 +107,12 @@ class Controller:
         node_name: str,
         gpus_per_node: int,
         runtime_classes: set[str],
+        gpus: FakeGpus | None = None,
+        schedulers: set[str] | None = None,
     ) -> None:
         self.emu = emu
+        self.gpus = gpus  # physical GPUs handed out by UUID (None: no UUIDs, as before)
+        self.schedulers = schedulers or {"default-scheduler"}
         self.workdir = workdir
         self.node_name = node_name
         self.gpus_per_node = gpus_per_node
@@ -148,10 +153,16 @@ class Controller:
         # The pods decide (propagationPolicy): an orphaned pod runs on, so its task must too.
         self.job_tasks.pop(job["metadata"]["uid"], None)
 
+    def claim_deleted(self, claim: dict[str, Any]) -> None:
+        if self.gpus is not None:
+            self.gpus.claim_deleted(claim["metadata"]["name"])
+
     async def pod_deleted(self, pod: dict[str, Any]) -> None:
         uid = pod["metadata"]["uid"]
         self.deleted.add(uid)
         self.gpus_in_use.pop(uid, None)
+        if self.gpus is not None:
+            self.gpus.release(uid)
         self._kill(uid)
         plog = self.logs.get(uid)
         if plog is not None:
@@ -363,7 +374,14 @@ class Controller:
         container = pod["spec"]["containers"][0]
         image = container["image"]
         await asyncio.sleep(0.02)
+        if (pod["spec"].get("schedulerName") or "default-scheduler") not in self.schedulers:
+            return  # no scheduler of that name: the pod stays Pending, with no condition at all
         why = self._unschedulable(pod, behaviour)
+        placed = None
+        if why is None and self.gpus is not None:
+            claims = {c["metadata"]["name"]: c for c in self.emu.list(CLAIMS, namespace)}
+            placed = self.gpus.place(pod, claims)
+            why = placed.why
         if why is not None:
 
             def pending(p: dict[str, Any]) -> None:
@@ -411,6 +429,7 @@ class Controller:
             argv[0] = sys.executable
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
         env.update({e["name"]: str(e.get("value", "")) for e in container.get("env", [])})
+        env.update(placed.env if placed is not None else {})  # what HAMi's plugin injects
         env["HOSTNAME"] = name
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -444,10 +463,11 @@ class Controller:
         )
         injected: str | None = None
         count = 0
+        gpu_uuid = behaviour.gpu_uuid or (placed.uuid if placed is not None else None)
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
-            if behaviour.gpu_uuid:
-                line = inject_gpu_uuid(line, behaviour.gpu_uuid)
+            if gpu_uuid:
+                line = inject_gpu_uuid(line, gpu_uuid)
             await plog.append(line)
             count += 1
             if behaviour.oom_after_lines is not None and count >= behaviour.oom_after_lines:
@@ -519,6 +539,8 @@ class Controller:
     ) -> None:
         uid = pod["metadata"]["uid"]
         self.gpus_in_use.pop(uid, None)
+        if self.gpus is not None:
+            self.gpus.release(uid)
         terminated: dict[str, Any] = {
             "exitCode": code,
             "reason": reason,

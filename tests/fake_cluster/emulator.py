@@ -13,6 +13,8 @@ subclass adds:
   is being created, the way the kubelet does;
 - deletion with ``propagationPolicy`` (Background/Foreground delete a Job's pods; Orphan, the
   API's default for Jobs, leaves them running);
+- ``resource.k8s.io/v1`` ResourceClaims when the fake serves DRA (``dra``), validated as the
+  API server would our claims; otherwise that API answers 404, as on a cluster without it;
 - hooks for the controller (:mod:`.controller`): a created Job makes a Pod that runs.
 
 Everything runs on one asyncio loop (the fake cluster's thread), so no locks are needed.
@@ -38,10 +40,12 @@ if TYPE_CHECKING:
 JOBS = kmock.resource(group="batch", version="v1", plural="jobs")
 PODS = kmock.resource(group="", version="v1", plural="pods")
 EVENTS = kmock.resource(group="", version="v1", plural="events")
+CLAIMS = kmock.resource(group="resource.k8s.io", version="v1", plural="resourceclaims")
 KINDS: dict[Any, tuple[str, str]] = {
     JOBS: ("batch/v1", "Job"),
     PODS: ("v1", "Pod"),
     EVENTS: ("v1", "Event"),
+    CLAIMS: ("resource.k8s.io/v1", "ResourceClaim"),
 }
 
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -195,12 +199,30 @@ def validate_job(job: dict[str, Any]) -> None:
                     raise error(422, "Invalid", f"{res}: quantity {qty!r} is not a quantity")
 
 
+def validate_claim(claim: dict[str, Any]) -> None:
+    """What the API server checks of a ResourceClaim that our claims could plausibly fail."""
+    name = _path(claim, "metadata.name") or ""
+    if len(name) > 63 or not _NAME.match(name):
+        raise error(422, "Invalid", f'ResourceClaim.resource.k8s.io "{name}": metadata.name')
+    _check_labels(_path(claim, "metadata.labels"), f'ResourceClaim "{name}"')
+    requests = _path(claim, "spec.devices.requests")
+    if not isinstance(requests, list) or not requests:
+        raise error(422, "Invalid", f'ResourceClaim "{name}": spec.devices.requests: Required')
+    for request in requests:
+        if not request.get("name") or not _path(request, "exactly.deviceClassName"):
+            raise error(
+                422, "Invalid", f'ResourceClaim "{name}": a request needs a name and exactly.'
+                "deviceClassName"
+            )  # fmt: skip
+
+
 @attrs.define(kw_only=True)
 class ClusterEmulator(kmock.KubernetesEmulator):
     """The Kubernetes API for Jobs, Pods, pod logs and Events, as a real HTTP server."""
 
     namespaces: set[str] = attrs.field(factory=lambda: {"default", "kts"})
     controller: Controller | None = None
+    dra: bool = False  # whether resource.k8s.io/v1 is served (a DRA-enabled cluster)
     expire_watches: int = 0  # the next N watches that resume from a resourceVersion get 410
     watches_expired: int = 0
     log_waits: int = 0  # log requests answered 400: the container is not running yet
@@ -351,7 +373,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
     def _known(self, request: Any) -> Any:
         for resource in KINDS:
-            if resource == request.resource:
+            if resource == request.resource and (resource != CLAIMS or self.dra):
                 return resource
         raise error(
             404,
@@ -417,6 +439,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             spec.setdefault("completions", 1)
             spec.setdefault("parallelism", 1)
             body["status"] = {}
+        if resource == CLAIMS:
+            validate_claim(body)
+            body["status"] = {}
         obj = await self.create(resource, body)
         if resource == JOBS and self.controller is not None:
             self.controller.job_created(obj)
@@ -455,6 +480,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         await self.remove(resource, request.namespace, request.name)
         if resource == PODS and self.controller is not None:
             await self.controller.pod_deleted(obj)
+        if resource == CLAIMS and self.controller is not None:
+            self.controller.claim_deleted(obj)
         if resource == JOBS:
             uid = obj["metadata"]["uid"]
             if self.controller is not None:

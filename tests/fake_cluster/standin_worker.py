@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from pytest_kts import sharing_env
 from pytest_kts.protocol import Sample, format_event, format_meta, format_sample
 
 
@@ -43,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    out(format_meta(tenant, {"device": "cpu", "pid": os.getpid(), "clock": "host"}))
+    # As the real worker: the sharing environment of this process (a pod's env, nvidia-smi).
+    env = sharing_env.read(device=args.device if args.device != "auto" else "cpu")
+    facts = {"device": "cpu", "pid": os.getpid(), "clock": "host", "sharing_env": env}
+    out(format_meta(tenant, facts))
     out("a line from a library that is not ours")
     out(format_event(tenant, "ready", {"pid": os.getpid()}))
     if args.start_at_ns is not None:

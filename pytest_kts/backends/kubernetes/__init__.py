@@ -1,4 +1,5 @@
-"""Kubernetes backend: every tenant of every phase runs as one Job on a (time-sliced) GPU.
+"""Kubernetes backend: every tenant of every phase runs as one Job on a shared GPU (a
+device-plugin replica, a DRA claim, HAMi's or KAI's share: :mod:`.gpu_request`).
 
 What happens in a phase (``run_phase``):
 
@@ -45,8 +46,11 @@ for a bounded time, then prints the ``kubectl delete`` command for what it left.
 
 Modules, by concern: :mod:`.settings` (what the backend is told, names, tunables),
 :mod:`.client` (connection, deadlines, retries, error text: every API call goes through its
-:class:`~.client.Client`), :mod:`.manifest` (the Job), :mod:`.watch` (waiting for the Jobs),
-:mod:`.logs` (the log threads), :mod:`.diagnose` (errors with events), :mod:`.backend`.
+:class:`~.client.Client`), :mod:`.errors` (the API's statuses as typed errors),
+:mod:`.gpu_request` (how a pod asks for its GPU, per ``--kts-gpu-request``), :mod:`.manifest`
+(the Job, the DRA claim), :mod:`.objects` (what a run created, and its cleanup), :mod:`.watch`
+(waiting for the Jobs), :mod:`.logs` (the log threads), :mod:`.diagnose` (errors with events),
+:mod:`.backend`.
 The co-location and overlap checks are :mod:`pytest_kts.colocation`, shared by every backend.
 """
 
@@ -54,16 +58,31 @@ from __future__ import annotations
 
 from pytest_kts.backends.kubernetes.backend import KubernetesBackend, make_cluster_backend
 from pytest_kts.backends.kubernetes.client import (
-    ApiUnreachable,
     Client,
     ClusterClients,
     check_reachable,
     connect,
 )
+from pytest_kts.backends.kubernetes.errors import (
+    ApiBadRequest,
+    ApiClientError,
+    ApiConflict,
+    ApiError,
+    ApiForbidden,
+    ApiGone,
+    ApiNotFound,
+    ApiServerError,
+    ApiTooManyRequests,
+    ApiUnauthorized,
+    ApiUnprocessable,
+    ApiUnreachable,
+)
+from pytest_kts.backends.kubernetes.gpu_request import GpuRequest
 from pytest_kts.backends.kubernetes.logs import parse_timestamp_ns
-from pytest_kts.backends.kubernetes.manifest import job_template, render_job
+from pytest_kts.backends.kubernetes.manifest import job_template, render_claim, render_job
 from pytest_kts.backends.kubernetes.settings import (
     ClusterSettings,
+    claim_name,
     cluster_settings,
     dns_slug,
     job_name,
@@ -71,12 +90,25 @@ from pytest_kts.backends.kubernetes.settings import (
 )
 
 __all__ = [
+    "ApiBadRequest",
+    "ApiClientError",
+    "ApiConflict",
+    "ApiError",
+    "ApiForbidden",
+    "ApiGone",
+    "ApiNotFound",
+    "ApiServerError",
+    "ApiTooManyRequests",
+    "ApiUnauthorized",
+    "ApiUnprocessable",
     "ApiUnreachable",
     "Client",
     "ClusterClients",
     "ClusterSettings",
+    "GpuRequest",
     "KubernetesBackend",
     "check_reachable",
+    "claim_name",
     "cluster_settings",
     "connect",
     "dns_slug",
@@ -85,5 +117,6 @@ __all__ = [
     "label_value",
     "make_cluster_backend",
     "parse_timestamp_ns",
+    "render_claim",
     "render_job",
 ]

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 import threading
 import time
-import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pytest_kts import colocation
@@ -22,12 +21,11 @@ from pytest_kts.backends.kubernetes import settings as knobs
 from pytest_kts.backends.kubernetes.client import (
     Client,
     ClusterClients,
-    api,
     connect,
-    connection_why,
     one_line,
 )
-from pytest_kts.backends.kubernetes.manifest import render_job
+from pytest_kts.backends.kubernetes.manifest import render_claim, render_job
+from pytest_kts.backends.kubernetes.objects import CreatedObjects
 from pytest_kts.backends.kubernetes.settings import (
     LABEL_MANAGED_BY,
     LABEL_PHASE,
@@ -35,6 +33,7 @@ from pytest_kts.backends.kubernetes.settings import (
     LABEL_RUN_ID,
     MANAGED_BY,
     ClusterSettings,
+    claim_name,
     cluster_settings,
     job_name,
     label_value,
@@ -56,10 +55,23 @@ _APART_HINT = (
 )
 
 
+@dataclass(frozen=True)
+class PhaseObjects:
+    """What one phase creates, and when it runs out (``deadline``: monotonic seconds)."""
+
+    started_ns: int
+    deadline: float
+    start_at_ns: int | None
+    max_duration_s: float | None
+    claim: dict[str, Any] | None  # the ResourceClaim its pods share (DRA)
+    jobs: dict[str, dict[str, Any]]  # tenant -> Job
+
+
 class KubernetesBackend(Backend):
     """Runs each tenant of each phase as a Kubernetes Job and collects its log."""
 
     name = "kubernetes"
+    checks_colocation = True
 
     def __init__(self, settings: ClusterSettings, *, clients: ClusterClients | None = None) -> None:
         self.settings = settings
@@ -68,8 +80,7 @@ class KubernetesBackend(Backend):
         self._tenants: dict[str, TenantSpec] = {}
         self._device = "auto"
         self._seq = 0
-        self._jobs: list[str] = []  # every Job this backend asked for, in order
-        self._deleted: set[str] = set()
+        self._objects = CreatedObjects(settings)  # every Job and claim asked for, in order
         self._closed = False
         self._startup_s: dict[str, float] = {}
         self._solo_period_s: dict[str, float] = {}
@@ -78,11 +89,15 @@ class KubernetesBackend(Backend):
         self._relists = 0
         self._notes: list[str] = []
         self._metas: dict[str, dict[str, Any]] = {}
-        self.left_behind: list[str] = []  # Jobs cleanup could not delete
 
     # -- Backend interface ---------------------------------------------------------------
 
     def start(self, tenants: Sequence[TenantSpec], device: str) -> None:
+        self._take(tenants, device)
+        if self._client is None:
+            self._client = Client(connect(self.settings), self.settings)
+
+    def _take(self, tenants: Sequence[TenantSpec], device: str) -> None:
         names = [t.name for t in tenants]
         if len(set(names)) != len(names):
             raise ConfigError(f"tenant names must be unique, got {names}")
@@ -90,8 +105,23 @@ class KubernetesBackend(Backend):
             raise ConfigError(f"device must be auto, cuda or cpu, got {device!r}")
         self._tenants = {t.name: t for t in tenants}
         self._device = device
-        if self._client is None:
-            self._client = Client(connect(self.settings), self.settings)
+
+    def preview(
+        self,
+        tenants: Sequence[TenantSpec],
+        device: str,
+        plans: Sequence[PhasePlan],
+        timeout_s: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Every object :meth:`run_phase` would create for ``plans``, in order (the dry run):
+        no API call, no client. The shared phase's start instant is counted from now."""
+        self._take(tenants, device)
+        out: list[dict[str, Any]] = []
+        for plan in plans:
+            objects = self._render_phase(plan, timeout_s or self.settings.timeout_s)
+            out += [objects.claim] if objects.claim is not None else []
+            out += objects.jobs.values()
+        return out
 
     def run_phase(self, plan: PhasePlan, timeout_s: float) -> PhaseOutput:
         if self._closed:
@@ -99,43 +129,16 @@ class KubernetesBackend(Backend):
         if self._client is None:
             raise ClusterError("run_phase before start(): call start(tenants, device) first")
         client = self._client
-        unknown = [t for t in plan.tenants if t not in self._tenants]
-        if unknown:
-            raise ConfigError(f"phase names tenants that were never started: {unknown}")
-        if plan.phase not in ("solo", "shared"):
-            raise ConfigError(f"phase must be solo or shared, got {plan.phase!r}")
         timeout = float(timeout_s) if timeout_s and timeout_s > 0 else self.settings.timeout_s
-        self._seq += 1
-        started_ns = time.time_ns()
-        deadline = time.monotonic() + timeout
-        start_at_ns: int | None = None
-        min_duration: float | None = None
-        lead = self._start_lead_s(plan.tenants)
-        if plan.phase == "shared":
-            start_at_ns = started_ns + int(lead * 1e9)
-            min_duration = self._min_duration_s(plan, lead)
-            deadline += lead
-        # The phase's time share counts from now; pods spend about ``lead`` starting.
-        max_duration = None if plan.max_seconds is None else max(plan.max_seconds - lead, 1.0)
-        if max_duration is not None and min_duration is not None:
-            min_duration = min(min_duration, max_duration)
+        objects = self._render_phase(plan, timeout)
+        started_ns, deadline = objects.started_ns, objects.deadline
+        start_at_ns, max_duration = objects.start_at_ns, objects.max_duration_s
         runs: dict[str, TenantRun] = {}
+        claim = None if objects.claim is None else str(objects.claim["metadata"]["name"])
         try:
-            for tenant in plan.tenants:
-                name = job_name(self.settings.run_id, self._seq, plan.phase, tenant)
-                manifest = render_job(
-                    self.settings,
-                    self._tenants[tenant],
-                    device=self._device,
-                    name=name,
-                    phase=plan.phase,
-                    round=plan.round,
-                    iterations=int(plan.iterations[tenant]),
-                    start_at_ns=start_at_ns,
-                    min_duration_s=min_duration,
-                    deadline_s=deadline - time.monotonic(),
-                    max_duration_s=max_duration,
-                )
+            if objects.claim is not None:
+                self._objects.create_claim(client, objects.claim, deadline)
+            for tenant, manifest in objects.jobs.items():
                 runs[tenant] = self._create(manifest, tenant, deadline)
             for run in runs.values():
                 run.thread = threading.Thread(
@@ -157,11 +160,14 @@ class KubernetesBackend(Backend):
             # session is ending, close() may never run. Other errors leave the Jobs to close().
             logs.abort(runs)
             if not self.settings.keep_jobs:
-                self._delete_jobs()
+                self._objects.delete_all(self._client)
             raise
         finally:
             logs.abort(runs)
         ended_ns = time.time_ns()
+        if claim is not None:
+            # The phase is over: free its GPU for the next phase's claim (kept Jobs or not).
+            self._objects.delete_claim_now(client, claim)
         record = self._record(plan, runs, start_at_ns)
         if plan.phase == "shared":
             self._check_colocation(plan, runs, record)
@@ -185,7 +191,9 @@ class KubernetesBackend(Backend):
         self._closed = True
         try:
             if not self.settings.keep_jobs:
-                self._delete_jobs()
+                self._objects.delete_all(self._client)
+            elif self._objects.claims:
+                self._objects.delete_all(self._client, claims_only=True)  # it would hold the GPU
         finally:
             if self._client is not None and self._own_clients:
                 self._client.close()
@@ -217,6 +225,9 @@ class KubernetesBackend(Backend):
             "namespace": self.settings.namespace,
             "run_id": self.settings.run_id,
             "image": self.settings.image,
+            "gpu_request": self.settings.gpu.mode,
+            "gpu_request_detail": self.settings.gpu.describe(),
+            "claims": list(self._objects.claims),
             "node_pinned": self.settings.node,
             "nodes": sorted(nodes),
             "tenants": copy.deepcopy(self._metas),
@@ -244,21 +255,63 @@ class KubernetesBackend(Backend):
 
     # -- Jobs ----------------------------------------------------------------------------
 
+    def _render_phase(self, plan: PhasePlan, timeout: float) -> PhaseObjects:
+        """The phase's claim (DRA) and Jobs, and its timings: start barrier, time share."""
+        unknown = [t for t in plan.tenants if t not in self._tenants]
+        if unknown:
+            raise ConfigError(f"phase names tenants that were never started: {unknown}")
+        if plan.phase not in ("solo", "shared"):
+            raise ConfigError(f"phase must be solo or shared, got {plan.phase!r}")
+        self._seq += 1
+        started_ns = time.time_ns()
+        deadline = time.monotonic() + timeout
+        start_at_ns: int | None = None
+        min_duration: float | None = None
+        lead = self._start_lead_s(plan.tenants)
+        if plan.phase == "shared":
+            start_at_ns = started_ns + int(lead * 1e9)
+            min_duration = self._min_duration_s(plan, lead)
+            deadline += lead
+        # The phase's time share counts from now; pods spend about ``lead`` starting.
+        max_duration = None if plan.max_seconds is None else max(plan.max_seconds - lead, 1.0)
+        if max_duration is not None and min_duration is not None:
+            min_duration = min(min_duration, max_duration)
+        claim: dict[str, Any] | None = None
+        if self.settings.gpu.claims_per_phase and self._device != "cpu":
+            # One claim for the phase's pods: co-tenants get one GPU by construction.
+            name = claim_name(self.settings.run_id, self._seq, plan.phase)
+            claim = render_claim(self.settings, name=name, phase=plan.phase, round=plan.round)
+        jobs = {
+            tenant: render_job(
+                self.settings,
+                self._tenants[tenant],
+                device=self._device,
+                name=job_name(self.settings.run_id, self._seq, plan.phase, tenant),
+                phase=plan.phase,
+                round=plan.round,
+                iterations=int(plan.iterations[tenant]),
+                start_at_ns=start_at_ns,
+                min_duration_s=min_duration,
+                deadline_s=deadline - time.monotonic(),
+                max_duration_s=max_duration,
+                claim=None if claim is None else claim["metadata"]["name"],
+            )
+            for tenant in plan.tenants
+        }
+        return PhaseObjects(started_ns, deadline, start_at_ns, max_duration, claim, jobs)
+
     def _create(self, manifest: dict[str, Any], tenant: str, deadline: float) -> TenantRun:
         assert self._client is not None
         name = manifest["metadata"]["name"]
-        # Remembered before the call: a Ctrl-C during it must still clean up.
-        self._jobs.append(name)
         run = TenantRun(tenant=tenant, job=name, created_ns=time.time_ns())
-        self._client.call(
-            self._client.batch.create_namespaced_job,
-            self.settings.namespace,
-            manifest,
-            doing=f"create Job {name}",
-            deadline=deadline,
-        )
+        self._objects.create_job(self._client, manifest, deadline)
         log.debug("created Job %s for tenant %s", name, tenant)
         return run
+
+    @property
+    def left_behind(self) -> list[str]:
+        """Jobs (and claims) that cleanup could not delete."""
+        return self._objects.left_behind
 
     def _selector(self, plan: PhasePlan) -> str:
         return ",".join(
@@ -269,68 +322,6 @@ class KubernetesBackend(Backend):
                 f"{LABEL_ROUND}={plan.round}",
             ]
         )
-
-    def _delete_jobs(self) -> None:
-        """Delete this run's Jobs (and their pods), retrying for ``DELETE_BUDGET_S`` at most.
-
-        What cannot be deleted in that time (or before a second Ctrl-C) is named, with the
-        exact ``kubectl delete`` command, on stderr and as a warning: cleanup must neither hang
-        nor mask the error. Once that was said, a later attempt (close()) gets one short try.
-        """
-        client = self._client
-        if client is None:
-            return
-        budget = knobs.DELETE_BUDGET_S
-        attempts = None
-        if self.left_behind:  # the server failed us already: do not make the user wait again
-            budget, attempts = min(budget, knobs.REQUEST_TIMEOUT_S), 1
-        deadline = time.monotonic() + budget
-        why: dict[str, str] = {}
-        try:
-            for name in self._jobs:
-                if name in self._deleted:
-                    continue
-                if time.monotonic() >= deadline:
-                    why.setdefault(name, "out of time")
-                    continue
-                try:
-                    client.call(
-                        client.batch.delete_namespaced_job,
-                        name,
-                        self.settings.namespace,
-                        propagation_policy="Background",
-                        doing=f"delete Job {name}",
-                        deadline=deadline,
-                        attempts=attempts,
-                        passthrough=(404,),
-                    )
-                    self._deleted.add(name)
-                except api().ApiException:  # 404: already gone
-                    self._deleted.add(name)
-                except ClusterError as exc:
-                    why[name] = one_line(exc)
-                except Exception as exc:  # never mask the error being reported
-                    why[name] = connection_why(exc)
-        finally:  # a second Ctrl-C ends the loop, not the report
-            self._report_left(why, budget)
-
-    def _report_left(self, why: dict[str, str], budget: float) -> None:
-        left = [name for name in self._jobs if name not in self._deleted]
-        self.left_behind = left
-        if not left:
-            return
-        command = (
-            f"kubectl delete jobs -n {self.settings.namespace} --cascade=background "
-            + " ".join(left)
-        )
-        reason = next((why[n] for n in left if n in why), "interrupted")
-        message = (
-            f"pytest-kts could not delete {len(left)} Job(s) within {budget:.0f} s ({reason}); "
-            f"delete them with: {command}"
-        )
-        # Straight to the terminal as well: a warning may be lost when the session is ending.
-        print(f"pytest-kts: {message}", file=sys.__stderr__, flush=True)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def _drain(self, runs: dict[str, TenantRun]) -> None:
         """After the Jobs ended: wait for the log streams, then turn failures into errors."""

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from pytest_kts.backends.kubernetes import settings as knobs
+from pytest_kts.backends.kubernetes.errors import ApiError, ApiUnreachable, error_class
 from pytest_kts.backends.kubernetes.settings import ClusterSettings
 from pytest_kts.errors import ClusterError
 
@@ -35,6 +36,9 @@ class ClusterClients:
     batch: Any  # kubernetes.client.BatchV1Api
     host: str
     source: str  # where the configuration came from, for messages
+    # kubernetes.client.CustomObjectsApi: resource.k8s.io claims by group/version/plural, so
+    # DRA needs no client version that knows the resource API.
+    custom: Any = None
 
     def close(self) -> None:
         try:
@@ -124,6 +128,7 @@ def connect(settings: ClusterSettings, *, retries: int = 0) -> ClusterClients:
         batch=k8s.client.BatchV1Api(api_client),
         host=str(cfg.host),
         source=source,
+        custom=k8s.client.CustomObjectsApi(api_client),
     )
 
 
@@ -156,7 +161,7 @@ def check_reachable(settings: ClusterSettings) -> None:
         names.k8s.client.VersionApi(clients.api_client).get_code(_request_timeout=timeout)
         clients.batch.list_namespaced_job(settings.namespace, limit=1, _request_timeout=timeout)
     except names.ApiException as exc:
-        raise ClusterError(api_error_line(exc, host, settings, "list Jobs")) from None
+        raise typed_error(exc, host, settings, "list Jobs") from None
     except names.transport_errors as exc:
         raise ClusterError(
             f"no Kubernetes cluster reachable at {host} ({clients.source}): "
@@ -181,7 +186,7 @@ def api_error_line(exc: Any, host: str, settings: ClusterSettings, doing: str) -
             f"(403 Forbidden: {message or reason}); apply manifests/rbac.yaml and use its "
             "ServiceAccount, or a context that may"
         )
-    if status == 404 and "namespace" in message.lower():
+    if status == 404 and namespace_missing(message):
         return (
             f"namespace {settings.namespace!r} does not exist at {host}; "
             "kubectl apply -f manifests/namespace.yaml, or pass --kts-namespace"
@@ -191,6 +196,25 @@ def api_error_line(exc: Any, host: str, settings: ClusterSettings, doing: str) -
             f"no Kubernetes cluster reachable at {host}: {reason}; check the kubeconfig's TLS data"
         )
     return f"the cluster at {host} answered {status} {reason} while trying to {doing}: {message}"
+
+
+def namespace_missing(message: str) -> bool:
+    """Whether a 404's message says the namespace is missing ('namespaces "kts" not found'),
+    not the object or the API (whose URL names the namespace too)."""
+    return re.search(r'namespaces? "[^"]*" not found', message) is not None
+
+
+def typed_error(exc: Any, host: str, settings: ClusterSettings, doing: str) -> ApiError:
+    """The client's ``ApiException`` as the :class:`~.errors.ApiError` for its status, with
+    the one-line message a user reads."""
+    status = int(getattr(exc, "status", 0) or 0)
+    return error_class(status)(
+        api_error_line(exc, host, settings, doing),
+        status=status,
+        reason=one_line(getattr(exc, "reason", "") or ""),
+        message=status_message(exc),
+        headers=getattr(exc, "headers", None) or {},
+    )
 
 
 def status_message(exc: Any) -> str:
@@ -213,14 +237,6 @@ def status_message(exc: Any) -> str:
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
-class ApiUnreachable(ClusterError):
-    """The API server did not answer (refused, timed out, dropped) or kept answering 429/5xx."""
-
-
-class WatchExpired(Exception):
-    """A watch's resourceVersion is too old (410 Gone): list again, then watch from there."""
-
-
 class Client:
     """Every API call of the backend goes through here, each with a deadline.
 
@@ -237,6 +253,7 @@ class Client:
         self.host = clients.host
         self.core = clients.core
         self.batch = clients.batch
+        self.custom = clients.custom
         self.namespace = settings.namespace
         self._lock = threading.Lock()
         self.failing_since: float | None = None  # first failure of the current run of failures
@@ -284,15 +301,14 @@ class Client:
         deadline: float | None = None,
         attempts: int | None = None,
         read_s: float | None = None,
-        passthrough: tuple[int, ...] = (),
         track: bool = True,
         **kwargs: Any,
     ) -> Any:
         """``fn(*args, **kwargs)`` with a timeout and bounded retries.
 
-        ``passthrough``: statuses whose ``ApiException`` reaches the caller as it is (the log
-        endpoint's 400 "container is being created"). Other refusals become one-line
-        :class:`ClusterError`; no answer (after the retries) :class:`ApiUnreachable`.
+        A refusal raises the :class:`~.errors.ApiError` of its status (:class:`ApiNotFound`,
+        :class:`ApiBadRequest`, ...; one line for the user, the status as an attribute); no
+        answer, or 429/5xx until the retries ran out, :class:`ApiUnreachable`.
         ``track=False`` (the log threads' calls): the answer or its absence does not change
         :attr:`failing_since`, which speaks for the calls that drive the phase.
         """
@@ -305,14 +321,9 @@ class Client:
             try:
                 result = fn(*args, **kwargs)
             except names.ApiException as exc:
-                if exc.status in passthrough:
-                    self._answered(track)
-                    raise
                 if exc.status not in TRANSIENT_STATUS:
                     self._answered(track)
-                    raise ClusterError(
-                        api_error_line(exc, self.host, self.settings, doing)
-                    ) from None
+                    raise typed_error(exc, self.host, self.settings, doing) from None
                 why = f"answered {exc.status} {one_line(exc.reason or '')}".rstrip()
                 wait = _retry_after(exc, delay)
             except names.transport_errors as exc:
@@ -335,8 +346,9 @@ class Client:
     ) -> Any:
         """Job events for ``segment_s`` seconds from ``resource_version``, then the end.
 
-        Raises :class:`WatchExpired` on 410 Gone, :class:`ApiUnreachable` when the watch could
-        not be opened or went silent past its read timeout, :class:`ClusterError` otherwise.
+        Raises :class:`ApiGone` on 410 Gone, :class:`ApiUnreachable` when the watch could
+        not be opened or went silent past its read timeout, the status's :class:`ApiError`
+        otherwise.
         """
         names = api()
         watcher = names.Watch()
@@ -356,12 +368,12 @@ class Client:
                 yield event
         except names.ApiException as exc:
             if exc.status == 410:
-                raise WatchExpired() from None
+                raise typed_error(exc, self.host, self.settings, doing) from None
             if exc.status in TRANSIENT_STATUS:
                 why = f"answered {exc.status} {one_line(exc.reason or '')}".rstrip()
                 self._failed(doing, why)
                 raise ApiUnreachable(self.unreachable_line(doing, why, 1, started)) from None
-            raise ClusterError(api_error_line(exc, self.host, self.settings, doing)) from None
+            raise typed_error(exc, self.host, self.settings, doing) from None
         except names.transport_errors as exc:
             why = connection_why(exc)
             self._failed(doing, why)

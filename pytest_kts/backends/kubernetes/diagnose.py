@@ -57,6 +57,11 @@ def stuck_reason(pod: Any) -> tuple[str, str, str] | None:
         waiting = cstatus.state.waiting if cstatus.state is not None else None
         if waiting is not None and waiting.reason in knobs.STUCK_WAITING:
             return knobs.STUCK_WAITING[waiting.reason], waiting.reason, waiting.message or ""
+    scheduled = any(cond.type == "PodScheduled" for cond in status.conditions or [])
+    if not scheduled and not getattr(pod.spec, "node_name", None):
+        # No scheduler has looked at it (a scheduler that did would say why it cannot).
+        scheduler = getattr(pod.spec, "scheduler_name", None) or "default-scheduler"
+        return "unscheduled", "not scheduled", f"no scheduler named {scheduler!r} took it"
     return None
 
 
@@ -66,11 +71,9 @@ def raise_stuck(
     events = events_text(client, run.pod or "")
     where = f"pod {run.pod}" + (f" on node {run.node}" if run.node else "")
     if kind == "unschedulable":
-        hint = (
-            "no node can take it: check that a node offers "
-            f"{settings.gpu_resource} (time-slicing replicas, the device plugin's "
-            "config), that --kts-node names a real node, and that enough replicas are free"
-        )
+        hint = settings.gpu.unschedulable_hint()
+    elif kind == "unscheduled":
+        hint = "is that scheduler installed and running? (kubectl get pods -A | grep scheduler)"
     elif kind == "image":
         hint = (
             f"the worker image {settings.image!r} cannot be pulled: build it "
@@ -152,10 +155,7 @@ def raise_failed(client: Client, settings: ClusterSettings, run: TenantRun) -> N
     elif cuda_oom:
         what += "; CUDA ran out of memory: lower the tenant's size or run fewer co-tenants"
     elif exit_code == 4:
-        what += (
-            "; the pod saw no GPU: check the RuntimeClass (--kts-runtime-class) and that "
-            f"the node's device plugin offers {settings.gpu_resource}"
-        )
+        what += f"; {settings.gpu.no_gpu_hint()}"
     elif exit_code == 2:
         what += "; the worker rejected its arguments: is the image the same version?"
     elif run.job_reason == "DeadlineExceeded":

@@ -14,7 +14,8 @@ import time
 from datetime import datetime, timezone
 
 from pytest_kts.backends.kubernetes import settings as knobs
-from pytest_kts.backends.kubernetes.client import ApiUnreachable, Client, api
+from pytest_kts.backends.kubernetes.client import Client, api
+from pytest_kts.backends.kubernetes.errors import ApiBadRequest, ApiNotFound, ApiUnreachable
 from pytest_kts.backends.kubernetes.settings import CONTAINER, LABEL_JOB
 from pytest_kts.backends.kubernetes.state import TenantRun
 from pytest_kts.errors import ClusterError
@@ -114,13 +115,12 @@ def follow_log(client: Client, run: TenantRun, deadline: float) -> None:
                     attempts=1,
                     track=False,
                     read_s=knobs.LOG_IDLE_TIMEOUT_S,
-                    passthrough=(400, 404),
                 )
-            except names.ApiException as exc:
+            except (ApiBadRequest, ApiNotFound) as exc:
                 # 400: the container is still being created (or cannot start: the main thread
                 # reports that). 404: the pod is not visible yet or gone.
                 run.log_waits += 1
-                if run.finished and exc.status == 404:
+                if run.finished and isinstance(exc, ApiNotFound):
                     return
                 run.stop.wait(delay)
                 delay = min(delay * 2, knobs.LOG_RETRY_MAX_S)
@@ -180,10 +180,9 @@ def container_ended(client: Client, run: TenantRun, deadline: float) -> bool:
             deadline=deadline,
             attempts=1,
             track=False,
-            passthrough=(404,),
         )
-    except api().ApiException:
-        return True  # 404: the pod is gone
+    except ApiNotFound:
+        return True  # the pod is gone
     except ClusterError:  # no answer, or a refusal: the stream is reopened and asks again
         return False
     if (pod.status.phase or "") in ("Succeeded", "Failed"):

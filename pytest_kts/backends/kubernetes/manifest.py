@@ -1,5 +1,7 @@
 """The Job every tenant runs as: ``manifests/job-template.yaml`` (the one copy, shipped in the
-wheel as this package's ``job-template.yaml``), filled in by :func:`render_job`."""
+wheel as this package's ``job-template.yaml``), filled in by :func:`render_job`; and under DRA
+the ResourceClaim a phase's Jobs share (:func:`render_claim`). How a pod asks for its GPU is
+:mod:`.gpu_request`'s."""
 
 from __future__ import annotations
 
@@ -56,8 +58,12 @@ def render_job(
     min_duration_s: float | None = None,
     deadline_s: float | None = None,
     max_duration_s: float | None = None,
+    claim: str | None = None,
 ) -> dict[str, Any]:
-    """The Job manifest of one tenant in one phase, from :func:`job_template`."""
+    """The Job manifest of one tenant in one phase, from :func:`job_template`.
+
+    ``claim``: under DRA, the phase's ResourceClaim (:func:`render_claim`) the pod names.
+    """
     job = job_template()
     labels = {
         **job["metadata"]["labels"],
@@ -111,16 +117,23 @@ def render_job(
     limits.pop("memory", None)
     if settings.memory_limit:
         limits["memory"] = settings.memory_limit
+    container["resources"] = {}
     if device != "cpu":
-        # Extended resources: request == limit. One replica of a time-sliced GPU.
-        requests[settings.gpu_resource] = "1"
-        limits[settings.gpu_resource] = "1"
         if settings.runtime_class:
             pod["runtimeClassName"] = settings.runtime_class
-        pod["tolerations"] = [
-            {"key": settings.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}
-        ]
-    container["resources"] = {"requests": requests, **({"limits": limits} if limits else {})}
+        settings.gpu.apply(pod, template["metadata"], requests, limits, claim)
+    container["resources"].update(requests=requests, **({"limits": limits} if limits else {}))
     if settings.node:
         pod["nodeSelector"] = {"kubernetes.io/hostname": settings.node}
     return job
+
+
+def render_claim(settings: ClusterSettings, *, name: str, phase: str, round: int) -> dict[str, Any]:
+    """The ResourceClaim that one phase's pods share (``--kts-gpu-request dra``)."""
+    labels = {
+        **job_template()["metadata"]["labels"],
+        LABEL_RUN_ID: label_value(settings.run_id),
+        LABEL_PHASE: phase,
+        LABEL_ROUND: str(round),
+    }
+    return settings.gpu.resource_claim(name, settings.namespace, labels)

@@ -13,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pytest_kts.backends.kubernetes.gpu_request import GpuRequest
 from pytest_kts.constants import WORKER_MODULE
 from pytest_kts.errors import ConfigError
 
@@ -101,7 +102,7 @@ class ClusterSettings:
     keep_jobs: bool = False
     kubeconfig: str | None = None
     context: str | None = None
-    gpu_resource: str = "nvidia.com/gpu"
+    gpu: GpuRequest = field(default_factory=GpuRequest)  # how each pod asks for its GPU
     run_id: str = field(default_factory=_new_run_id)
     worker_command: tuple[str, ...] = ("python", "-m", WORKER_MODULE)
     image_pull_policy: str = "IfNotPresent"
@@ -139,9 +140,27 @@ def cluster_settings(run: Any) -> ClusterSettings:
     """:class:`ClusterSettings` from the plugin's resolved settings (``--kts-*`` options).
 
     ``run`` is a ``pytest_kts.config.RunSettings`` or anything with its attribute names:
-    namespace, image, node, runtime_class, timeout, keep_jobs, kubeconfig, context.
+    namespace, image, node, runtime_class, timeout, keep_jobs, kubeconfig, context, and
+    (optional) gpu_request with the options of its mode (dra_*, hami_*, kai_*).
     """
+
+    def option(name: str) -> Any:
+        return getattr(run, name, None)
+
+    gpu = GpuRequest(
+        mode=option("gpu_request") or "device-plugin",
+        dra_device_class=option("dra_device_class") or "gpu.nvidia.com",
+        dra_sharing=option("dra_sharing") or "default",
+        dra_interval=option("dra_interval"),
+        dra_mps_threads=option("dra_mps_threads"),
+        dra_mps_memory=option("dra_mps_memory"),
+        hami_cores=option("hami_cores"),
+        hami_memory=option("hami_memory"),
+        kai_fraction=option("kai_fraction"),
+        kai_queue=option("kai_queue"),
+    )
     return ClusterSettings(
+        gpu=gpu,
         namespace=run.namespace,
         image=run.image,
         node=run.node or None,
@@ -177,6 +196,11 @@ def label_value(text: str) -> str:
         return text
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:52].strip("-_.")
     return f"{slug}-{_short_hash(text, 8)}" if slug else _short_hash(text, 8)
+
+
+def claim_name(run_id: str, seq: int, phase: str) -> str:
+    """``kts-<run>-<seq>-<phase>-gpu``: the ResourceClaim a phase's pods share (DRA)."""
+    return f"kts-{dns_slug(run_id, 10)}-{seq:03d}-{phase}-gpu"
 
 
 def job_name(run_id: str, seq: int, phase: str, tenant: str) -> str:

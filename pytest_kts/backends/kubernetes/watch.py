@@ -5,7 +5,7 @@ A Job is done when its condition ``Complete`` or ``Failed`` is ``"True"``. A wat
 resumed from the last resourceVersion. Between segments the pods are listed: one that stays
 unschedulable or cannot pull its image, or a Job that makes no pod, ends the phase with the
 events. Every call has a deadline; an API server that stops answering ends the phase with one
-line naming it and the call in flight (:class:`~.client.ApiUnreachable`).
+line naming it and the call in flight (:class:`~.errors.ApiUnreachable`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 from pytest_kts.backends.kubernetes import diagnose
 from pytest_kts.backends.kubernetes import settings as knobs
-from pytest_kts.backends.kubernetes.client import ApiUnreachable, Client, WatchExpired, one_line
+from pytest_kts.backends.kubernetes.client import Client, one_line
+from pytest_kts.backends.kubernetes.errors import ApiGone, ApiUnreachable
 from pytest_kts.backends.kubernetes.settings import LABEL_JOB, ClusterSettings
 from pytest_kts.backends.kubernetes.state import TenantRun
 from pytest_kts.errors import ClusterError
@@ -98,7 +99,7 @@ class PhaseWatch:
                     self._update_job(obj)
                     if all(run.finished for run in self.runs.values()):
                         break
-            except WatchExpired:
+            except ApiGone:
                 # The resourceVersion is too old (compacted): list again and resume.
                 log.debug("job watch expired (410 Gone); re-listing")
                 self.relists += 1
