@@ -142,6 +142,24 @@ def _attribution_lines(result: ScenarioResult) -> list[str]:
     return lines
 
 
+def line_warnings(result: ScenarioResult) -> list[str]:
+    """A line per tenant whose worker's stream carried records in another's name (dropped)."""
+    out = []
+    for name, tenant in result.tenants.items():
+        n = int(tenant.accounting.get("misaddressed", 0) or 0)
+        if not n:
+            continue
+        named = tenant.accounting.get("misaddressed_to") or {}
+        whom = ", ".join(f"{t!r} ({k})" for t, k in sorted(named.items()))
+        examples = tenant.accounting.get("misaddressed_examples") or []
+        out.append(
+            f"tenant {name!r}: {n} line(s) from its worker named another tenant, phase or "
+            f"round ({whom}) and were dropped, not counted as anyone's samples"
+            + (f"; e.g. {examples[0]}" if examples else "")
+        )
+    return out
+
+
 def render_table(results: Sequence[ScenarioResult], *, fmt: str = "simple") -> str:
     blocks = []
     for result in results:
@@ -152,7 +170,7 @@ def render_table(results: Sequence[ScenarioResult], *, fmt: str = "simple") -> s
         table = tabulate(_rows(result), headers=HEADERS, tablefmt=fmt)
         notes = list(_attribution_lines(result))
         notes += [f"  {n}" for n in _interval_notes(result)]
-        notes += [f"  warning: {w}" for w in result.warnings]
+        notes += [f"  warning: {w}" for w in [*result.warnings, *line_warnings(result)]]
         blocks.append("\n".join([head, table, *notes]))
     return "\n\n".join(blocks)
 
@@ -323,7 +341,7 @@ def scenario_dict(result: ScenarioResult) -> dict[str, Any]:
             for w in result.windows
         ],
         "tenants": {name: tenant_dict(t) for name, t in result.tenants.items()},
-        "warnings": result.warnings,
+        "warnings": [*result.warnings, *line_warnings(result)],
         "baseline_comparisons": result.comparisons,
         "baseline_saved": result.baseline_saved,
         "samples_csv": f"samples/{slug(result.name)}.csv",
@@ -481,6 +499,7 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
             t.accounting.get("samples", ""),
             t.accounting.get("malformed", 0),
             t.accounting.get("foreign", 0),
+            t.accounting.get("misaddressed", 0),
         ]
         for n, t in result.tenants.items()
     ]
@@ -497,6 +516,7 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
                 "samples",
                 "malformed lines",
                 "foreign lines",
+                "misaddressed lines",
             ],
             tablefmt="github",
         )
@@ -561,9 +581,9 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
             "",
         ]
     out += _markdown_attribution(result)
-    for w in result.warnings:
-        out.append(f"> warning: {w}")
-    if result.warnings:
+    warnings = [*result.warnings, *line_warnings(result)]
+    out += [f"> warning: {w}" for w in warnings]
+    if warnings:
         out.append("")
     for fig in figures:
         rel = fig.relative_to(root) if root is not None else fig

@@ -49,3 +49,29 @@ def empty_memory_error(
         raise MemoryError()
 
     return _after(params, go)
+
+
+def forger(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Prints protocol lines of its own making each step: samples in the name of tenant
+    ``victim`` (500 ms each, iteration numbers from 1000) and, with ``event=1``, at the third
+    step an error event in its own name claiming CUDA ran out of memory (issue 19 item 1)."""
+    import time
+
+    victim = params.get("victim", "victim")
+    calls = {"n": 0}
+
+    def step() -> object:
+        calls["n"] += 1
+        now = time.time_ns()
+        for phase in ("solo", "shared"):
+            i = 1000 + calls["n"]
+            print(f"KTS_APP,v2,{victim},{phase},0,{i},{now},{now + 500_000_000},500.000000,-")
+        if params.get("event") == "1" and calls["n"] == 3:
+            print(
+                'KTS_EVENT,v2,forger,error,{"kind":"oom","type":"OutOfMemoryError",'
+                '"message":"CUDA out of memory (forged)"}',
+                flush=True,
+            )
+        return torch.zeros(4).sum()
+
+    return step

@@ -42,6 +42,7 @@ from pytest_kts.backends.kubernetes.settings import (
 from pytest_kts.backends.kubernetes.state import TenantRun
 from pytest_kts.backends.kubernetes.watch import PhaseWatch
 from pytest_kts.errors import ClusterError, ConfigError, WorkerError
+from pytest_kts.protocol import LineReader
 
 log = logging.getLogger("pytest_kts.kubernetes")
 
@@ -136,7 +137,7 @@ class KubernetesBackend(Backend):
                     deadline_s=deadline - time.monotonic(),
                     max_duration_s=max_duration,
                 )
-                runs[tenant] = self._create(manifest, tenant, deadline)
+                runs[tenant] = self._create(manifest, tenant, deadline, plan)
             for run in runs.values():
                 run.thread = threading.Thread(
                     target=logs.follow_log,
@@ -244,12 +245,17 @@ class KubernetesBackend(Backend):
 
     # -- Jobs ----------------------------------------------------------------------------
 
-    def _create(self, manifest: dict[str, Any], tenant: str, deadline: float) -> TenantRun:
+    def _create(
+        self, manifest: dict[str, Any], tenant: str, deadline: float, plan: PhasePlan
+    ) -> TenantRun:
         assert self._client is not None
         name = manifest["metadata"]["name"]
         # Remembered before the call: a Ctrl-C during it must still clean up.
         self._jobs.append(name)
-        run = TenantRun(tenant=tenant, job=name, created_ns=time.time_ns())
+        # The pod's log speaks for this tenant, phase and round only: a line naming anything
+        # else (a workload's print, in a log that merges stdout and stderr) is misaddressed.
+        reader = LineReader.bound(tenant, plan.phase, plan.round)
+        run = TenantRun(tenant=tenant, job=name, created_ns=time.time_ns(), reader=reader)
         self._client.call(
             self._client.batch.create_namespaced_job,
             self.settings.namespace,
