@@ -15,7 +15,6 @@ only when the whole interval lies above the regression threshold.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -63,9 +62,7 @@ def safe_id(scenario: str) -> str:
     Scenario names are pytest node ids (``tests/test_gpu.py::test_fft[4096-cuda]``); the hash
     keeps two long names that share their first 80 characters apart.
     """
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", scenario).strip("_.")[:80] or "scenario"
-    digest = hashlib.sha1(scenario.encode("utf-8")).hexdigest()[:8]
-    return f"{readable}-{digest}"
+    return safefile.safe_name(scenario, 80, always_hash=True)
 
 
 def _check_name(name: str) -> str:

@@ -12,9 +12,12 @@ installed, and ``results.md`` for a person.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-import re
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,7 +55,8 @@ HEADERS = (
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120] or "scenario"
+    """A scenario's file and folder name in the report: its own, inside the report folder."""
+    return safefile.safe_name(name, 120)
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -356,6 +360,10 @@ def scenario_dict(result: ScenarioResult) -> dict[str, Any]:
 # -- files ---------------------------------------------------------------------------------
 
 
+# What a report folder holds that write_report owns: each is replaced (or removed) as a whole.
+REPORT_ENTRIES = ("results.md", "summary.json", "benchmark.json", "samples", "plots")
+
+
 def write_report(
     results: Sequence[ScenarioResult],
     directory: Path,
@@ -364,8 +372,56 @@ def write_report(
     plots: bool = True,
     matrices: Sequence[MatrixResult] = (),
 ) -> list[Path]:
-    """Write every artifact for ``results`` under ``directory``; return the paths written."""
+    """Write every artifact for ``results`` under ``directory``; return the paths written.
+
+    Everything is written into a fresh folder inside ``directory`` first and moved into place
+    only once all of it is written, replacing the previous report's entries
+    (:data:`REPORT_ENTRIES`) as wholes: a write that fails raises and leaves the previous report
+    as it was, never a mix of old and new files. Other files in ``directory`` are left alone.
+    """
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".kts-report-", dir=directory))
+    try:
+        written = _write_files(results, staging, command, plots, matrices)
+        _move_into_place(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [directory / p.relative_to(staging) for p in written]
+
+
+def _move_into_place(staging: Path, directory: Path) -> None:
+    """Swap the staged entries in for the old ones; put the old ones back if a rename fails."""
+    old = staging / ".previous"
+    old.mkdir()
+    moved_out: list[str] = []
+    moved_in: list[str] = []
+    try:
+        for entry in REPORT_ENTRIES:
+            if os.path.lexists(directory / entry):
+                os.rename(directory / entry, old / entry)
+                moved_out.append(entry)
+        for entry in REPORT_ENTRIES:
+            if os.path.lexists(staging / entry):
+                os.rename(staging / entry, directory / entry)
+                moved_in.append(entry)
+    except OSError:
+        for entry in moved_in:
+            with contextlib.suppress(OSError):
+                os.rename(directory / entry, staging / entry)
+        for entry in moved_out:
+            with contextlib.suppress(OSError):
+                os.rename(old / entry, directory / entry)
+        raise
+
+
+def _write_files(
+    results: Sequence[ScenarioResult],
+    directory: Path,
+    command: str | None,
+    plots: bool,
+    matrices: Sequence[MatrixResult],
+) -> list[Path]:
     (directory / "samples").mkdir(exist_ok=True)
     written: list[Path] = []
     figures: dict[str, list[Path]] = {}

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -57,6 +59,24 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
     """:func:`write_bytes` for text."""
     write_bytes(path, text.encode(encoding))
+
+
+_PLAIN = re.compile(r"[a-z0-9_-]+")
+
+
+def safe_name(text: str, max_len: int = 120, *, always_hash: bool = False) -> str:
+    """A file or folder name for ``text`` that stays in its folder and is ``text``'s alone.
+
+    Letters, digits, ``_``, ``.`` and ``-`` only, no leading dot (so never ``..``), at most
+    ``max_len`` characters before a ``-`` and a short hash of the whole text, which is added
+    wherever cleaning changed or cut the text (or always, with ``always_hash``): two texts
+    that clean alike (``a/b`` and ``a_b``, or names alike in their first ``max_len``
+    characters) never share a name, on a case-insensitive file system too.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.")[:max_len] or "scenario"
+    if not always_hash and len(text) <= max_len and _PLAIN.fullmatch(text):
+        return text
+    return f"{cleaned}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}"
 
 
 def open_nofollow(path: str | os.PathLike[str], mode: int = 0o600) -> int:
@@ -107,6 +127,7 @@ __all__ = [
     "open_nofollow",
     "private_dir",
     "replacing",
+    "safe_name",
     "write_bytes",
     "write_text",
 ]
