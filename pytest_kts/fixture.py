@@ -25,6 +25,8 @@ from pytest_kts.config import SHARING_MODES, RunSettings
 from pytest_kts.errors import ConfigError
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.results import ScenarioResult, TenantResult
+from pytest_kts.samples import CLOCKS
+from pytest_kts.thresholds import check_percentile, check_threshold
 from pytest_kts.verdict import POLICIES, DegradationFactor
 from pytest_kts.workers.workloads import check as check_workload
 
@@ -141,7 +143,7 @@ class Kts:
                 raise ConfigError("the scenario has already run; pass slo= to the first run()")
             return self._result
         result = self._runs.run(
-            self.name, self._specs(), self._settings(), self._slo(slo), p, self._progress
+            self.name, self._specs(), self._settings(), self._slo(slo, p), p, self._progress
         )
         self._bind(result)
         return result
@@ -167,7 +169,7 @@ class Kts:
                 else f"run_modes needs at least one sharing mode: {', '.join(SHARING_MODES)}"
             )
         results = self._runs.run_modes(
-            self.name, self._specs(), self._settings(), modes, self._slo(slo), p, self._progress
+            self.name, self._specs(), self._settings(), modes, self._slo(slo, p), p, self._progress
         )
         self._bind(results[modes[0]])
         return results
@@ -181,8 +183,16 @@ class Kts:
     def _specs(self) -> list[TenantSpec]:
         return [t.spec for t in self.tenants]
 
-    def _slo(self, slo: Mapping[Tenant | str, float] | None) -> dict[str, float]:
-        return {(k.name if isinstance(k, Tenant) else k): float(v) for k, v in (slo or {}).items()}
+    def _slo(self, slo: Mapping[Tenant | str, float] | None, p: float) -> dict[str, float]:
+        """The SLOs by tenant name, every threshold and ``p`` checked before anything runs."""
+        check_percentile(p)
+        out = {}
+        for key, value in (slo or {}).items():
+            name = key.name if isinstance(key, Tenant) else key
+            if name not in self._tenants:
+                raise ConfigError(f"SLO names tenant {name!r}, which the scenario does not declare")
+            out[name] = check_threshold(value, f"SLO threshold for {name!r}")
+        return out
 
     def _settings(self) -> RunSettings:
         per_tenant = [t.iterations for t in self.tenants if t.iterations]
@@ -213,6 +223,9 @@ def assert_df(
     fails when it lies above; an undecided comparison follows ``on_inconclusive`` when given,
     else ``--kts-inconclusive``. The returned value is frozen: the policy travels with it.
     """
+    check_percentile(p)
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
     result = tenant.result if isinstance(tenant, Tenant) else tenant
     df = result.df(p, clock)
     if df is None:

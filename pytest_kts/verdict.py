@@ -40,6 +40,7 @@ from pytest_kts.stats import (
     tail_dependence,
     trim_warmup,
 )
+from pytest_kts.thresholds import check_threshold
 
 __all__ = [
     "POLICIES",
@@ -151,7 +152,7 @@ class DegradationFactor:
         return "inconclusive"
 
     def _compare(self, op: str, threshold: float | np.number[Any]) -> bool:
-        t = float(threshold)
+        t = check_threshold(threshold)  # NaN, inf, 0 or below: a ConfigError, not a verdict
         v = self.verdict(t)
         if v == "inconclusive":
             return self._inconclusive(op, t)

@@ -430,8 +430,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             threads = cpu_threads()
         except ValueError as exc:
-            for t in args.tenants:
-                SharedLockEmitter(out, t.name).event("error", {"kind": "config", "message": str(exc)})
+            for t in args.tenants:  # each tenant's reader learns why
+                SharedLockEmitter(out, t.name).event(
+                    "error", {"kind": "config", "message": f"{exc}"}
+                )
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
         torch.set_num_threads(threads)

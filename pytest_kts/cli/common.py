@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
+from pytest_kts.errors import ConfigError
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -24,17 +26,26 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_slo(items: Sequence[str]) -> dict[str, float]:
+    from pytest_kts.thresholds import check_threshold
+
     slo = {}
     for item in items:
         tenant, sep, value = item.partition("=")
-        try:
-            threshold = float(value)
-        except ValueError:
-            threshold = math.nan
-        if not sep or not tenant or not threshold > 0:
+        if not sep or not tenant:
             raise UsageError(f"--slo {item!r}: expected TENANT=THRESHOLD, e.g. fft=1.3")
-        slo[tenant] = threshold
+        try:
+            slo[tenant] = check_threshold(_float(value), f"--slo {item!r}: threshold")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
     return slo
+
+
+def _float(text: str) -> float | str:
+    """The number ``text`` spells, or ``text`` itself for the checks to refuse."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def tenant_named(result: Any, name: str) -> str:
@@ -101,9 +112,12 @@ def confidence_arg(text: str) -> float:
 
 
 def percentile_arg(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 100:
-        raise argparse.ArgumentTypeError(f"percentile must be in (0, 100), got {text}")
+    from pytest_kts.thresholds import check_percentile
+
+    try:
+        value = check_percentile(_float(text), "--p")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     # 99, not 99.0: the same DF and interval as the table, which asks for p=99.
     return int(value) if value.is_integer() else value
 

@@ -96,6 +96,7 @@ def _report_results(args: argparse.Namespace, files: list[Path]) -> tuple[list[A
 
 
 def cmd_report(args: argparse.Namespace, out: IO[str]) -> int:
+    slo = parse_slo(args.slo)  # before reading anything
     named = [*args.logs, *args.solo, *args.shared]
     if not named:
         raise UsageError("name at least one LOGDIR, or --solo/--shared paths")
@@ -103,7 +104,6 @@ def cmd_report(args: argparse.Namespace, out: IO[str]) -> int:
     if not files:
         raise UsageError(f"no log files ({', '.join(args.glob or LOG_PATTERNS)}) in {named}")
     results, logs = _report_results(args, files)
-    slo = parse_slo(args.slo)
     for result in results:
         judge(result, {t: v for t, v in slo.items() if _has_tenant(result, t)}, args.p, args.clock)
     missing = [t for t in slo if not any(_has_tenant(r, t) for r in results)]

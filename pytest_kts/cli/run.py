@@ -87,6 +87,7 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     from pytest_kts.runner import run_scenario
     from pytest_kts.workers.workloads import check as check_workload
 
+    slo = parse_slo(args.slo)
     tenants: list[TenantSpec] = []
     for text in args.tenant:
         spec = parse_tenant(text, [t.name for t in tenants])
@@ -98,7 +99,6 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
         tenants.append(spec)
     if len(tenants) < 2:
         raise UsageError("kts run needs at least two --tenant options (co-location needs two)")
-    slo = parse_slo(args.slo)
     changes: dict[str, Any] = {"device": args.device, "confidence": args.confidence}
     if args.iterations:
         # With SLOs the run is adaptive: N is then the most it may take, not a fixed count.
