@@ -112,6 +112,14 @@ class Progress:
             else:
                 self._tick()
 
+    def note(self, text: str) -> None:
+        """A line of its own (e.g. why nothing is happening yet: a lock held elsewhere)."""
+        with self._lock:
+            if self.tty and self._status_width and not self.silent:
+                self._raw("\r" + " " * self._status_width + "\r")
+                self._status_width = 0
+            self._line(f"{self._prefix()}{text}")
+
     def finished(self) -> None:
         """Clear the status line (the caller prints its table next) and reset for the next run."""
         with self._lock:

@@ -13,6 +13,7 @@ installed, and ``results.md`` for a person.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -390,8 +391,25 @@ def write_report(
     return [directory / p.relative_to(staging) for p in written]
 
 
+def _holds_a_report(directory: Path) -> bool:
+    """Whether ``directory``'s summary.json is one write_report wrote (its entries are ours)."""
+    try:
+        summary = json.loads((directory / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "scenarios" in summary and "generated_at" in summary
+
+
 def _move_into_place(staging: Path, directory: Path) -> None:
     """Swap the staged entries in for the old ones; put the old ones back if a rename fails."""
+    present = [e for e in REPORT_ENTRIES if os.path.lexists(directory / e)]
+    if present and not _holds_a_report(directory):
+        # Someone's own samples/ or plots/: replacing them would delete what is not ours.
+        raise FileExistsError(
+            errno.EEXIST,
+            f"holds {', '.join(present)} but no pytest-kts report; choose an empty folder",
+            str(directory),
+        )
     old = staging / ".previous"
     old.mkdir()
     moved_out: list[str] = []

@@ -79,6 +79,26 @@ def safe_name(text: str, max_len: int = 120, *, always_hash: bool = False) -> st
     return f"{cleaned}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}"
 
 
+def check_writable(path: str | os.PathLike[str], *, folder: bool = True) -> None:
+    """Raise OSError (naming the path) when ``path`` cannot be written: a folder to create or
+    fill, or (``folder=False``) a file to write. Probes with a temp file in the nearest folder
+    that exists, which it removes: permission bits alone say nothing to root, nor of ``/proc``.
+    """
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(target))
+    if not folder and target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(target))
+    base = target if folder else target.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(base))
+    fd, probe = tempfile.mkstemp(prefix=".kts-probe-", dir=base)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def open_nofollow(path: str | os.PathLike[str], mode: int = 0o600) -> int:
     """Open (create) ``path`` for reading and writing, refusing a symlink or a non-file."""
     try:
@@ -124,6 +144,7 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
 
 __all__ = [
     "UnsafePathError",
+    "check_writable",
     "open_nofollow",
     "private_dir",
     "replacing",

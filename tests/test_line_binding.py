@@ -134,3 +134,21 @@ def test_on_a_cluster_a_pod_log_speaks_only_for_its_tenant(cluster: object, tmp_
     assert len(forger.samples) >= 30 and {s.tenant for s in forger.samples} == {"forger"}
     # Two lines a step: a solo one and a shared one, both in the victim's name.
     assert forger.misaddressed >= 2 * 30 and set(forger.misaddressed_to) == {"victim"}
+
+
+def test_output_below_python_reaches_nobody_either() -> None:
+    """os.write(1, ...), a child process's stdout, even closing descriptor 1: none of it
+    touches the protocol stream, which has a descriptor of its own."""
+    tenants = [
+        TenantSpec("victim", "fft", 16, sleep_ms=1.0, warmup=1),
+        TenantSpec("forger", "kts_fault_workloads:native_forger", 16, sleep_ms=1.0, warmup=0),
+    ]
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start(tenants, "cpu")
+        shared = backend.run_phase(PhasePlan("shared", 0, {"victim": 30, "forger": 30}), 60)
+        tail = backend._workers["forger"].stderr_tail()
+    _victims_samples_are_its_own(shared.readers["victim"].samples, "shared", 30)
+    assert len(shared.readers["forger"].samples) >= 30  # it kept reporting after closing fd 1
+    assert all(r.foreign == r.misaddressed == 0 for r in shared.readers.values())
+    assert tail.count("KTS_APP,v2,victim,shared,0,500") == 4

@@ -128,3 +128,12 @@ def test_the_report_names_a_tenants_misaddressed_lines(tmp_path: Path) -> None:
     assert any("'b': 3 line(s)" in w for w in scenario_json["warnings"])
     markdown = (tmp_path / "results.md").read_text()
     assert "misaddressed lines" in markdown and "> warning: tenant 'b': 3 line(s)" in markdown
+
+
+def test_a_folder_with_someone_elses_plots_is_not_emptied(tmp_path: Path) -> None:
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "mine.png").write_bytes(b"not ours")
+    with pytest.raises(FileExistsError, match="no pytest-kts report; choose an empty folder"):
+        write_report([scenario("x")], tmp_path, plots=False)
+    assert sorted(os.listdir(tmp_path)) == ["plots"]
+    assert (tmp_path / "plots" / "mine.png").read_bytes() == b"not ours"

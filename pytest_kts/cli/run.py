@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 import sys
 from collections.abc import Iterable
@@ -15,9 +16,10 @@ from pytest_kts.cli.common import (
     Parser,
     UsageError,
     add_common_options,
+    check_outputs,
     finish,
     parse_slo,
-    positive,
+    setting,
 )
 from pytest_kts.config import DEVICES
 from pytest_kts.constants import ARRIVALS
@@ -81,13 +83,14 @@ def parse_tenant(text: str, taken: Iterable[str] = ()) -> TenantSpec:
 
 
 def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
-    from pytest_kts.config import RunSettings
+    from pytest_kts.config import MIN_PHASE_SECONDS, RunSettings, check_plan
     from pytest_kts.machine import facts, resolve_device
     from pytest_kts.progress import Progress
     from pytest_kts.runner import run_scenario
     from pytest_kts.workers.workloads import check as check_workload
 
     slo = parse_slo(args.slo)
+    check_outputs(args)
     tenants: list[TenantSpec] = []
     for text in args.tenant:
         spec = parse_tenant(text, [t.name for t in tenants])
@@ -103,10 +106,15 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     if args.iterations:
         # With SLOs the run is adaptive: N is then the most it may take, not a fixed count.
         changes["max_iterations" if slo else "iterations"] = args.iterations
-        changes["round_iterations"] = min(args.iterations, RunSettings.round_iterations)
+        # Rounds of the plugin's size, but never more than the time allows (kts run has no
+        # --round-iterations): each phase keeps at least MIN_PHASE_SECONDS.
+        rounds = int(RunSettings.max_seconds / (2 * MIN_PHASE_SECONDS * (len(tenants) + 1)))
+        per_round = max(RunSettings.round_iterations, math.ceil(args.iterations / max(rounds, 1)))
+        changes["round_iterations"] = min(args.iterations, per_round)
     if args.timeout:
         changes["timeout"] = args.timeout
     settings = dataclasses.replace(RunSettings(), **changes)
+    check_plan(settings, len(slo) + 1 if slo else len(tenants) + 1, adaptive=bool(slo))
     device = resolve_device(args.device)
     progress = Progress(sys.stderr, args.verbose - args.quiet, label=args.name)
     result = run_scenario(
@@ -154,12 +162,12 @@ def add_run_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     run.add_argument(
         "--iterations",
-        type=positive(int),
+        type=setting("iterations"),
         metavar="N",
         help="iterations per tenant and phase (with --slo: the most before giving up)",
     )
     run.add_argument(
-        "--timeout", type=positive(float), metavar="S", help="seconds one phase may take"
+        "--timeout", type=setting("timeout"), metavar="S", help="seconds one phase may take"
     )
     run.add_argument("--report", dest="out", metavar="DIR", help="write the report files here")
     run.add_argument("-q", "--quiet", action="count", default=0, help="no progress line")
