@@ -50,21 +50,23 @@ def check_iterations(value: object, what: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def _float(text: str) -> float:
+    """The number ``text`` spells; NaN (which every bound refuses) when it spells none."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        value = math.nan
+        return math.nan
+
+
+def _seconds(text: str) -> float:
+    value = _float(text)
     if not MIN_SECONDS <= value <= MAX_SECONDS:  # NaN and infinity fail too
         raise ValueError(f"must be a number of seconds from {MIN_SECONDS:g} to {MAX_SECONDS:g}")
     return value
 
 
 def _regression(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float(text)
     if not 1 < value <= MAX_REGRESSION:
         raise ValueError(
             f"must be a growth factor above 1 and at most {MAX_REGRESSION:g} (e.g. 1.1: fail "

@@ -95,7 +95,7 @@ def test_a_workloads_forged_lines_reach_nobody(kind: str) -> None:
 
 
 @pytest.fixture
-def cluster() -> object:
+def cluster() -> object:  # each cluster test file has its own, as the others do
     pytest.importorskip("kubernetes")
     pytest.importorskip("kmock")
     from tests.fake_cluster import FakeCluster
