@@ -82,9 +82,10 @@ def test_a_wait_for_the_lock_is_said(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert notes[0].startswith("waiting ")
     assert f"for the CPU: another pytest-kts scenario is using it (pid {os.getpid()})" in notes[0]
     assert "s more" in notes[0]
-    out = io.StringIO()
-    Progress(out, 0, label="t::x").note(notes[0])
-    assert out.getvalue() == f"kts t::x: {notes[0]}\n"
+    for verbosity, shown in ((0, True), (-1, True), (-2, False)):  # -q shows it, -qq not
+        out = io.StringIO()
+        Progress(out, verbosity, label="t::x").note(notes[0])
+        assert out.getvalue() == (f"kts t::x: {notes[0]}\n" if shown else "")
 
 
 CONFTEST_FULL_DISK = """
