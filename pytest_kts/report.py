@@ -393,8 +393,11 @@ def write_report(
 
 def _holds_a_report(directory: Path) -> bool:
     """Whether ``directory``'s summary.json is one write_report wrote (its entries are ours)."""
+    path = directory / "summary.json"
+    if path.is_symlink():  # planted: never read through, and not ours
+        return False
     try:
-        summary = json.loads((directory / "summary.json").read_text())
+        summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
     return isinstance(summary, dict) and "scenarios" in summary and "generated_at" in summary
@@ -402,7 +405,10 @@ def _holds_a_report(directory: Path) -> bool:
 
 def _move_into_place(staging: Path, directory: Path) -> None:
     """Swap the staged entries in for the old ones; put the old ones back if a rename fails."""
-    present = [e for e in REPORT_ENTRIES if os.path.lexists(directory / e)]
+    # A symlink at one of our names is replaced as itself (its target is never touched).
+    present = [
+        e for e in REPORT_ENTRIES if (directory / e).exists() and not (directory / e).is_symlink()
+    ]
     if present and not _holds_a_report(directory):
         # Someone's own samples/ or plots/: replacing them would delete what is not ours.
         raise FileExistsError(
