@@ -15,10 +15,9 @@ only when the whole interval lies above the regression threshold.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import re
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from pytest_kts import safefile, sharing_env
+from pytest_kts.config import check_baseline_name
 from pytest_kts.errors import ConfigError, KtsError
 from pytest_kts.evidence import percentile_interval
 from pytest_kts.samples import TenantSamples, from_csv, to_csv
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from pytest_kts.results import ScenarioResult
 
 SAMPLES_FILE = "samples.csv"
+# What marks a project's top folder, where a test file's path in a baseline key starts.
+PROJECT_MARKERS = ("pyproject.toml", "pytest.ini", "tox.ini", "setup.cfg", "setup.py", ".git")
 FACTS_FILE = "machine.json"
 FORMAT = 1
 DEFAULT_REGRESSION = 1.1
@@ -47,7 +49,6 @@ MACHINE_KEYS = {
     "torch": "torch",
     "device": "device",
 }
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
 class Baseline(NamedTuple):
@@ -65,36 +66,77 @@ def safe_id(scenario: str) -> str:
     Scenario names are pytest node ids (``tests/test_gpu.py::test_fft[4096-cuda]``); the hash
     keeps two long names that share their first 80 characters apart.
     """
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", scenario).strip("_.")[:80] or "scenario"
-    digest = hashlib.sha1(scenario.encode("utf-8")).hexdigest()[:8]
-    return f"{readable}-{digest}"
+    return safefile.safe_name(scenario, 80, always_hash=True)
 
 
 def _check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise ConfigError(
-            f"baseline name {name!r} is not allowed: use letters, digits, '_', '-' or '.' "
-            "(it becomes a directory name)"
-        )
-    return name
+    try:
+        return check_baseline_name(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def baseline_path(root: Path, name: str, scenario: str) -> Path:
     return Path(root) / _check_name(name) / safe_id(scenario)
 
 
-def save_baseline(result: ScenarioResult, root: Path, name: str) -> Path:
+def scenario_key(path: Path, nodeid: str, baseline_root: Path) -> str:
+    """What names a test's baseline wherever pytest puts its rootdir.
+
+    A node id is relative to the rootdir, which pytest moves, e.g. when ``--kts-baseline-dir
+    DIR`` comes as two words and DIR exists (DIR then counts as a path argument). The key is
+    the test file's path within its project (the nearest folder upward that holds one of
+    :data:`PROJECT_MARKERS`; without one, the folder that holds the baseline folder) and the
+    test's name in the file: ``tests/test_gpu.py::test_fft[4096]``.
+    """
+    path = Path(path).resolve()
+    anchor = next(
+        (d for d in path.parents if any((d / m).exists() for m in PROJECT_MARKERS)),
+        Path(baseline_root).resolve().parent,
+    )
+    where = Path(os.path.relpath(path, anchor)).as_posix()
+    _, sep, test = nodeid.partition("::")
+    return f"{where}::{test}" if sep else where
+
+
+def _test_part(key: str) -> tuple[str, str]:
+    """(file name, test name) of a key or node id: what stays when its folders change."""
+    where, _, test = key.partition("::")
+    return where.rsplit("/", 1)[-1], test
+
+
+def saved_as(root: Path, name: str, key: str) -> str | None:
+    """The key under which baseline ``name`` holds this test when not under ``key``: the same
+    file name and test name saved from another folder (or under an older node id)."""
+    folder = Path(root) / _check_name(name)
+    wanted = _test_part(key)
+    for facts_file in sorted(folder.glob(f"*/{FACTS_FILE}")):
+        try:
+            facts = json.loads(facts_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(facts, dict):
+            continue
+        saved = str(facts.get("key") or facts.get("scenario") or "")
+        if saved and saved != key and _test_part(saved) == wanted:
+            return saved
+    return None
+
+
+def save_baseline(result: ScenarioResult, root: Path, name: str, key: str | None = None) -> Path:
     """Store ``result``'s raw samples and machine facts as baseline ``name``; return its folder.
 
+    ``key`` (:func:`scenario_key`) names the folder; without one, the scenario's name does.
     Saving again under the same name replaces that scenario's baseline.
     """
-    directory = baseline_path(root, name, result.name)
+    directory = baseline_path(root, name, key or result.name)
     directory.mkdir(parents=True, exist_ok=True)
     samples = [t.samples for t in result.tenants.values()]
     safefile.write_text(directory / SAMPLES_FILE, to_csv(samples))
     facts = {
         "format": FORMAT,
         "scenario": result.name,
+        "key": key or result.name,
         "device": result.device,
         "started_at": result.started_at,
         "machine": dict(result.machine),
@@ -114,26 +156,37 @@ def save_baseline(result: ScenarioResult, root: Path, name: str) -> Path:
     return directory
 
 
-def load_baseline(root: Path, name: str, scenario: str) -> Baseline | None:
-    """Baseline ``name`` of ``scenario``, or None when none was saved.
+def load_baseline(root: Path, name: str, scenario: str, key: str | None = None) -> Baseline | None:
+    """Baseline ``name`` of ``scenario`` (under ``key``, else under its name as baselines
+    before keys were saved), or None when none was saved.
 
     The machine dict is the saved ``machine`` facts, with ``device`` added from the scenario.
     A folder that exists but cannot be read raises :class:`ConfigError` (a corrupt baseline
     should be noticed, not silently treated as missing).
     """
-    directory = baseline_path(root, name, scenario)
-    samples_file, facts_file = directory / SAMPLES_FILE, directory / FACTS_FILE
-    if not samples_file.is_file():
+    for candidate in dict.fromkeys([key or scenario, scenario]):
+        directory = baseline_path(root, name, candidate)
+        if (directory / SAMPLES_FILE).is_file():
+            break
+    else:
         return None
+    samples_file, facts_file = directory / SAMPLES_FILE, directory / FACTS_FILE
     try:
         samples = from_csv(samples_file.read_text())
         facts = json.loads(facts_file.read_text()) if facts_file.is_file() else {}
-    except (ValueError, KeyError, OSError) as exc:
+        if not isinstance(facts, dict):
+            raise ValueError(f"{FACTS_FILE} holds a {type(facts).__name__}, not an object")
+        machine = facts.get("machine", {})
+        if not isinstance(machine, dict):
+            raise ValueError(
+                f"{FACTS_FILE}: 'machine' is a {type(machine).__name__}, not an object"
+            )
+    except (ValueError, KeyError, OSError, UnicodeDecodeError) as exc:
         raise ConfigError(
-            f"baseline {name!r} of {scenario!r} in {directory} is unreadable ({exc}); "
+            f"unreadable baseline {name!r} of {scenario!r} in {directory} ({exc}); "
             f"delete it or save it again with --kts-save {name}"
         ) from None
-    machine = dict(facts.get("machine", {}))
+    machine = dict(machine)
     machine.setdefault("device", facts.get("device"))
     return Baseline(samples, machine, dict(facts.get("sharing_env") or {}))
 

@@ -8,7 +8,9 @@ Each setting is declared once in :data:`OPTIONS`; the plugin registers all of th
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +29,71 @@ from pytest_kts.errors import ConfigError
 __all__ = ["DEVICES", "INCONCLUSIVE_POLICIES", "OPTIONS", "SHARING_MODES", "RunSettings", "resolve"]
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise ValueError("must be a positive integer")
+# Bounds that keep a run meaningful. No percentile needs a million samples per phase (a p99.9
+# at 99% needs about 4600), and a phase shorter than MIN_PHASE_SECONDS measures little more
+# than its own start barrier (0.1 s) and stop.
+MAX_ITERATIONS = 1_000_000
+MAX_SECONDS = 7 * 24 * 3600.0
+MIN_SECONDS = 1.0
+MIN_PHASE_SECONDS = 0.5
+MAX_REGRESSION = 100.0
+_BASELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def _iterations(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_ITERATIONS:
+        raise ValueError(f"must be an integer from 1 to {MAX_ITERATIONS}")
     return value
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError("must be a positive number")
+def check_iterations(value: object, what: str) -> int:
+    """A per-tenant iteration count from Python (``kts.tenant(iterations=...)``), checked."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ITERATIONS:
+        raise ConfigError(f"{what} must be an integer from 1 to {MAX_ITERATIONS}, got {value!r}")
     return value
+
+
+def _float(text: str) -> float:
+    """The number ``text`` spells; NaN (which every bound refuses) when it spells none."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _seconds(text: str) -> float:
+    value = _float(text)
+    if not MIN_SECONDS <= value <= MAX_SECONDS:  # NaN and infinity fail too
+        raise ValueError(f"must be a number of seconds from {MIN_SECONDS:g} to {MAX_SECONDS:g}")
+    return value
+
+
+def _regression(text: str) -> float:
+    value = _float(text)
+    if not 1 < value <= MAX_REGRESSION:
+        raise ValueError(
+            f"must be a growth factor above 1 and at most {MAX_REGRESSION:g} (e.g. 1.1: fail "
+            "when shared p99 grew by more than 10%)"
+        )
+    return value
+
+
+def check_baseline_name(name: str) -> str:
+    """A baseline name, which becomes a folder name: refused before anything runs."""
+    if not _BASELINE_NAME.match(name):
+        raise ValueError(
+            f"baseline name {name!r} is not allowed: use letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit (it becomes a directory name)"
+        )
+    return name
+
+
+def _baseline_name(text: str) -> str | None:
+    return check_baseline_name(text) if text else None
 
 
 def _confidence(text: str) -> float:
@@ -55,6 +110,16 @@ def _choice(*choices: str) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
 
 
 def _percent(text: str) -> int:
@@ -110,33 +175,33 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("device", _choice(*DEVICES), "auto",
            "where tenants run: auto (CUDA when present, else CPU), cuda, cpu", choices=DEVICES),
-    Option("iterations", _positive_int, 800,
+    Option("iterations", _iterations, 800,
            "measured iterations per tenant and phase when a test sets no SLO (the study's 800)"),
-    Option("round_iterations", _positive_int, 100,
+    Option("round_iterations", _iterations, 100,
            "iterations per tenant in one phase of one round; solo and shared phases alternate"),
-    Option("max_iterations", _positive_int, 3200,
+    Option("max_iterations", _iterations, 3200,
            "adaptive runs: most iterations per tenant and phase before giving up undecided"),
-    Option("max_seconds", _positive_float, 900.0,
+    Option("max_seconds", _seconds, 900.0,
            "adaptive runs: most seconds of phases per test before giving up undecided"),
-    Option("budget_seconds", _positive_float, 7200.0,
+    Option("budget_seconds", _seconds, 7200.0,
            "most seconds of phases for the whole session; later tests then stop undecided"),
     Option("confidence", _confidence, 0.95,
            "confidence of every verdict (two-sided; a false fail has probability <= (1-c)/2)"),
     Option("inconclusive", _choice(*INCONCLUSIVE_POLICIES), "warn",
            "an undecided comparison: warn (holds, with a warning), fail, skip, error",
            choices=INCONCLUSIVE_POLICIES),
-    Option("timeout", _positive_float, 300.0,
+    Option("timeout", _seconds, 300.0,
            "seconds one phase may take before its workers count as hung"),
     Option("report", _optional_str, None,
            "write summary.json, samples/*.csv, results.md (and plots) here"),
     Option("sharing", _choice(*SHARING_MODES), "timeslice",
            "how co-located tenants share the GPU locally: timeslice, mps or streams",
            choices=SHARING_MODES),
-    Option("save", _optional_str, None, "save this run's raw samples as baseline NAME"),
-    Option("compare", _optional_str, None,
+    Option("save", _baseline_name, None, "save this run's raw samples as baseline NAME"),
+    Option("compare", _baseline_name, None,
            "compare with baseline NAME; a significant regression fails the test"),
     Option("baseline_dir", _optional_str, ".kts-baselines", "where baselines are stored"),
-    Option("regression", _positive_float, 1.1,
+    Option("regression", _regression, 1.1,
            "with --kts-compare: fail when shared p99 grew by more than this factor"),
     Option("cluster", _bool, False, "run scenarios as Kubernetes Jobs", flag=True),
     Option("namespace", str, "kts", "namespace for the Jobs", cluster=True),
@@ -275,3 +340,35 @@ def resolve(
         else:
             values[option.name] = option.default
     return RunSettings(**values)
+
+
+def check_plan(settings: RunSettings, phases_per_round: int, *, adaptive: bool = False) -> None:
+    """Refuse, before anything spawns, a plan whose phases cannot fit their time.
+
+    The fixed protocol runs ``ceil(iterations / round_iterations)`` rounds of
+    ``phases_per_round`` phases within ``max_seconds``, each phase an equal share; an adaptive
+    run needs at least its calibration round and one look. A share below
+    :data:`MIN_PHASE_SECONDS` would cut every phase after its start barrier: no samples, and a
+    long wait for nothing.
+    """
+    if adaptive:
+        rounds, how = 2, "an adaptive run (a calibration round and one look)"
+    else:
+        rounds = math.ceil(settings.iterations / settings.round_iterations)
+        how = (
+            f"iterations {settings.iterations} in rounds of {settings.round_iterations} "
+            f"({rounds} round(s))"
+        )
+    phases = rounds * phases_per_round
+    share = settings.max_seconds / phases
+    if share < MIN_PHASE_SECONDS:
+        advice = (
+            "raise max_seconds"
+            if adaptive
+            else "lower iterations, raise round_iterations or raise max_seconds"
+        )
+        raise ConfigError(
+            f"impossible plan: {how} makes {phases} phases of {phases_per_round} a round within "
+            f"max_seconds {settings.max_seconds:g}: {share:.3g} s a phase, below the "
+            f"{MIN_PHASE_SECONDS:g} s a phase needs to start, measure and stop; {advice}"
+        )

@@ -16,16 +16,20 @@ before ``kts.run()`` (or ``kts.run_modes()``) raises a :class:`ConfigError` that
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pytest_kts.backends.base import TenantSpec
-from pytest_kts.config import SHARING_MODES, RunSettings
+from pytest_kts.config import SHARING_MODES, RunSettings, check_iterations
+from pytest_kts.constants import CLOCKS, PHASES
 from pytest_kts.errors import ConfigError
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.results import ScenarioResult, TenantResult
+from pytest_kts.thresholds import check_percentile, check_threshold
 from pytest_kts.verdict import POLICIES, DegradationFactor
+from pytest_kts.workers.process import cpu_threads
 from pytest_kts.workers.workloads import check as check_workload
 
 if TYPE_CHECKING:
@@ -73,8 +77,10 @@ class Kts:
         device: str,
         runs: KtsSession,
         progress: Any = None,
+        key: str | None = None,
     ) -> None:
         self.name = name
+        self.key = key  # names the scenario's baseline (baseline.scenario_key)
         self.settings = settings
         self.device = device
         self._runs = runs
@@ -103,14 +109,15 @@ class Kts:
             raise ConfigError("tenants must be declared before the scenario runs")
         if name in self._tenants:
             raise ConfigError(f"tenant {name!r} is declared twice")
-        if iterations is not None and iterations <= 0:
-            raise ConfigError(f"tenant {name!r}: iterations must be positive")
+        if iterations is not None:
+            iterations = check_iterations(iterations, f"tenant {name!r}: iterations")
         try:
             spec = TenantSpec(
                 name=name,
                 workload=workload or name,
-                size=size or DEFAULT_SIZE.get(self.device, 128),
-                sleep_ms=0.0 if sleep_ms is None else float(sleep_ms),
+                # 0 is a size, and refused as one: only "not given" takes the default.
+                size=DEFAULT_SIZE.get(self.device, 128) if size is None else size,
+                sleep_ms=0.0 if sleep_ms is None else sleep_ms,
                 warmup=warmup,
                 arrival=arrival,
                 rate_hz=rate_hz,
@@ -121,6 +128,7 @@ class Kts:
             )
             # Before anything spawns; a cluster's workers import from their image, not here.
             check_workload(spec.workload, spec.params, importable=not self.settings.cluster)
+            cpu_threads({**os.environ, **spec.env})
         except ValueError as exc:
             msg = str(exc)
             raise ConfigError(
@@ -141,8 +149,9 @@ class Kts:
                 raise ConfigError("the scenario has already run; pass slo= to the first run()")
             return self._result
         result = self._runs.run(
-            self.name, self._specs(), self._settings(), self._slo(slo), p, self._progress
-        )
+            self.name, self._specs(), self._settings(), self._slo(slo, p), p, self._progress,
+            key=self.key,
+        )  # fmt: skip
         self._bind(result)
         return result
 
@@ -167,8 +176,9 @@ class Kts:
                 else f"run_modes needs at least one sharing mode: {', '.join(SHARING_MODES)}"
             )
         results = self._runs.run_modes(
-            self.name, self._specs(), self._settings(), modes, self._slo(slo), p, self._progress
-        )
+            self.name, self._specs(), self._settings(), modes, self._slo(slo, p), p,
+            self._progress, key=self.key,
+        )  # fmt: skip
         self._bind(results[modes[0]])
         return results
 
@@ -181,8 +191,16 @@ class Kts:
     def _specs(self) -> list[TenantSpec]:
         return [t.spec for t in self.tenants]
 
-    def _slo(self, slo: Mapping[Tenant | str, float] | None) -> dict[str, float]:
-        return {(k.name if isinstance(k, Tenant) else k): float(v) for k, v in (slo or {}).items()}
+    def _slo(self, slo: Mapping[Tenant | str, float] | None, p: float) -> dict[str, float]:
+        """The SLOs by tenant name, every threshold and ``p`` checked before anything runs."""
+        check_percentile(p)
+        out = {}
+        for key, value in (slo or {}).items():
+            name = key.name if isinstance(key, Tenant) else key
+            if name not in self._tenants:
+                raise ConfigError(f"SLO names tenant {name!r}, which the scenario does not declare")
+            out[name] = check_threshold(value, f"SLO threshold for {name!r}")
+        return out
 
     def _settings(self) -> RunSettings:
         per_tenant = [t.iterations for t in self.tenants if t.iterations]
@@ -213,13 +231,24 @@ def assert_df(
     fails when it lies above; an undecided comparison follows ``on_inconclusive`` when given,
     else ``--kts-inconclusive``. The returned value is frozen: the policy travels with it.
     """
+    check_percentile(p)
+    if clock not in CLOCKS:
+        raise ConfigError(f"clock must be one of {', '.join(CLOCKS)}, got {clock!r}")
     result = tenant.result if isinstance(tenant, Tenant) else tenant
     df = result.df(p, clock)
     if df is None:
+        empty = [phase for phase in PHASES if len(result.samples.phase(phase)) == 0]
+        if empty:
+            raise ConfigError(
+                f"tenant {result.name!r} has no samples in its {' or '.join(empty)} phase: "
+                "nothing was measured there (the kts table's stop reason says why; a phase cut "
+                "by its time share needs a larger --kts-max-seconds)"
+            )
         available = ", ".join(result.clocks()) or "none"
+        why = "the device clock exists only on CUDA" if clock == "device" else "unmeasured"
         raise ConfigError(
             f"tenant {result.name!r} has no {clock} clock in both phases (available: {available}); "
-            "the device clock exists only on CUDA"
+            f"{why}"
         )
     if on_inconclusive is not None:
         if on_inconclusive not in POLICIES:

@@ -9,19 +9,20 @@ other's co-tenants and every DF would be wrong).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 from pytest_kts import safefile
-from pytest_kts.errors import KtsError
+from pytest_kts.errors import ConfigError, KtsError
 
 
 class GpuBusyError(KtsError):
@@ -71,19 +72,47 @@ class GpuLease:
         self.release()
 
 
+def _usable_lock_dir() -> Path:
+    folder = lock_dir()
+    try:
+        return safefile.private_dir(folder)
+    except OSError as exc:
+        source = "KTS_LOCK_DIR" if os.environ.get("KTS_LOCK_DIR") else "the lock folder"
+        raise ConfigError(
+            f"{source} {folder}: cannot hold lock files there ({exc.strerror or exc}); set "
+            "KTS_LOCK_DIR to a folder of your own that you can write"
+        ) from None
+
+
+def _holders(paths: Sequence[Path]) -> str:
+    pids = []
+    for path in paths:
+        with contextlib.suppress(OSError, ValueError):
+            pids.append(str(int(path.read_text().split()[0])))
+    return f" (pid {', '.join(pids)})" if pids else ""
+
+
 def acquire(
     uuids: Sequence[str],
     *,
     timeout_s: float = 3600.0,
     poll_s: float = 0.5,
     prefer: int = 0,
+    on_wait: Callable[[str], None] | None = None,
+    notice_after_s: float = 1.0,
 ) -> GpuLease:
-    """Take the first free GPU of ``uuids``, starting at ``prefer`` (spread xdist workers)."""
+    """Take the first free GPU of ``uuids``, starting at ``prefer`` (spread xdist workers).
+
+    While every one is busy, ``on_wait`` is told so (after ``notice_after_s``, then once a
+    minute): a wait can last up to ``timeout_s`` and must not look like a hang.
+    """
     if not uuids:
         raise GpuBusyError("no GPU to lock: the list of devices is empty")
-    directory = safefile.private_dir(lock_dir())
+    directory = _usable_lock_dir()
     order = [(prefer + k) % len(uuids) for k in range(len(uuids))]
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
+    next_notice = started + notice_after_s
     while True:
         for index in order:
             path = directory / f"gpu-{_safe(uuids[index])}.lock"
@@ -100,7 +129,16 @@ def acquire(
             handle.write(f"{os.getpid()}\n")
             handle.flush()
             return GpuLease(index, uuids[index], handle)
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if on_wait is not None and now >= next_notice and now < deadline:
+            what = "the CPU" if list(uuids) == ["cpu"] else f"{len(uuids)} GPU(s)"
+            paths = [directory / f"gpu-{_safe(u)}.lock" for u in uuids]
+            on_wait(
+                f"waiting {now - started:.0f} s for {what}: another pytest-kts scenario is "
+                f"using it{_holders(paths)}; waiting up to {deadline - now:.0f} s more"
+            )
+            next_notice = now + 60.0
+        if now >= deadline:
             raise GpuBusyError(
                 f"every GPU ({len(uuids)}) stayed busy with other scenarios for {timeout_s:.0f} s; "
                 "run fewer pytest-xdist workers than GPUs, or raise the timeout"

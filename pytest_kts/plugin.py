@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_kts import machine
+from pytest_kts import machine, safefile
 from pytest_kts.config import OPTIONS, Option, RunSettings, resolve
 from pytest_kts.errors import ConfigError, DryRun, KtsError, NoDeviceError
 from pytest_kts.fixture import Kts
@@ -20,6 +20,7 @@ from pytest_kts.session import KtsSession
 from pytest_kts.verdict import DegradationFactor
 
 session_key = pytest.StashKey[KtsSession]()
+pytest_session_key = pytest.StashKey[pytest.Session]()
 settings_key = pytest.StashKey[RunSettings]()
 sigterm_key = pytest.StashKey[bool]()
 
@@ -75,12 +76,35 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[settings_key] = settings
     if settings.dry_run and not settings.cluster:
         raise pytest.UsageError("--kts-dry-run shows what a cluster run creates: add --kts-cluster")
+    if settings.report_dir is not None:
+        try:  # now, not after the whole run: the report is the run's product
+            safefile.check_writable(settings.report_dir)
+        except OSError as exc:
+            raise pytest.UsageError(
+                f"--kts-report {settings.report}: cannot write there ({exc.strerror or exc}); "
+                "choose a folder you can write"
+            ) from None
+    if settings.compare and settings.compare != settings.save:
+        _check_baseline_exists(settings)
     if settings.cluster and not settings.dry_run:
         _check_cluster(settings)
     try:
         config.stash[session_key] = KtsSession.create(settings)
     except NoDeviceError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+def _check_baseline_exists(settings: RunSettings) -> None:
+    """--kts-compare NAME with no NAME saved would compare nothing and pass: refuse it now."""
+    root = Path(settings.baseline_dir or ".kts-baselines")
+    if (root / str(settings.compare)).is_dir():
+        return
+    held = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    raise pytest.UsageError(
+        f"--kts-compare {settings.compare}: no baseline {settings.compare!r} under {root.resolve()}"
+        f" ({'it holds ' + ', '.join(held) if held else 'nothing saved there'}); save one "
+        f"first with --kts-save {settings.compare}, or give --kts-baseline-dir"
+    )
 
 
 def _check_cluster(settings: RunSettings) -> None:
@@ -135,7 +159,13 @@ def kts(request: pytest.FixtureRequest) -> Iterator[Kts]:
     device = session.device
     if settings.device != session.settings.device and not settings.cluster:
         device = machine.resolve_device(settings.device)
-    handle = Kts(request.node.nodeid, settings, device, session, _progress(request.config))
+    key = None
+    if settings.save or settings.compare:
+        from pytest_kts.baseline import scenario_key
+
+        root = Path(settings.baseline_dir or ".kts-baselines")
+        key = scenario_key(request.node.path, request.node.nodeid, root)
+    handle = Kts(request.node.nodeid, settings, device, session, _progress(request.config), key=key)
     yield handle
     result = handle.result
     if result is None:
@@ -258,6 +288,10 @@ def _relative(path: Path, root: Path) -> str:
 WORKEROUTPUT_KEY = "kts_results"
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[pytest_session_key] = session  # the summary may set its exit status
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     output = getattr(config, "workeroutput", None)
@@ -315,7 +349,13 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if directory is not None:
         session.write_report(Path(directory), command=command_line(config))
         if session.report_error:
-            terminalreporter.write_line(f"kts: {session.report_error}", red=True)
+            terminalreporter.write_line(
+                f"kts: {session.report_error}; the previous report there is unchanged", red=True
+            )
+            pytest_session = config.stash.get(pytest_session_key, None)
+            if pytest_session is not None and pytest_session.exitstatus == pytest.ExitCode.OK:
+                # The report is what the run was for: without it the run did not succeed.
+                pytest_session.exitstatus = pytest.ExitCode.TESTS_FAILED
         else:
             terminalreporter.write_line(f"kts: report written to {directory}/results.md")
 

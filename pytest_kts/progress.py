@@ -112,6 +112,19 @@ class Progress:
             else:
                 self._tick()
 
+    def note(self, text: str) -> None:
+        """A line of its own, shown under ``-q`` too (only ``-qq`` hides it): why nothing is
+        happening, e.g. a lock another session holds, which can last for hours."""
+        with self._lock:
+            if self.verbosity < -1:
+                return
+            if self.tty and self._status_width:
+                self._raw("\r" + " " * self._status_width + "\r")
+                self._status_width = 0
+            self._last_write = self._clock()
+            self._begin()
+            self._raw(f"{self._prefix()}{text}\n")
+
     def finished(self) -> None:
         """Clear the status line (the caller prints its table next) and reset for the next run."""
         with self._lock:

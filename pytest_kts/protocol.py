@@ -35,6 +35,13 @@ Formats
 Lines that do not start with ``KTS_`` are *foreign* (a framework's warning, a stray print);
 lines that start with ``KTS_`` but do not parse are *malformed*. Both are counted and a few
 kept as examples; neither is ever fatal.
+
+A backend reads each worker's stream with a reader *bound* to what that worker runs
+(:meth:`LineReader.bound`): its tenant, and for a one-phase stream (a Kubernetes Job) the phase
+and round. A record that names anything else is *misaddressed*: counted, a few kept as
+examples, never kept as a record. So no stream can add to another tenant's samples, set its
+facts or raise its error, whatever the line says. (The worker also keeps its workload's own
+output off the protocol stream: ``pytest_kts.workers.process``.)
 """
 
 from __future__ import annotations
@@ -63,6 +70,10 @@ ABSENT = "-"
 # Tenant names travel in a comma-separated line and in Kubernetes object names.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 _EXAMPLES_KEPT = 5
+# Every integer field is stored as int64 (numpy columns); a larger one is malformed, not a crash.
+MAX_INT = 2**63 - 1
+# A latency above this (about 11.6 days) is no iteration's: malformed, not a figure to plot.
+MAX_MS = 1e9
 
 
 class ProtocolError(ValueError):
@@ -141,6 +152,8 @@ def _int(text: str, what: str) -> int:
         raise ProtocolError(f"{what} is not an integer: {text!r}") from None
     if value < 0:
         raise ProtocolError(f"{what} is negative: {value}")
+    if value > MAX_INT:
+        raise ProtocolError(f"{what} does not fit in 64 bits: {text[:30]}...")
     return value
 
 
@@ -165,7 +178,16 @@ def _ms(text: str, what: str, *, optional: bool, strict: bool = False) -> float:
         raise ProtocolError(f"{what} is not a number: {text!r}") from None
     if not math.isfinite(value) or value < 0:
         raise ProtocolError(f"{what} is not a finite non-negative number: {text!r}")
+    if value > MAX_MS:
+        raise ProtocolError(f"{what} is above {MAX_MS:g} ms, no iteration's latency: {text[:30]!r}")
     return value
+
+
+def _span_ms(start_ns: int, end_ns: int) -> float:
+    ms = (end_ns - start_ns) / 1e6
+    if ms > MAX_MS:
+        raise ProtocolError(f"the epoch stamps span {ms:.3g} ms, above {MAX_MS:g} ms")
+    return ms
 
 
 def _phase(text: str) -> str:
@@ -206,7 +228,15 @@ def parse_line(line: str) -> Record | None:
     if fast is not None:
         tenant, phase, rnd, i, start, end, host, device = fast.groups()
         start_ns, end_ns = int(start), int(end)
-        if end_ns >= start_ns:
+        # Anything out of range goes the long way below, which names the field.
+        if (
+            end_ns >= start_ns
+            and end_ns <= MAX_INT
+            and len(rnd) < 19
+            and len(i) < 19
+            and float(host) <= MAX_MS
+            and (device == ABSENT or float(device) <= MAX_MS)
+        ):
             return Sample(
                 tenant,
                 phase,
@@ -268,7 +298,7 @@ def parse_line(line: str) -> Record | None:
             start_ns=start_ns,
             end_ns=end_ns,
             # Launch to observed completion on the study's own clock (see the module doc).
-            host_ms=(end_ns - start_ns) / 1e6,
+            host_ms=_span_ms(start_ns, end_ns),
             device_ms=_ms(device, "latency_ms_device", optional=False),
         )
     if line.startswith(META_V2):
@@ -302,6 +332,41 @@ class LineReader:
     v1: int = 0  # of the samples: lines in the original study's format
     malformed_examples: list[str] = field(default_factory=list)
     foreign_examples: list[str] = field(default_factory=list)
+    # What the stream may speak for (None: anything, as a saved log of several tenants).
+    tenant: str | None = None
+    phase: str | None = None
+    round: int | None = None
+    misaddressed: int = 0  # records naming another tenant, phase or round: never kept
+    misaddressed_to: dict[str, int] = field(default_factory=dict)  # tenant named -> lines
+    misaddressed_examples: list[str] = field(default_factory=list)
+
+    @classmethod
+    def bound(cls, tenant: str, phase: str | None = None, round: int | None = None) -> LineReader:
+        """A reader for one worker's stream: records of ``tenant`` only (and of ``phase`` and
+        ``round`` where given); anything else is counted as misaddressed."""
+        return cls(tenant=tenant, phase=phase, round=round)
+
+    def _addressed(self, record: Record, line: str) -> bool:
+        wrong = ""
+        if self.tenant is not None and record.tenant != self.tenant:
+            wrong = f"names tenant {record.tenant!r} on the stream of {self.tenant!r}"
+        elif isinstance(record, Sample) and (
+            (self.phase is not None and record.phase != self.phase)
+            or (self.round is not None and record.round != self.round)
+        ):
+            expected = (
+                f"{self.phase or 'any'} phase, round {'any' if self.round is None else self.round}"
+            )
+            wrong = (
+                f"a {record.phase} sample of round {record.round} on the stream of the {expected}"
+            )
+        if not wrong:
+            return True
+        self.misaddressed += 1
+        self.misaddressed_to[record.tenant] = self.misaddressed_to.get(record.tenant, 0) + 1
+        if len(self.misaddressed_examples) < _EXAMPLES_KEPT:
+            self.misaddressed_examples.append(f"{line.strip()[:200]!r}: {wrong}")
+        return False
 
     def feed(self, line: str) -> Record | None:
         self.lines += 1
@@ -318,6 +383,8 @@ class LineReader:
                 self.foreign += 1
                 if len(self.foreign_examples) < _EXAMPLES_KEPT:
                     self.foreign_examples.append(line.strip()[:200])
+            return None
+        if not self._addressed(record, line):
             return None
         if isinstance(record, Sample):
             self.samples.append(record)
@@ -353,10 +420,15 @@ class LineReader:
         self.backwards += other.backwards
         self.oversized += other.oversized
         self.v1 += other.v1
-        room = _EXAMPLES_KEPT - len(self.malformed_examples)
-        self.malformed_examples += other.malformed_examples[: max(room, 0)]
-        room = _EXAMPLES_KEPT - len(self.foreign_examples)
-        self.foreign_examples += other.foreign_examples[: max(room, 0)]
+        self.misaddressed += other.misaddressed
+        for name, n in other.misaddressed_to.items():
+            self.misaddressed_to[name] = self.misaddressed_to.get(name, 0) + n
+        for mine, theirs in (
+            (self.malformed_examples, other.malformed_examples),
+            (self.foreign_examples, other.foreign_examples),
+            (self.misaddressed_examples, other.misaddressed_examples),
+        ):
+            mine += theirs[: max(_EXAMPLES_KEPT - len(mine), 0)]
 
     def accounting(self) -> dict[str, Any]:
         return {
@@ -367,4 +439,7 @@ class LineReader:
             "backwards": self.backwards,
             "oversized": self.oversized,
             "malformed_examples": list(self.malformed_examples),
+            "misaddressed": self.misaddressed,
+            "misaddressed_to": dict(self.misaddressed_to),
+            "misaddressed_examples": list(self.misaddressed_examples),
         }

@@ -12,9 +12,13 @@ installed, and ``results.md`` for a person.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
-import re
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,7 +56,8 @@ HEADERS = (
 
 
 def slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:120] or "scenario"
+    """A scenario's file and folder name in the report: its own, inside the report folder."""
+    return safefile.safe_name(name, 120)
 
 
 def _num(x: float | None, digits: int = 3) -> str:
@@ -142,6 +147,24 @@ def _attribution_lines(result: ScenarioResult) -> list[str]:
     return lines
 
 
+def line_warnings(result: ScenarioResult) -> list[str]:
+    """A line per tenant whose worker's stream carried records in another's name (dropped)."""
+    out = []
+    for name, tenant in result.tenants.items():
+        n = int(tenant.accounting.get("misaddressed", 0) or 0)
+        if not n:
+            continue
+        named = tenant.accounting.get("misaddressed_to") or {}
+        whom = ", ".join(f"{t!r} ({k})" for t, k in sorted(named.items()))
+        examples = tenant.accounting.get("misaddressed_examples") or []
+        out.append(
+            f"tenant {name!r}: {n} line(s) from its worker named another tenant, phase or "
+            f"round ({whom}) and were dropped, not counted as anyone's samples"
+            + (f"; e.g. {examples[0]}" if examples else "")
+        )
+    return out
+
+
 def render_table(results: Sequence[ScenarioResult], *, fmt: str = "simple") -> str:
     blocks = []
     for result in results:
@@ -152,7 +175,7 @@ def render_table(results: Sequence[ScenarioResult], *, fmt: str = "simple") -> s
         table = tabulate(_rows(result), headers=HEADERS, tablefmt=fmt)
         notes = list(_attribution_lines(result))
         notes += [f"  {n}" for n in _interval_notes(result)]
-        notes += [f"  warning: {w}" for w in result.warnings]
+        notes += [f"  warning: {w}" for w in [*result.warnings, *line_warnings(result)]]
         blocks.append("\n".join([head, table, *notes]))
     return "\n\n".join(blocks)
 
@@ -326,7 +349,7 @@ def scenario_dict(result: ScenarioResult) -> dict[str, Any]:
             for w in result.windows
         ],
         "tenants": {name: tenant_dict(t) for name, t in result.tenants.items()},
-        "warnings": result.warnings,
+        "warnings": [*result.warnings, *line_warnings(result)],
         "baseline_comparisons": result.comparisons,
         "baseline_saved": result.baseline_saved,
         "samples_csv": f"samples/{slug(result.name)}.csv",
@@ -341,6 +364,10 @@ def scenario_dict(result: ScenarioResult) -> dict[str, Any]:
 # -- files ---------------------------------------------------------------------------------
 
 
+# What a report folder holds that write_report owns: each is replaced (or removed) as a whole.
+REPORT_ENTRIES = ("results.md", "summary.json", "benchmark.json", "samples", "plots")
+
+
 def write_report(
     results: Sequence[ScenarioResult],
     directory: Path,
@@ -349,8 +376,79 @@ def write_report(
     plots: bool = True,
     matrices: Sequence[MatrixResult] = (),
 ) -> list[Path]:
-    """Write every artifact for ``results`` under ``directory``; return the paths written."""
+    """Write every artifact for ``results`` under ``directory``; return the paths written.
+
+    Everything is written into a fresh folder inside ``directory`` first and moved into place
+    only once all of it is written, replacing the previous report's entries
+    (:data:`REPORT_ENTRIES`) as wholes: a write that fails raises and leaves the previous report
+    as it was, never a mix of old and new files. Other files in ``directory`` are left alone.
+    """
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".kts-report-", dir=directory))
+    try:
+        written = _write_files(results, staging, command, plots, matrices)
+        _move_into_place(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [directory / p.relative_to(staging) for p in written]
+
+
+def _holds_a_report(directory: Path) -> bool:
+    """Whether ``directory``'s summary.json is one write_report wrote (its entries are ours)."""
+    path = directory / "summary.json"
+    if path.is_symlink():  # planted: never read through, and not ours
+        return False
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and "scenarios" in summary and "generated_at" in summary
+
+
+def _move_into_place(staging: Path, directory: Path) -> None:
+    """Swap the staged entries in for the old ones; put the old ones back if a rename fails."""
+    # A symlink at one of our names is replaced as itself (its target is never touched).
+    present = [
+        e for e in REPORT_ENTRIES if (directory / e).exists() and not (directory / e).is_symlink()
+    ]
+    if present and not _holds_a_report(directory):
+        # Someone's own samples/ or plots/: replacing them would delete what is not ours.
+        raise FileExistsError(
+            errno.EEXIST,
+            f"holds {', '.join(present)} but no pytest-kts report; choose an empty folder",
+            str(directory),
+        )
+    old = staging / ".previous"
+    old.mkdir()
+    moved_out: list[str] = []
+    moved_in: list[str] = []
+    try:
+        for entry in REPORT_ENTRIES:
+            if os.path.lexists(directory / entry):
+                os.rename(directory / entry, old / entry)
+                moved_out.append(entry)
+        for entry in REPORT_ENTRIES:
+            if os.path.lexists(staging / entry):
+                os.rename(staging / entry, directory / entry)
+                moved_in.append(entry)
+    except OSError:
+        for entry in moved_in:
+            with contextlib.suppress(OSError):
+                os.rename(directory / entry, staging / entry)
+        for entry in moved_out:
+            with contextlib.suppress(OSError):
+                os.rename(old / entry, directory / entry)
+        raise
+
+
+def _write_files(
+    results: Sequence[ScenarioResult],
+    directory: Path,
+    command: str | None,
+    plots: bool,
+    matrices: Sequence[MatrixResult],
+) -> list[Path]:
     (directory / "samples").mkdir(exist_ok=True)
     written: list[Path] = []
     figures: dict[str, list[Path]] = {}
@@ -485,6 +583,7 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
             t.accounting.get("samples", ""),
             t.accounting.get("malformed", 0),
             t.accounting.get("foreign", 0),
+            t.accounting.get("misaddressed", 0),
         ]
         for n, t in result.tenants.items()
     ]
@@ -501,6 +600,7 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
                 "samples",
                 "malformed lines",
                 "foreign lines",
+                "misaddressed lines",
             ],
             tablefmt="github",
         )
@@ -565,9 +665,9 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
             "",
         ]
     out += _markdown_attribution(result)
-    for w in result.warnings:
-        out.append(f"> warning: {w}")
-    if result.warnings:
+    warnings = [*result.warnings, *line_warnings(result)]
+    out += [f"> warning: {w}" for w in warnings]
+    if warnings:
         out.append("")
     for fig in figures:
         rel = fig.relative_to(root) if root is not None else fig

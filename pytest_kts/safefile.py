@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -57,6 +59,44 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
     """:func:`write_bytes` for text."""
     write_bytes(path, text.encode(encoding))
+
+
+_PLAIN = re.compile(r"[a-z0-9_-]+")
+
+
+def safe_name(text: str, max_len: int = 120, *, always_hash: bool = False) -> str:
+    """A file or folder name for ``text`` that stays in its folder and is ``text``'s alone.
+
+    Letters, digits, ``_``, ``.`` and ``-`` only, no leading dot (so never ``..``), at most
+    ``max_len`` characters before a ``-`` and a short hash of the whole text, which is added
+    wherever cleaning changed or cut the text (or always, with ``always_hash``): two texts
+    that clean alike (``a/b`` and ``a_b``, or names alike in their first ``max_len``
+    characters) never share a name, on a case-insensitive file system too.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.")[:max_len] or "scenario"
+    if not always_hash and len(text) <= max_len and _PLAIN.fullmatch(text):
+        return text
+    return f"{cleaned}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}"
+
+
+def check_writable(path: str | os.PathLike[str], *, folder: bool = True) -> None:
+    """Raise OSError (naming the path) when ``path`` cannot be written: a folder to create or
+    fill, or (``folder=False``) a file to write. Probes with a temp file in the nearest folder
+    that exists, which it removes: permission bits alone say nothing to root, nor of ``/proc``.
+    """
+    target = Path(path)
+    if folder and target.exists() and not target.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(target))
+    if not folder and target.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(target))
+    base = target if folder else target.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(base))
+    fd, probe = tempfile.mkstemp(prefix=".kts-probe-", dir=base)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def open_nofollow(path: str | os.PathLike[str], mode: int = 0o600) -> int:
@@ -104,9 +144,11 @@ def private_dir(path: str | os.PathLike[str]) -> Path:
 
 __all__ = [
     "UnsafePathError",
+    "check_writable",
     "open_nofollow",
     "private_dir",
     "replacing",
+    "safe_name",
     "write_bytes",
     "write_text",
 ]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pytest_kts import protocol
 from pytest_kts.protocol import Sample
 
 CLOCKS = ("host", "device")
@@ -143,24 +144,44 @@ def to_csv(tenants: Iterable[TenantSamples]) -> str:
     return out.getvalue()
 
 
+def sample_from_row(fields: Sequence[str | None]) -> Sample:
+    """One row of a samples CSV (in :data:`CSV_COLUMNS` order) as a Sample, checked as the
+    protocol checks its lines; a ValueError says what is wrong (``ClockWentBackwards`` when the
+    end is before the start)."""
+    if len(fields) != len(CSV_COLUMNS) or any(f is None for f in fields):
+        raise ValueError(
+            f"{sum(f is not None for f in fields)} fields, expected {len(CSV_COLUMNS)}"
+        )
+    tenant, phase, rnd, i, start, end, host, device = (str(f) for f in fields)
+    start_ns, end_ns = protocol._int(start, "start_ns"), protocol._int(end, "end_ns")
+    if end_ns < start_ns:
+        raise protocol.ClockWentBackwards("end_ns is before start_ns")
+    return Sample(
+        tenant=protocol.check_tenant_name(tenant),
+        phase=protocol._phase(phase),
+        round=protocol._int(rnd, "round"),
+        iteration=protocol._int(i, "iteration"),
+        start_ns=start_ns,
+        end_ns=end_ns,
+        host_ms=protocol._ms(host, "host_ms", optional=True),
+        device_ms=protocol._ms(device, "device_ms", optional=True),
+    )
+
+
 def from_csv(text: str) -> dict[str, TenantSamples]:
+    """Per-tenant arrays from a samples CSV; a bad row is a ValueError naming its line."""
     reader = csv.DictReader(io.StringIO(text))
     missing = set(CSV_COLUMNS) - set(reader.fieldnames or ())
     if missing:
         raise ValueError(f"samples CSV lacks columns {sorted(missing)}")
-    records = [
-        Sample(
-            tenant=row["tenant"],
-            phase=row["phase"],
-            round=int(row["round"]),
-            iteration=int(row["iteration"]),
-            start_ns=int(row["start_ns"]),
-            end_ns=int(row["end_ns"]),
-            host_ms=float(row["host_ms"]) if row["host_ms"] else math.nan,
-            device_ms=float(row["device_ms"]) if row["device_ms"] else math.nan,
-        )
-        for row in reader
-    ]
+    records = []
+    for row in reader:
+        try:
+            if None in row:  # more fields than the header
+                raise ValueError(f"more than {len(CSV_COLUMNS)} fields")
+            records.append(sample_from_row([row.get(c) for c in CSV_COLUMNS]))
+        except ValueError as exc:
+            raise ValueError(f"samples CSV line {reader.line_num}: {exc}") from None
     return group(records)
 
 

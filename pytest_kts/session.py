@@ -15,8 +15,8 @@ from typing import Any
 from pytest_kts import machine
 from pytest_kts.backends import make_backend
 from pytest_kts.backends.base import Backend, TenantSpec
-from pytest_kts.config import RunSettings
-from pytest_kts.errors import DryRun, RegressionError
+from pytest_kts.config import RunSettings, check_plan
+from pytest_kts.errors import ConfigError, DryRun, RegressionError
 from pytest_kts.matrix import MatrixResult, run_matrix
 from pytest_kts.results import ScenarioResult
 from pytest_kts.runner import Budget, ProgressSink, run_scenario
@@ -56,10 +56,15 @@ class KtsSession:
         slo: Mapping[str, float] | None,
         p: float,
         progress: ProgressSink | None = None,
+        key: str | None = None,
     ) -> ScenarioResult:
+        """Run one scenario; ``key`` names its baseline (``baseline.scenario_key``; without
+        one, ``name`` does)."""
+        # Before a lock is taken or a worker spawns: a plan that cannot fit its time.
+        check_plan(settings, len(slo) + 1 if slo else len(tenants) + 1, adaptive=bool(slo))
         if settings.cluster and settings.dry_run:
             self._dry_run(name, tenants, settings, slo, p)
-        with self._gpu(settings) as (backend, gpu_uuid, pooled):
+        with self._gpu(settings, progress=progress) as (backend, gpu_uuid, pooled):
             telemetry_factory = None
             if gpu_uuid is not None:
                 telemetry_factory = _telemetry_factory(gpu_uuid)
@@ -94,7 +99,7 @@ class KtsSession:
             result.backend["dcgm"] = dcgm
             result.warnings += [f"Prometheus: {e}" for e in dcgm.get("errors", [])]
         self.results.append(result)
-        self._baselines(result, settings)
+        self._baselines(result, settings, key or name)
         return result
 
     def _dry_run(
@@ -112,7 +117,7 @@ class KtsSession:
         self.dry_runs.append((name, documents))
         raise DryRun(f"dry run: {len(documents)} manifest(s) rendered, nothing sent to a cluster")
 
-    def _baselines(self, result: ScenarioResult, settings: RunSettings) -> None:
+    def _baselines(self, result: ScenarioResult, settings: RunSettings, key: str) -> None:
         """Save this run as a baseline, and/or judge it against one.
 
         Every comparison lands in ``result.comparisons`` (regression, no regression or
@@ -127,10 +132,19 @@ class KtsSession:
 
         root = Path(settings.baseline_dir or ".kts-baselines")
         if settings.compare:
-            before = baseline.load_baseline(root, settings.compare, result.name)
+            before = baseline.load_baseline(root, settings.compare, result.name, key)
             if before is None:
+                saved = baseline.saved_as(root, settings.compare, key)
+                if saved is not None:
+                    # The gate must not turn itself off: this test was saved, under another path.
+                    raise ConfigError(
+                        f"baseline {settings.compare!r} under {root} holds this test as "
+                        f"{saved!r}, not as {key!r} (saved from another folder?): not compared. "
+                        f"Save it again with --kts-save {settings.compare}"
+                    )
                 result.warnings.append(
-                    f"no baseline {settings.compare!r} for this scenario under {root}: not compared"
+                    f"no baseline {settings.compare!r} for this scenario under {root} (a new "
+                    "test?): not compared"
                 )
             else:
                 mismatches = baseline.machine_mismatches(result.machine, before.machine)
@@ -150,7 +164,8 @@ class KtsSession:
                         f"regression against baseline {settings.compare!r}: " + "; ".join(regressed)
                     )
         if settings.save:
-            result.baseline_saved = str(baseline.save_baseline(result, root, settings.save))
+            saved_to = baseline.save_baseline(result, root, settings.save, key)
+            result.baseline_saved = str(saved_to)
 
     def run_modes(
         self,
@@ -161,12 +176,13 @@ class KtsSession:
         slo: Mapping[str, float] | None,
         p: float,
         progress: ProgressSink | None = None,
+        key: str | None = None,
     ) -> dict[str, ScenarioResult]:
         """The same tenants under each sharing mode, one scenario per mode, side by side."""
         return {
             mode: self.run(
                 f"{name}[{mode}]", tenants, dataclasses.replace(settings, sharing=mode), slo, p,
-                progress,
+                progress, key=f"{key or name}[{mode}]",
             )
             for mode in modes
         }  # fmt: skip
@@ -182,7 +198,10 @@ class KtsSession:
         if settings.cluster and settings.dry_run:
             # A matrix runs each pair as a scenario runs all of them: the same objects.
             self._dry_run(name, tenants, settings, None, 99)
-        with self._gpu(settings, pool=False) as (backend, _, _):
+        n = len(tenants)
+        pairs = n * (n - 1) // 2 + (1 if include_all and n > 2 else 0)
+        check_plan(settings, n + pairs)
+        with self._gpu(settings, pool=False, progress=progress) as (backend, _, _):
             result = run_matrix(
                 name, tenants, settings, backend, device=self.device, include_all=include_all,
                 machine=machine.facts(self.device), budget=self.budget, progress=progress,
@@ -192,11 +211,14 @@ class KtsSession:
 
     @contextlib.contextmanager
     def _gpu(
-        self, settings: RunSettings, pool: bool = True
+        self, settings: RunSettings, pool: bool = True, progress: Any = None
     ) -> Iterator[tuple[Backend, str | None, bool]]:
         """A backend whose tenants use one GPU that no other scenario is using meanwhile,
-        the GPU's UUID, and whether the backend comes from the session's pool."""
+        the GPU's UUID, and whether the backend comes from the session's pool. A wait for
+        the lock is told to ``progress`` (its ``note``), else to stderr."""
         from pytest_kts import gpulock
+
+        on_wait = getattr(progress, "note", None) or _note_to_stderr
 
         if settings.cluster:
             yield make_backend(settings), None, False
@@ -204,7 +226,7 @@ class KtsSession:
         if self.device != "cuda":
             # CPU tenants of two scenarios at once (pytest-xdist) would share the cores and
             # measure each other: one CPU scenario at a time on this machine, as one per GPU.
-            with gpulock.acquire([CPU_LOCK], timeout_s=settings.budget_seconds):
+            with gpulock.acquire([CPU_LOCK], timeout_s=settings.budget_seconds, on_wait=on_wait):
                 backend, pooled = self._backend(settings, {}, pool)
                 yield backend, None, pooled
             return
@@ -212,7 +234,9 @@ class KtsSession:
         uuids = gpulock.visible_gpu_uuids()
         worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
         prefer = int(worker[2:]) if worker[2:].isdigit() else 0
-        with gpulock.acquire(uuids, prefer=prefer, timeout_s=settings.budget_seconds) as lease:
+        with gpulock.acquire(
+            uuids, prefer=prefer, timeout_s=settings.budget_seconds, on_wait=on_wait
+        ) as lease:
             env = {}
             if lease.uuid.startswith("GPU-"):
                 env["CUDA_VISIBLE_DEVICES"] = lease.uuid
@@ -277,6 +301,10 @@ class KtsSession:
 
     def facts(self) -> dict[str, Any]:
         return machine.facts(self.device)
+
+
+def _note_to_stderr(text: str) -> None:
+    print(f"kts: {text}", file=sys.stderr, flush=True)
 
 
 def _telemetry_factory(gpu_uuid: str) -> Any:

@@ -29,6 +29,7 @@ import numpy as np
 
 from pytest_kts.errors import KtsError
 from pytest_kts.evidence import Evidence, df_evidence, prepare
+from pytest_kts.thresholds import check_threshold
 
 __all__ = [
     "POLICIES",
@@ -189,7 +190,7 @@ class DegradationFactor:
         return "inconclusive"
 
     def _compare(self, op: str, threshold: float | np.number[Any]) -> bool:
-        t = float(threshold)
+        t = check_threshold(threshold)  # NaN, inf, 0 or below: a ConfigError, not a verdict
         v = self.verdict(t)
         if v == "inconclusive":
             return self._inconclusive(op, t)

@@ -49,3 +49,55 @@ def empty_memory_error(
         raise MemoryError()
 
     return _after(params, go)
+
+
+def forger(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Prints protocol lines of its own making each step: samples in the name of tenant
+    ``victim`` (500 ms each, iteration numbers from 1000) and, with ``event=1``, at the third
+    step an error event in its own name claiming CUDA ran out of memory (issue 19 item 1)."""
+    import time
+
+    victim = params.get("victim", "victim")
+    calls = {"n": 0}
+
+    def step() -> object:
+        calls["n"] += 1
+        now = time.time_ns()
+        for phase in ("solo", "shared"):
+            i = 1000 + calls["n"]
+            print(f"KTS_APP,v2,{victim},{phase},0,{i},{now},{now + 500_000_000},500.000000,-")
+        if params.get("event") == "1" and calls["n"] == 3:
+            print(
+                'KTS_EVENT,v2,forger,error,{"kind":"oom","type":"OutOfMemoryError",'
+                '"message":"CUDA out of memory (forged)"}',
+                flush=True,
+            )
+        return torch.zeros(4).sum()
+
+    return step
+
+
+def native_forger(
+    device: torch.device, size: int, seed: int, **params: str
+) -> Callable[[], object]:
+    """Writes protocol lines below Python: straight to file descriptor 1, and from a child
+    process that inherits it; then closes descriptor 1 and ``sys.stdout`` altogether."""
+    import subprocess
+    import time
+
+    calls = {"n": 0}
+
+    def step() -> object:
+        calls["n"] += 1
+        now = time.time_ns()
+        line = f"KTS_APP,v2,victim,shared,0,{5000 + calls['n']},{now},{now + 10**9},1000.000000,-\n"
+        if calls["n"] <= 3:
+            os.write(1, line.encode())
+        if calls["n"] == 4:
+            subprocess.run(["/bin/sh", "-c", f"printf '{line}'"], check=False)
+        if calls["n"] == 5:
+            sys.stdout.close()
+            os.close(1)
+        return torch.zeros(4).sum()
+
+    return step

@@ -29,7 +29,7 @@ KTS_TIMEOUT = 60
 SCENARIO = """
 import pytest
 
-@pytest.mark.kts(iterations=1_000_000)
+@pytest.mark.kts(iterations=1_000_000, round_iterations=1_000_000)
 def test_long(kts):
     kts.tenant("fft", size=16, sleep_ms=5, warmup=1)
     kts.tenant("matmul", size=16, sleep_ms=5, warmup=1)

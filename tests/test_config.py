@@ -32,8 +32,8 @@ def test_unset_flag_does_not_hide_the_environment() -> None:
     ("name", "raw", "message"),
     [
         ("device", "tpu", "must be one of auto, cuda, cpu"),
-        ("iterations", "0", "positive"),
-        ("iterations", "many", "invalid literal"),
+        ("iterations", "0", "from 1 to 1000000"),
+        ("iterations", "many", "from 1 to 1000000"),
         ("confidence", "1.0", r"\[0.5, 1\)"),
         ("inconclusive", "shrug", "warn, fail, skip, error"),
     ],

@@ -52,6 +52,7 @@ class FakeSession:
         slo: Mapping[str, float] | None,
         p: float,
         progress: Any = None,
+        key: str | None = None,
     ) -> ScenarioResult:
         self.calls.append("run")
         return make_result(name, tenants, settings.inconclusive, self.n)

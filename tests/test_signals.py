@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LONG_SCENARIO = """
 import pytest
 
-@pytest.mark.kts(iterations=1_000_000, timeout=600)
+@pytest.mark.kts(iterations=1_000_000, round_iterations=1_000_000, timeout=600)
 def test_long(kts):
     kts.tenant("fft", size=16, sleep_ms=5, warmup=1)
     kts.tenant("matmul", size=16, sleep_ms=5, warmup=1)

@@ -101,7 +101,7 @@ def test_solo_runs_only_its_tenant_and_shared_runs_all_together() -> None:
     assert metas["fast"]["switch_interval_ms"] == pytest.approx(1.0)
 
 
-def test_lines_stay_whole_under_load_and_stray_prints_are_attributed() -> None:
+def test_lines_stay_whole_under_load_and_stray_prints_go_tagged_to_stderr() -> None:
     tenants = [
         spec("f1", sleep_ms=0.0),
         spec("f2", sleep_ms=0.0),
@@ -114,15 +114,14 @@ def test_lines_stay_whole_under_load_and_stray_prints_are_attributed() -> None:
         plan = PhasePlan("shared", 0, {"f1": 3000, "f2": 3000, "c1": 1500, "c2": 1500})
         out = backend.run_phase(plan, timeout_s=60)
         unrouted = backend.unrouted
+        tail = backend._workers["c1"].stderr_tail().splitlines()
     for name, reader in out.readers.items():
         assert reader.malformed == 0, (name, reader.malformed_examples)
+        # No print reaches the protocol stream: only the harness writes it.
+        assert reader.foreign == reader.misaddressed == 0
         assert len(reader.samples) >= plan.iterations[name]
-    for name in ("c1", "c2"):
-        reader = out.readers[name]
-        # Each print came back as one whole line, tagged with the tenant that printed it.
-        assert reader.foreign == len(reader.samples)
-        assert set(reader.foreign_examples) == {f"[{name}] {CHATTY_LINE}"}
-    assert out.readers["f1"].foreign == out.readers["f2"].foreign == 0
+    # Each print came out on stderr as one whole line, tagged with the tenant that printed it.
+    assert tail and set(tail) <= {f"[c1] {CHATTY_LINE}", f"[c2] {CHATTY_LINE}"}
     assert unrouted.lines == 0
 
 

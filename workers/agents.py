@@ -16,11 +16,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .workloads import DECODE_PARAMS, EMBED_PARAMS, PREFILL_PARAMS
+from .workloads import DECODE_PARAMS, EMBED_PARAMS, PARAM_PARSERS, PREFILL_PARAMS, parse_dtype_name
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 _ROPE_THETA = 10_000.0
 _NORM_EPS = 1e-5
 
@@ -28,44 +26,11 @@ _NORM_EPS = 1e-5
 # --- params (they arrive as strings from --param key=value) -----------------------------------
 
 
-def _positive_int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"expected a positive integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"expected a positive integer, got {raw!r}")
-    return value
-
-
-def _flag(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"expected one of 1/0/true/false/yes/no/on/off, got {raw!r}")
-
-
 def _dtype(raw: str) -> torch.dtype:
-    try:
-        return _DTYPES[raw.lower()]
-    except KeyError:
-        raise ValueError(f"expected one of {', '.join(_DTYPES)}, got {raw!r}") from None
+    return _DTYPES[parse_dtype_name(raw)]
 
 
-_PARSERS: dict[str, Callable[[str], Any]] = {
-    "layers": _positive_int,
-    "heads": _positive_int,
-    "kv_heads": _positive_int,
-    "ffn": _positive_int,
-    "vocab": _positive_int,
-    "max_seq": _positive_int,
-    "batch": _positive_int,
-    "seq": _positive_int,
-    "dtype": _dtype,
-    "graph": _flag,
-}
+_PARSERS: dict[str, Callable[[str], Any]] = {**PARAM_PARSERS, "dtype": _dtype}
 
 
 def _parse(workload: str, params: Mapping[str, object], allowed: tuple[str, ...]) -> dict[str, Any]:

@@ -154,13 +154,15 @@ def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> i
         machine_facts,
         run_phase,
     )
+    from .process import cpu_threads, protocol_stream
 
     try:
         check_tenant_name(args.tenant)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
-    emit = Emitter(sys.stdout, args.tenant)
+    # Before any workload code: its prints go to stderr, never among the protocol lines.
+    emit = Emitter(protocol_stream(), args.tenant)
     if args.serve:
         _die_with_parent()
     try:
@@ -169,7 +171,7 @@ def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> i
         device = _select_device(args.device)
         if device == "cpu":
             # Co-tenants share few cores: one thread each unless told otherwise.
-            torch.set_num_threads(int(_env("KTS_CPU_THREADS", "1") or 1))
+            torch.set_num_threads(cpu_threads())
         from .workloads import resolve
 
         factory = resolve(args.workload)

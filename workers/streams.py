@@ -23,9 +23,10 @@ tenant); ``{"cmd": "exit"}`` (the process).
 
 Output: the usual protocol lines, each tenant under its own name (``KTS_META`` with
 ``"sharing": "streams"`` and ``"streams": true|false``, ``KTS_EVENT ready``, ``KTS_APP,v2``).
-Every write to stdout goes through one lock in whole lines; a tenant's own stray ``print``
-comes out as whole lines prefixed ``[tenant] `` so that the backend can tell whose it is (the
-protocol reader ignores a prefix before ``KTS_``). On the CPU the mode runs as plain threads,
+Protocol lines have the process's standard output to themselves, written through one lock in
+whole lines (``workers.process.protocol_stream``); a tenant's own ``print`` goes to stderr as
+whole lines prefixed ``[tenant] ``, so the stderr shown with an error says whose it is and no
+workload can write a line in another tenant's name. On the CPU the mode runs as plain threads,
 without streams, so that CI can exercise it. The threads share one GIL, so host latency here
 includes waits for another tenant's Python (``--switch-interval-ms`` sets how long a busy thread
 may keep it; see docs/sharing-modes.md).
@@ -53,6 +54,7 @@ from typing import IO, Any
 from pytest_kts.constants import DEVICES, STREAMS_WORKER_MODULE
 
 from .harness import Emitter, PhaseControl
+from .process import cpu_threads, protocol_stream
 from .run import (
     EXIT_NO_DEVICE,
     EXIT_OOM,
@@ -189,9 +191,9 @@ class SharedOutput:
 class RoutedStdout(io.TextIOBase):
     """Stands in for ``sys.stdout``: a thread's stray output becomes whole, tagged lines.
 
-    Text is held per thread until its newline, then written under the shared lock with the
-    writing tenant's ``[name] `` prefix (none for the main thread), so a workload's warning can
-    never land in the middle of a protocol line and the backend knows whose it is.
+    Text is held per thread until its newline, then written to stderr under one lock with the
+    writing tenant's ``[name] `` prefix (none for the main thread), so two tenants' prints never
+    splice and the stderr shown with an error says whose a line is.
     """
 
     def __init__(self, out: SharedOutput) -> None:
@@ -405,8 +407,9 @@ def _read_commands() -> Callable[[], dict[str, Any] | None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out = SharedOutput(sys.stdout)
-    routed = RoutedStdout(out)
+    # Protocol lines on their own descriptor; a tenant's prints go, tagged, to stderr.
+    out = SharedOutput(protocol_stream())
+    routed = RoutedStdout(SharedOutput(sys.stderr))
     _die_with_parent()
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000.0)
@@ -424,7 +427,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_NO_DEVICE
     if device == "cpu":
         # Co-tenants share few cores: one intra-op thread, each op on its tenant's thread.
-        torch.set_num_threads(int(_env("KTS_CPU_THREADS", "1") or 1))
+        try:
+            threads = cpu_threads()
+        except ValueError as exc:
+            for t in args.tenants:  # each tenant's reader learns why
+                SharedLockEmitter(out, t.name).event(
+                    "error", {"kind": "config", "message": f"{exc}"}
+                )
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        torch.set_num_threads(threads)
     sys.stdout = routed
     proc = _Process(out, routed, device)
     for a in args.tenants:

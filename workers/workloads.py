@@ -47,6 +47,46 @@ BUILTIN_PARAMS: dict[str, tuple[str, ...]] = {
     "embed": EMBED_PARAMS,
 }
 
+# Param values arrive as strings. These parse the built-ins' own (torch-free, so check() can
+# refuse a bad value before anything spawns; the agents module parses with the same functions).
+MAX_PARAM_INT = 1 << 20
+FLAG_VALUES = {"1": True, "true": True, "yes": True, "on": True}
+FLAG_VALUES |= {"0": False, "false": False, "no": False, "off": False}
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
+
+
+def parse_positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_PARAM_INT:
+        raise ValueError(f"expected an integer from 1 to {MAX_PARAM_INT}, got {raw!r}")
+    return value
+
+
+def parse_flag(raw: str) -> bool:
+    try:
+        return FLAG_VALUES[raw.lower()]
+    except KeyError:
+        raise ValueError(f"expected one of {'/'.join(FLAG_VALUES)}, got {raw!r}") from None
+
+
+def parse_dtype_name(raw: str) -> str:
+    if raw.lower() not in DTYPE_NAMES:
+        raise ValueError(f"expected one of {', '.join(DTYPE_NAMES)}, got {raw!r}")
+    return raw.lower()
+
+
+PARAM_PARSERS: dict[str, Callable[[str], object]] = {
+    **dict.fromkeys(
+        ("layers", "heads", "kv_heads", "ffn", "vocab", "max_seq", "batch", "seq"),
+        parse_positive_int,
+    ),
+    "dtype": parse_dtype_name,
+    "graph": parse_flag,
+}
+
 # The original study's closed-loop sleeps, used when a worker is started without --sleep-ms.
 DEFAULT_SLEEP_MS: dict[str, float] = {"fft": 100.0, "matmul": 150.0, "gemm": 150.0}
 
@@ -117,11 +157,18 @@ def check(
     if workload in BUILTIN_PARAMS:
         allowed = BUILTIN_PARAMS[workload]
         unknown = sorted(set(params) - set(allowed))
+        listed = ", ".join(allowed) if allowed else "none"
         if unknown:
-            listed = ", ".join(allowed) if allowed else "none"
             raise ValueError(
                 f"workload {workload!r}: unknown param {unknown[0]!r}; allowed params: {listed}"
             )
+        for key, raw in params.items():
+            try:
+                PARAM_PARSERS[key](str(raw).strip())
+            except ValueError as exc:
+                raise ValueError(
+                    f"workload {workload!r}: param {key!r}: {exc} (allowed params: {listed})"
+                ) from None
         return
     module_name, sep, attr = workload.partition(":")
     if not sep or not module_name or not attr:

@@ -10,11 +10,42 @@ from __future__ import annotations
 import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from types import TracebackType
 from typing import Any, ClassVar
 
 from pytest_kts.constants import ARRIVALS
 from pytest_kts.protocol import LineReader, check_tenant_name
+
+# Bounds that keep a tenant meaningful; beyond them a worker would die or measure nothing.
+MAX_SIZE = 2**31 - 1  # torch's int32 shapes
+MAX_SLEEP_MS = 60_000.0  # a minute between iterations: a p99 needs hundreds of them
+MIN_RATE_HZ, MAX_RATE_HZ = 1 / 60, 100_000.0  # the same minute, and 10 us apart
+MAX_WARMUP = 100_000
+MAX_SEED = 2**63 - 1
+MAX_PRIORITY = 2**31 - 1
+
+
+def _integer(tenant: str, what: str, value: object, lo: int, hi: int) -> int:
+    number = int(value) if isinstance(value, Integral) and not isinstance(value, bool) else None
+    if number is None or not lo <= number <= hi:
+        raise ValueError(
+            f"tenant {tenant!r}: {what} must be an integer from {lo} to {hi}, got {value!r}"
+        )
+    return number
+
+
+def _number(tenant: str, what: str, value: object, lo: float, hi: float) -> float:
+    number: float | int | None = None
+    if isinstance(value, Integral) and not isinstance(value, bool):
+        number = int(value)  # compared as an int: one too large for a float is just too large
+    elif isinstance(value, Real):
+        number = float(value)
+    if number is None or not lo <= number <= hi:  # NaN fails the comparison
+        raise ValueError(
+            f"tenant {tenant!r}: {what} must be a number from {lo:g} to {hi:g}, got {value!r}"
+        )
+    return float(number)
 
 
 @dataclass(frozen=True)
@@ -42,16 +73,27 @@ class TenantSpec:
 
     def __post_init__(self) -> None:
         check_tenant_name(self.name)
-        if self.size <= 0:
-            raise ValueError(f"tenant {self.name}: size must be positive, got {self.size}")
-        if self.sleep_ms < 0:
-            raise ValueError(f"tenant {self.name}: sleep_ms must be >= 0, got {self.sleep_ms}")
-        if self.warmup < 0:
-            raise ValueError(f"tenant {self.name}: warmup must be >= 0, got {self.warmup}")
+        object.__setattr__(self, "size", _integer(self.name, "size", self.size, 1, MAX_SIZE))
+        sleep_ms = _number(self.name, "sleep_ms", self.sleep_ms, 0.0, MAX_SLEEP_MS)
+        object.__setattr__(self, "sleep_ms", sleep_ms)
+        _integer(self.name, "warmup", self.warmup, 0, MAX_WARMUP)
+        _integer(self.name, "seed", self.seed, 0, MAX_SEED)
+        _integer(self.name, "priority", self.priority, -MAX_PRIORITY, MAX_PRIORITY)
         if self.arrival not in ARRIVALS:
-            raise ValueError(f"tenant {self.name}: arrival must be one of {ARRIVALS}")
-        if self.arrival != "closed" and not (self.rate_hz and self.rate_hz > 0):
-            raise ValueError(f"tenant {self.name}: an open-loop arrival needs rate_hz > 0")
+            raise ValueError(f"tenant {self.name!r}: arrival must be one of {ARRIVALS}")
+        if self.rate_hz is not None:
+            rate = _number(self.name, "rate_hz", self.rate_hz, MIN_RATE_HZ, MAX_RATE_HZ)
+            object.__setattr__(self, "rate_hz", rate)
+        if self.arrival != "closed" and self.rate_hz is None:
+            raise ValueError(f"tenant {self.name!r}: an open-loop arrival needs rate_hz > 0")
+        for key, value in self.params.items():
+            if not isinstance(key, str) or not key or "=" in key or "\0" in f"{key}{value}":
+                raise ValueError(f"tenant {self.name!r}: param {key!r} is not a usable name")
+        for key, value in self.env.items():
+            if not (isinstance(key, str) and isinstance(value, str)) or "=" in key or not key:
+                raise ValueError(
+                    f"tenant {self.name!r}: env must map names to strings, got {key!r}: {value!r}"
+                )
 
     def worker_argv(self, device: str) -> list[str]:
         """Arguments after ``python -m pytest_kts.workers.run``; the same for a local process and

@@ -217,7 +217,8 @@ class LocalBackend(Backend):
 
     def _await_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout_s
-        reader = LineReader()
+        # One reader per worker, bound to it: no line sets another tenant's facts or errors.
+        readers: dict[str, LineReader] = {}
         while not all(w.ready for w in self._workers.values()):
             got = self._next_line(deadline, "to start (import, CUDA init, build, warmup)")
             assert got is not None  # not quiet: a timeout raises
@@ -227,7 +228,7 @@ class LocalBackend(Backend):
                 continue  # a line from a worker that was just retired
             if item is _EOF:
                 self._fail_exited(worker, "exited while starting")
-            record = reader.feed(str(item))
+            record = readers.setdefault(tenant, LineReader.bound(tenant)).feed(str(item))
             if isinstance(record, Meta):
                 worker.meta.update(record.facts)
             elif isinstance(record, Event):
@@ -279,7 +280,9 @@ class LocalBackend(Backend):
         unknown = set(plan.tenants) - set(self._workers)
         if unknown:
             raise ValueError(f"phase names tenants that were not started: {sorted(unknown)}")
-        readers = {t: LineReader() for t in plan.tenants}
+        # Bound to the worker each stream comes from: a line naming another tenant (or phase,
+        # or round) is counted as misaddressed and joins no one's samples.
+        readers = {t: LineReader.bound(t, plan.phase, plan.round) for t in plan.tenants}
         ended: set[str] = set()
         reached: set[str] = set()
         measured = set(plan.measured)
@@ -306,7 +309,7 @@ class LocalBackend(Backend):
         # The share counts from now, barrier included: it is what the phase may cost in wall time.
         cut_at = None if plan.max_seconds is None else now + plan.max_seconds
         stopped = cut = False
-        what = f"to finish its {plan.phase} phase (round {plan.round}) within {timeout_s:.0f} s"
+        what = f"to finish its {plan.phase} phase (round {plan.round}) within {timeout_s:g} s"
         while len(ended) < len(plan.tenants):
             if not stopped and cut_at is not None and time.monotonic() >= cut_at:
                 # The phase's time share is spent: stop everyone, keep what was measured.

@@ -7,7 +7,9 @@ context, which is why this mode exists (see docs/sharing-modes.md).
 
 It is :class:`LocalBackend` with one process instead of one per tenant: every tenant's
 ``_Worker`` shares that process, commands carry a ``"tenant"`` key, and one reader thread routes
-each output line to its tenant by the name the line carries. Phases, the barrier, keep-running
+each output line to its tenant by the name the line carries. Only the worker's harness writes
+that stream (a tenant's own prints go to its stderr, ``pytest_kts.workers.process``), and a line
+naming a tenant the process does not hold is counted as unrouted. Phases, the barrier, keep-running
 in shared phases, errors and cleanup are LocalBackend's own code (``close`` sends each tenant's
 "exit" to the one process: the first ends it, the rest meet a closed pipe).
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import tempfile
 import threading
@@ -30,8 +31,6 @@ from pytest_kts.constants import STREAMS_WORKER_MODULE
 from pytest_kts.errors import ConfigError
 from pytest_kts.protocol import LineReader
 
-# workers.streams tags a tenant's stray print as "[name] text".
-_TAGGED = re.compile(r"^\[([A-Za-z0-9][A-Za-z0-9_.-]{0,62})\] ")
 _OURS = "KTS_"
 
 
@@ -169,9 +168,6 @@ class StreamsBackend(LocalBackend):
 
     # -- output --------------------------------------------------------------------------
     def _tenant_of(self, line: str) -> str | None:
-        tagged = _TAGGED.match(line)
-        if tagged and tagged.group(1) in self._workers:
-            return tagged.group(1)
         at = line.find(_OURS)
         if at < 0:
             return None

@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A worker that crashed: its message carries the stderr tail, which is worth the lines.
         print(f"kts {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # a file that cannot be read or written: the input's fault
+        print(f"kts {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except signals.Terminated as exc:
         print(f"kts {args.command}: {exc}", file=sys.stderr)
         return 143  # 128 + SIGTERM, as a shell reports it

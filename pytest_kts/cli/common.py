@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
+
+from pytest_kts.errors import ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -24,17 +25,26 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_slo(items: Sequence[str]) -> dict[str, float]:
+    from pytest_kts.thresholds import check_threshold
+
     slo = {}
     for item in items:
         tenant, sep, value = item.partition("=")
-        try:
-            threshold = float(value)
-        except ValueError:
-            threshold = math.nan
-        if not sep or not tenant or not threshold > 0:
+        if not sep or not tenant:
             raise UsageError(f"--slo {item!r}: expected TENANT=THRESHOLD, e.g. fft=1.3")
-        slo[tenant] = threshold
+        try:
+            slo[tenant] = check_threshold(_float(value), f"--slo {item!r}: threshold")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
     return slo
+
+
+def _float(text: str) -> float | str:
+    """The number ``text`` spells, or ``text`` itself for the checks to refuse."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def tenant_named(result: Any, name: str) -> str:
@@ -61,32 +71,66 @@ def finish(results: Any, args: argparse.Namespace, out: IO[str], command: str) -
             file=out,
         )
     if args.out:
-        written = write_report(results, Path(args.out), command=command)
+        try:
+            written = write_report(results, Path(args.out), command=command)
+        except OSError as exc:
+            raise UsageError(
+                f"{_out_option(args)} {args.out}: the report could not be written ({exc}); the "
+                "previous report there is unchanged"
+            ) from None
         print(f"report: {len(written)} file(s) written to {args.out}", file=out)
     if args.benchmark_json:
         from pytest_kts import safefile
         from pytest_kts.baseline import github_benchmark_json
 
         entries = github_benchmark_json(results)
-        safefile.write_text(args.benchmark_json, json.dumps(entries, indent=2) + "\n")
+        try:
+            safefile.write_text(args.benchmark_json, json.dumps(entries, indent=2) + "\n")
+        except OSError as exc:
+            raise UsageError(
+                f"--benchmark-json {args.benchmark_json}: not written ({exc})"
+            ) from None
         print(f"github-action-benchmark JSON: {args.benchmark_json}", file=out)
     failed = any(c["verdict"] == "fail" for c in checks)
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def positive(kind: type[int] | type[float]) -> Any:
-    """An argparse type: a positive int or float; anything else is a usage error (exit 2)."""
+def _out_option(args: argparse.Namespace) -> str:
+    return "--report" if getattr(args, "command", None) == "run" else "--out"
 
-    def parse(text: str) -> int | float:
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before anything runs or is read: the report folder and the JSON file can be written."""
+    from pytest_kts import safefile
+
+    for option, path, folder in (
+        (_out_option(args), getattr(args, "out", None), True),
+        ("--benchmark-json", getattr(args, "benchmark_json", None), False),
+    ):
+        if not path:
+            continue
         try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-        if not value > 0 or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-        return value
+            safefile.check_writable(path, folder=folder)
+        except OSError as exc:
+            raise UsageError(
+                f"{option} {path}: cannot write there ({exc.strerror or exc})"
+            ) from None
 
-    parse.__name__ = kind.__name__
+
+def setting(name: str) -> Any:
+    """An argparse type that parses like the plugin's option ``name`` (the same bounds);
+    anything else is a usage error (exit 2)."""
+    from pytest_kts.config import OPTIONS_BY_NAME
+
+    option = OPTIONS_BY_NAME[name]
+
+    def parse(text: str) -> Any:
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}, got {text!r}") from None
+
+    parse.__name__ = name
     return parse
 
 
@@ -101,9 +145,12 @@ def confidence_arg(text: str) -> float:
 
 
 def percentile_arg(text: str) -> float:
-    value = float(text)
-    if not 0 < value < 100:
-        raise argparse.ArgumentTypeError(f"percentile must be in (0, 100), got {text}")
+    from pytest_kts.thresholds import check_percentile
+
+    try:
+        value = check_percentile(_float(text), "--p")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     # 99, not 99.0: the same DF and interval as the table, which asks for p=99.
     return int(value) if value.is_integer() else value
 

@@ -7,7 +7,6 @@ import dataclasses
 import fnmatch
 import gzip
 import io
-import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -19,8 +18,8 @@ import numpy as np
 from pytest_kts import protocol
 from pytest_kts.backends.base import TenantSpec
 from pytest_kts.cli.common import UsageError
-from pytest_kts.protocol import LineReader, check_tenant_name
-from pytest_kts.samples import PHASE_CODES, SampleColumns, group_columns
+from pytest_kts.protocol import LineReader
+from pytest_kts.samples import PHASE_CODES, SampleColumns, group_columns, sample_from_row
 
 LOG_PATTERNS = ("*.log", "*.log.gz", "*.txt", "*.out", "*.csv", "*.csv.gz")
 V1_NOTE = (
@@ -187,7 +186,6 @@ def _drain(reader: LineReader, columns: Any) -> None:
 
 def _read_samples_csv(path: Path, reader: LineReader, columns: Any, max_bytes: int | None) -> None:
     """The plugin's own ``samples/<scenario>.csv``: one Sample per row, bad rows malformed."""
-    from pytest_kts.samples import CSV_COLUMNS
 
     lines = _read_bounded(path, reader, max_bytes=max_bytes)
     next(lines, None)  # the header, checked by _is_samples_csv
@@ -196,25 +194,10 @@ def _read_samples_csv(path: Path, reader: LineReader, columns: Any, max_bytes: i
         reader.lines += 1
         if not line.strip():
             continue
-        fields = line.rstrip("\r").split(",")
         try:
-            if len(fields) != len(CSV_COLUMNS):
-                raise ValueError(f"{len(fields)} fields, expected {len(CSV_COLUMNS)}")
-            tenant, phase, rnd, i, start, end, host, device = fields
-            sample = protocol.Sample(
-                tenant=check_tenant_name(tenant),
-                phase=protocol._phase(phase),
-                round=int(rnd),
-                iteration=int(i),
-                start_ns=int(start),
-                end_ns=int(end),
-                host_ms=float(host) if host else math.nan,
-                device_ms=float(device) if device else math.nan,
-            )
-            if sample.end_ns < sample.start_ns:
-                reader.backwards += 1
-                raise ValueError("end_ns is before start_ns")
+            sample = sample_from_row(line.rstrip("\r").split(","))
         except ValueError as exc:
+            reader.backwards += isinstance(exc, protocol.ClockWentBackwards)
             reader.malformed += 1
             if len(reader.malformed_examples) < 5:
                 reader.malformed_examples.append(f"{line.strip()[:200]!r}: {exc}")

@@ -12,6 +12,7 @@ from pytest_kts.cli.common import (
     Parser,
     UsageError,
     add_common_options,
+    check_outputs,
     finish,
     parse_slo,
     tenant_named,
@@ -89,6 +90,8 @@ def _report_results(args: argparse.Namespace, files: list[Path]) -> tuple[list[A
         if not one.readers:
             continue
         name = path.name.split(".")[0] if len(tables) > 1 or not args.name else args.name
+        if any(r.name == name for r in results):
+            name = str(path)  # two files of one name: each scenario keeps its own report files
         result = build_result(name, one, confidence=args.confidence)
         result.warnings += log_warnings(one)
         results.append(result)
@@ -96,6 +99,8 @@ def _report_results(args: argparse.Namespace, files: list[Path]) -> tuple[list[A
 
 
 def cmd_report(args: argparse.Namespace, out: IO[str]) -> int:
+    slo = parse_slo(args.slo)  # before reading anything
+    check_outputs(args)
     named = [*args.logs, *args.solo, *args.shared]
     if not named:
         raise UsageError("name at least one LOGDIR, or --solo/--shared paths")
@@ -103,7 +108,9 @@ def cmd_report(args: argparse.Namespace, out: IO[str]) -> int:
     if not files:
         raise UsageError(f"no log files ({', '.join(args.glob or LOG_PATTERNS)}) in {named}")
     results, logs = _report_results(args, files)
-    slo = parse_slo(args.slo)
+    if not results:
+        skipped = "; ".join(logs.skipped) or "no samples"
+        raise UsageError(f"nothing to report: {skipped}")
     for result in results:
         judge(result, {t: v for t, v in slo.items() if _has_tenant(result, t)}, args.p, args.clock)
     missing = [t for t in slo if not any(_has_tenant(r, t) for r in results)]
@@ -117,6 +124,16 @@ def cmd_report(args: argparse.Namespace, out: IO[str]) -> int:
 
 def _has_tenant(result: Any, name: str) -> bool:
     return name in result.tenants or any(t.lower() == name.lower() for t in result.tenants)
+
+
+def _byte_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of bytes, got {text!r}")
+    return value
 
 
 def add_report_parser(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -144,7 +161,7 @@ def add_report_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     report.add_argument(
         "--max-bytes",
-        type=int,
+        type=_byte_count,
         default=MAX_GZ_BYTES,
         metavar="N",
         help=f"stop reading a file past N (decompressed) bytes (default {MAX_GZ_BYTES})",

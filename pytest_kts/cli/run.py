@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import shlex
 import sys
 from collections.abc import Iterable
@@ -16,9 +17,10 @@ from pytest_kts.cli.common import (
     Parser,
     UsageError,
     add_common_options,
+    check_outputs,
     finish,
     parse_slo,
-    positive,
+    setting,
 )
 from pytest_kts.config import DEVICES, OPTIONS, RunSettings, resolve
 from pytest_kts.constants import ARRIVALS
@@ -88,15 +90,21 @@ def parse_tenant(text: str, taken: Iterable[str] = ()) -> TenantSpec:
         raise UsageError(f"--tenant {text!r}: {exc}") from None
 
 
-def _settings(args: argparse.Namespace, slo: dict[str, float]) -> RunSettings:
+def _settings(args: argparse.Namespace, slo: dict[str, float], tenants: int) -> RunSettings:
     """The run's settings: the cluster options resolved as the plugin resolves them (command
     line > KTS_* environment > default), then this command's own."""
+    from pytest_kts.config import MIN_PHASE_SECONDS
+
     cli = {o.name: getattr(args, o.name) for o in CLUSTER_OPTIONS}
     changes: dict[str, Any] = {"device": args.device, "confidence": args.confidence}
     if args.iterations:
         # With SLOs the run is adaptive: N is then the most it may take, not a fixed count.
         changes["max_iterations" if slo else "iterations"] = args.iterations
-        changes["round_iterations"] = min(args.iterations, RunSettings.round_iterations)
+        # Rounds of the plugin's size, but never more than the time allows (kts run has no
+        # --round-iterations): each phase keeps at least MIN_PHASE_SECONDS.
+        rounds = int(RunSettings.max_seconds / (2 * MIN_PHASE_SECONDS * (tenants + 1)))
+        per_round = max(RunSettings.round_iterations, math.ceil(args.iterations / max(rounds, 1)))
+        changes["round_iterations"] = min(args.iterations, per_round)
     if args.timeout:
         changes["timeout"] = args.timeout
     cluster = {o.name for o in CLUSTER_OPTIONS}
@@ -107,11 +115,14 @@ def _settings(args: argparse.Namespace, slo: dict[str, float]) -> RunSettings:
 
 
 def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    from pytest_kts.config import check_plan
     from pytest_kts.machine import facts, resolve_device
     from pytest_kts.progress import Progress
     from pytest_kts.runner import run_scenario
     from pytest_kts.workers.workloads import check as check_workload
 
+    slo = parse_slo(args.slo)
+    check_outputs(args)
     tenants: list[TenantSpec] = []
     for text in args.tenant:
         spec = parse_tenant(text, [t.name for t in tenants])
@@ -123,8 +134,8 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
         tenants.append(spec)
     if len(tenants) < 2:
         raise UsageError("kts run needs at least two --tenant options (co-location needs two)")
-    slo = parse_slo(args.slo)
-    settings = _settings(args, slo)
+    settings = _settings(args, slo, len(tenants))
+    check_plan(settings, len(slo) + 1 if slo else len(tenants) + 1, adaptive=bool(slo))
     if settings.dry_run:
         return _dry_run(tenants, settings, slo, args, out)
     if settings.cluster:
@@ -202,12 +213,12 @@ def add_run_parser(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     run.add_argument(
         "--iterations",
-        type=positive(int),
+        type=setting("iterations"),
         metavar="N",
         help="iterations per tenant and phase (with --slo: the most before giving up)",
     )
     run.add_argument(
-        "--timeout", type=positive(float), metavar="S", help="seconds one phase may take"
+        "--timeout", type=setting("timeout"), metavar="S", help="seconds one phase may take"
     )
     run.add_argument("--report", dest="out", metavar="DIR", help="write the report files here")
     group = run.add_argument_group("cluster (as the plugin's --kts-* options; KTS_* too)")

@@ -41,6 +41,7 @@ from pytest_kts.backends.kubernetes.settings import (
 from pytest_kts.backends.kubernetes.state import TenantRun
 from pytest_kts.backends.kubernetes.watch import PhaseWatch
 from pytest_kts.errors import ClusterError, ConfigError, WorkerError
+from pytest_kts.protocol import LineReader
 
 log = logging.getLogger("pytest_kts.kubernetes")
 
@@ -139,7 +140,7 @@ class KubernetesBackend(Backend):
             if objects.claim is not None:
                 self._objects.create_claim(client, objects.claim, deadline)
             for tenant, manifest in objects.jobs.items():
-                runs[tenant] = self._create(manifest, tenant, deadline)
+                runs[tenant] = self._create(manifest, tenant, deadline, plan)
             for run in runs.values():
                 run.thread = threading.Thread(
                     target=logs.follow_log,
@@ -300,10 +301,15 @@ class KubernetesBackend(Backend):
         }
         return PhaseObjects(started_ns, deadline, start_at_ns, max_duration, claim, jobs)
 
-    def _create(self, manifest: dict[str, Any], tenant: str, deadline: float) -> TenantRun:
+    def _create(
+        self, manifest: dict[str, Any], tenant: str, deadline: float, plan: PhasePlan
+    ) -> TenantRun:
         assert self._client is not None
         name = manifest["metadata"]["name"]
-        run = TenantRun(tenant=tenant, job=name, created_ns=time.time_ns())
+        # The pod's log speaks for this tenant, phase and round only: a line naming anything
+        # else (a workload's print, in a log that merges stdout and stderr) is misaddressed.
+        reader = LineReader.bound(tenant, plan.phase, plan.round)
+        run = TenantRun(tenant=tenant, job=name, created_ns=time.time_ns(), reader=reader)
         self._objects.create_job(self._client, manifest, deadline)
         log.debug("created Job %s for tenant %s", name, tenant)
         return run
