@@ -218,9 +218,9 @@ class StreamsBackend(LocalBackend):
     # -- LocalBackend hooks --------------------------------------------------------------
     def _send(self, worker: _Worker, command: dict[str, Any]) -> None:
         if command.get("cmd") == "run":
-            self._running.add(worker.spec.name)
-            self._reached.discard(worker.spec.name)
-        super()._send(worker, {**command, "tenant": worker.spec.name})
+            self._running.add(worker.name)
+            self._reached.discard(worker.name)
+        super()._send(worker, {**command, "tenant": worker.name})
 
     def _next_line(
         self, deadline: float, what: str, among: Sequence[str] | None = None, quiet: bool = False
@@ -242,7 +242,7 @@ class StreamsBackend(LocalBackend):
     def facts(self) -> dict[str, Any]:
         facts = super().facts()
         facts["priorities"] = {
-            name: w.meta.get("priority", self.priority_of(w.spec))
+            name: w.meta.get("priority", self.priority_of(w.spec) if w.spec else 0)
             for name, w in self._workers.items()
         }
         facts["pid"] = self._process.pid if self._process is not None else None
