@@ -201,14 +201,17 @@ class LocalBackend(Backend):
                     self._spares[worker.label] = worker
                 else:
                     self._workers[worker.label] = worker
+            spares = 0
             if "spawned" in how.values():
                 # Processes start anyway: start the spares beside them, in parallel.
-                for _ in range(max(self.spares - len(free), 0)):
+                spares = max(self.spares - len(free), 0)
+                for _ in range(spares):
                     self._spawn_spare(device)
             self._await_ready(how)
             self._trim_idle(names)
             self._last_used.update(dict.fromkeys(names, time.monotonic()))
             self.startup = self._startup_facts(names, how, time.monotonic() - began)
+            self.startup["spares_started"] = spares
         except BaseException:
             self.close()
             raise
@@ -635,7 +638,7 @@ class LocalBackend(Backend):
     @property
     def reusable(self) -> bool:
         """Whether a session may keep this backend for later scenarios (a worker pool)."""
-        return not self._closed and self._mps is None
+        return not self._closed
 
     def check_colocated(self) -> None:
         """Every tenant on one physical GPU, or a :class:`ColocationError`."""
