@@ -247,6 +247,7 @@ def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> i
                     released = worker.release()
                     emit.event("released", released)
                     if released["clean"]:
+                        worker.startup = {"release_s": released["release_s"]}
                         worker.load(args, emit)
                     # Not clean: hold nothing and wait; the backend retires this process.
                     continue

@@ -363,11 +363,9 @@ class LocalBackend(Backend):
                 worker.meta.update(record.facts)
             elif isinstance(record, Event):
                 self._check_error_event(worker, record)
-                if record.name == "released":
-                    worker.startup["release_s"] = record.data.get("release_s")
-                    if not record.data.get("clean", False):
-                        self._replace_unclean(worker, record.data)
-                        how[label] = "spawned"
+                if record.name == "released" and not record.data.get("clean", False):
+                    self._replace_unclean(worker, record.data)
+                    how[label] = "spawned"
                 elif record.name == "ready":
                     worker.ready = True
                     worker.startup.update(record.data.get("startup") or {})
