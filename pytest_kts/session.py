@@ -198,15 +198,15 @@ class KtsSession:
     ) -> tuple[Backend, bool]:
         """The pooled backend for these settings where pooling applies, else a fresh one.
 
-        Pooled: local time-slicing, and MPS with its daemon, whose processes are MPS clients
-        (a tenant's MPS limits, set in its environment, are read when its process creates its
-        CUDA context: such a tenant only takes over a process started with the same ones).
-        A pooled MPS daemon is stopped before a scenario of any other mode, so that no MPS
-        server sits next to another mode's measurements. Not pooled: streams (one process
-        started with all of one scenario's tenants), a cluster's Jobs, matrices.
+        Pooled, by sharing mode: time-slicing; streams (its one process takes the next
+        scenario's tenants); MPS with its daemon, whose processes are MPS clients (a tenant's
+        MPS limits, set in its environment, are read when its process creates its CUDA
+        context: such a tenant only takes over a process started with the same ones). A pooled
+        MPS daemon is stopped before a scenario of any other mode, so that no MPS server sits
+        next to another mode's measurements. Not pooled: a cluster's Jobs, matrices.
         """
         key = (settings.sharing, self.device, tuple(sorted(env.items())))
-        pooled = pool and not settings.cluster and settings.sharing != "streams"
+        pooled = pool and not settings.cluster
         for other in [k for k in self.pool if k[0] == "mps" and not (pooled and k == key)]:
             self.pool.pop(other).close()
         if not pooled:

@@ -114,7 +114,7 @@ class _Fake(Backend):
 @pytest.mark.parametrize(
     ("sharing", "pool", "mps_kept"),
     [("mps", True, True), ("timeslice", True, False), ("streams", True, False),
-     ("mps", False, False)],
+     ("mps", False, False), ("timeslice", False, False)],
 )  # fmt: skip
 def test_a_pooled_mps_daemon_is_stopped_before_any_other_scenario(
     sharing: str, pool: bool, mps_kept: bool
@@ -127,7 +127,7 @@ def test_a_pooled_mps_daemon_is_stopped_before_any_other_scenario(
     assert mps.closed is not mps_kept
     assert (("mps", "cuda", ()) in session.pool) is mps_kept
     assert not timeslice.closed  # idle time-sliced workers run nothing: they stay
-    assert pooled is (pool and sharing != "streams")
+    assert pooled is pool
     if sharing == "mps" and pool:
         assert backend is mps
     if not pooled:

@@ -137,6 +137,43 @@ def counters(torch: Any, cuda: bool) -> dict[str, int]:
     return out
 
 
+class Blank:
+    """A process as it was before its first tenant: what every release must bring it back to.
+
+    Made once torch (and CUDA) are up: it freezes the objects of the import out of every later
+    collection and scan (a full collection with them takes a tenth of a second), and reads the
+    counters and settings a release is checked against.
+    """
+
+    def __init__(self, torch: Any, cuda: bool) -> None:
+        self._torch, self.cuda = torch, cuda
+        self.settings = TorchSettings.read(torch, cuda)
+        gc.collect()
+        gc.freeze()
+        self.counters = counters(torch, cuda)
+
+    def release(self) -> dict[str, Any]:
+        """Free what the dropped tenants held, restore torch's settings, and compare the
+        counters: ``{"clean": bool, "leftover": {counter: [blank, now]}}``."""
+        torch = self._torch
+        if self.cuda:
+            torch.cuda.synchronize()
+        gc.collect()
+        if self.cuda:
+            torch.backends.cuda.cufft_plan_cache.clear()
+            clear_cublas: Callable[[], None] | None = getattr(
+                torch._C, "_cuda_clearCublasWorkspaces", None
+            )
+            if clear_cublas is not None:
+                clear_cublas()
+            torch.cuda.empty_cache()
+        self.settings.restore(torch, self.cuda)
+        now = counters(torch, self.cuda)
+        # More than when blank is a leftover (fewer is not: a thread that was there has ended).
+        leftover = {k: [self.counters[k], v] for k, v in now.items() if v > self.counters.get(k, 0)}
+        return {"clean": not leftover, "leftover": leftover}
+
+
 @dataclass
 class Tenant:
     """The tenant a process holds: what its phases run."""
@@ -162,12 +199,7 @@ class Resident:
 
         self._torch = torch
         self.cuda = self.device == "cuda"
-        self.settings = TorchSettings.read(torch, self.cuda)
-        # The torch import's own objects never become garbage: keep them out of every later
-        # collection and scan (a full collection with them takes a tenth of a second).
-        gc.collect()
-        gc.freeze()
-        self.blank = counters(torch, self.cuda)
+        self.blank = Blank(torch, self.cuda)
 
     def load(self, args: argparse.Namespace, emit: Emitter) -> Tenant:
         """Build ``args``' workload, settle its timing, warm it up, and say ``ready``."""
@@ -202,7 +234,6 @@ class Resident:
 
     def release(self) -> dict[str, Any]:
         """Drop the tenant and everything it held; say whether the process is as it was blank."""
-        torch = self._torch
         started = time.perf_counter()
         held, self.tenant = self.tenant, None
         name = held.name if held is not None else None
@@ -212,27 +243,8 @@ class Resident:
                 # A fresh import for the next tenant of that module, as in a fresh process.
                 sys.modules.pop(held.module, None)
         del held
-        if self.cuda:
-            torch.cuda.synchronize()
-        gc.collect()
-        if self.cuda:
-            torch.backends.cuda.cufft_plan_cache.clear()
-            clear_cublas: Callable[[], None] | None = getattr(
-                torch._C, "_cuda_clearCublasWorkspaces", None
-            )
-            if clear_cublas is not None:
-                clear_cublas()
-            torch.cuda.empty_cache()
-        self.settings.restore(torch, self.cuda)
-        now = counters(torch, self.cuda)
-        # More than when blank is a leftover (fewer is not: a thread that was there has ended).
-        leftover = {k: [self.blank[k], v] for k, v in now.items() if v > self.blank.get(k, 0)}
-        return {
-            "from": name,
-            "clean": not leftover,
-            "leftover": leftover,  # counter -> [blank, after release]
-            "release_s": round(time.perf_counter() - started, 6),
-        }
+        out = self.blank.release()
+        return {"from": name, **out, "release_s": round(time.perf_counter() - started, 6)}
 
 
 def _rounded(timings: dict[str, float]) -> dict[str, float]:

@@ -19,7 +19,10 @@ only way to ask the hardware to favour one tenant's kernels over another's.
 Commands on stdin, one JSON object a line, as for ``workers.run --serve`` but addressed:
 ``{"cmd": "run", "tenant": T, "seq", "phase", "round", "iterations", "start_at_ns",
 "until_stopped", "max_duration_s"}``; ``{"cmd": "stop", "tenant": T, "seq": S}`` (no tenant: every
-tenant); ``{"cmd": "exit"}`` (the process).
+tenant); ``{"cmd": "load", "tenants": [...]}`` (another scenario's tenants, as ``--tenant-json``
+objects: the process ends its tenants' threads, releases what they held and checks it is clean
+as ``workers.run`` does, then starts the new ones; every new tenant says ``released``, then
+``ready``); ``{"cmd": "exit"}`` (the process).
 
 Output: the usual protocol lines, each tenant under its own name (``KTS_META`` with
 ``"sharing": "streams"`` and ``"streams": true|false``, ``KTS_EVENT ready``, ``KTS_APP,v2``).
@@ -45,6 +48,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,13 +57,14 @@ from typing import IO, Any
 from pytest_kts.constants import DEVICES, STREAMS_WORKER_MODULE
 
 from .harness import Emitter, PhaseControl
+from .resident import Blank, bring_up
 from .run import (
     EXIT_NO_DEVICE,
     EXIT_OOM,
     EXIT_USAGE,
     _die_with_parent,
     _env,
-    _select_device,
+    _interpreter_s,
     read_commands,
 )
 
@@ -266,11 +271,45 @@ class _Tenant:
 class _Process:
     """The tenants of this process and what ends it."""
 
-    def __init__(self, out: SharedOutput, routed: RoutedStdout, device: str) -> None:
+    def __init__(
+        self, out: SharedOutput, routed: RoutedStdout, device: str, blank: Blank,
+        startup: dict[str, float],
+    ) -> None:  # fmt: skip
         self.out = out
         self.routed = routed
         self.device = device
         self.tenants: dict[str, _Tenant] = {}
+        self.blank = blank
+        # Where the time went before the tenants' own build: the process's start-up for the
+        # first ones, the release of the last ones for a load.
+        self.startup = startup
+
+    def start(self, tenants: Sequence[TenantArgs]) -> None:
+        for a in tenants:
+            self.tenants[a.name] = _Tenant(a, SharedLockEmitter(self.out, a.name))
+        for t in self.tenants.values():
+            t.thread = threading.Thread(
+                target=self.tenant_main, args=(t,), name=f"kts-{t.args.name}", daemon=True
+            )
+            t.thread.start()
+
+    def load(self, tenants: Sequence[TenantArgs]) -> None:
+        """End the tenants' threads, release what they held, start ``tenants`` if clean."""
+        started = time.perf_counter()
+        joined = self.shutdown()
+        before = list(self.tenants)
+        self.tenants.clear()
+        released = self.blank.release()
+        if not joined:
+            released["clean"] = False
+            released["leftover"]["tenant_threads"] = [0, 1]
+        released |= {"from": before, "release_s": round(time.perf_counter() - started, 6)}
+        for a in tenants:
+            SharedLockEmitter(self.out, a.name).event("released", released)
+        if released["clean"]:
+            self.startup = {"release_s": released["release_s"]}
+            self.start(tenants)
+        # Not clean: hold nothing; the backend retires this process.
 
     def fail(self, tenant: _Tenant, exc: BaseException) -> None:
         """Report ``tenant``'s failure and end the process with its exit code."""
@@ -328,6 +367,8 @@ class _Process:
             else:
                 # No streams on the CPU, so no priority takes effect.
                 facts.update(priority=None, priority_requested=a.priority)
+            timings = dict(self.startup)
+            began = time.perf_counter()
             factory = resolve(a.workload)
             # inference_mode and the current stream are per thread: enter both here.
             with torch.inference_mode(), stream_ctx:
@@ -335,7 +376,9 @@ class _Process:
                 if stream is not None:
                     # The build's copies ran on this stream; be sure they are done before timing.
                     stream.synchronize()
+                built = time.perf_counter()
                 clock = Clock(cuda=cuda, step=step)
+                prepared = time.perf_counter()
                 base = machine_facts(self.device)
                 tenant.emit.meta(
                     base | clock.facts() | facts | {"workload": a.workload, "size": a.size}
@@ -346,7 +389,13 @@ class _Process:
                 if sleep_ms is None:
                     sleep_ms = DEFAULT_SLEEP_MS.get(a.workload, 0.0)
                 arrival = Arrival(a.arrival, sleep_ms / 1000.0, a.rate_hz, a.seed)
-                tenant.emit.event("ready", {"pid": os.getpid()})
+                timings.update(
+                    build_s=built - began,
+                    prepare_s=prepared - built,
+                    warmup_s=time.perf_counter() - prepared,
+                )
+                startup = {k: round(v, 6) for k, v in timings.items()}
+                tenant.emit.event("ready", {"pid": os.getpid(), "startup": startup})
                 tenant.ready = True
                 seq = 0
                 while (command := tenant.commands.get()) is not None:
@@ -382,6 +431,17 @@ class _Process:
         if cmd == "run" and name in self.tenants:
             self.tenants[name].commands.put(command)
             return True
+        if cmd == "load":
+            try:
+                items = command.get("tenants")
+                if not isinstance(items, list) or not items:
+                    raise ValueError("a load command needs tenants, a list of tenant objects")
+                tenants = [TenantArgs.from_json(item) for item in items]
+            except (ValueError, TypeError) as exc:
+                print(f"ignored a load command: {exc}", file=sys.stderr)
+                return True
+            self.load(tenants)
+            return True
         # No tenant to blame on the protocol: stderr, as workers.run does for non-JSON input.
         print(f"ignored a command with no known tenant: {command}", file=sys.stderr)
         return True
@@ -404,6 +464,7 @@ def _read_commands() -> Callable[[], dict[str, Any] | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    startup = _interpreter_s(time.time_ns())
     args = parse_args(argv)
     out = SharedOutput(sys.stdout)
     routed = RoutedStdout(out)
@@ -411,9 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     try:
+        device, timings = bring_up(args.device)
         import torch
-
-        device = _select_device(args.device)
     except LookupError as exc:
         # No tenant thread exists yet: report under every tenant's name, so each one's
         # reader sees why.
@@ -422,18 +482,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             emit.event("error", {"kind": "no_device", "message": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_DEVICE
-    if device == "cpu":
-        # Co-tenants share few cores: one intra-op thread, each op on its tenant's thread.
-        torch.set_num_threads(int(_env("KTS_CPU_THREADS", "1") or 1))
+    # bring_up gave the CPU one intra-op thread: each op runs on its tenant's thread.
     sys.stdout = routed
-    proc = _Process(out, routed, device)
-    for a in args.tenants:
-        proc.tenants[a.name] = _Tenant(a, SharedLockEmitter(out, a.name))
-    for t in proc.tenants.values():
-        t.thread = threading.Thread(
-            target=proc.tenant_main, args=(t,), name=f"kts-{t.args.name}", daemon=True
-        )
-        t.thread.start()
+    proc = _Process(out, routed, device, Blank(torch, device == "cuda"), startup | timings)
+    proc.start(args.tenants)
     next_command = _read_commands()
     while (command := next_command()) is not None and proc.dispatch(command):
         pass
