@@ -150,25 +150,31 @@ class Blank:
         self.settings = TorchSettings.read(torch, cuda)
         gc.collect()
         gc.freeze()
+        self._free()
         self.counters = counters(torch, cuda)
 
-    def release(self) -> dict[str, Any]:
-        """Free what the dropped tenants held, restore torch's settings, and compare the
-        counters: ``{"clean": bool, "leftover": {counter: [blank, now]}}``."""
+    def _free(self) -> None:
+        """Give back what no tenant holds any more, torch's per-process caches included."""
         torch = self._torch
         if self.cuda:
             torch.cuda.synchronize()
         gc.collect()
         if self.cuda:
             torch.backends.cuda.cufft_plan_cache.clear()
+            # cuBLAS and cuBLASLt work spaces live in the allocator, one per handle and stream.
             clear_cublas: Callable[[], None] | None = getattr(
                 torch._C, "_cuda_clearCublasWorkspaces", None
             )
             if clear_cublas is not None:
                 clear_cublas()
             torch.cuda.empty_cache()
-        self.settings.restore(torch, self.cuda)
-        now = counters(torch, self.cuda)
+
+    def release(self) -> dict[str, Any]:
+        """Free what the dropped tenants held, restore torch's settings, and compare the
+        counters: ``{"clean": bool, "leftover": {counter: [blank, now]}}``."""
+        self._free()
+        self.settings.restore(self._torch, self.cuda)
+        now = counters(self._torch, self.cuda)
         # More than when blank is a leftover (fewer is not: a thread that was there has ended).
         leftover = {k: [self.counters[k], v] for k, v in now.items() if v > self.counters.get(k, 0)}
         return {"clean": not leftover, "leftover": leftover}

@@ -280,9 +280,7 @@ class _Process:
         self.device = device
         self.tenants: dict[str, _Tenant] = {}
         self.blank = blank
-        # Where the time went before the tenants' own build: the process's start-up for the
-        # first ones, the release of the last ones for a load.
-        self.startup = startup
+        self.startup = startup  # before the tenants' build: the process's start, or a release
 
     def start(self, tenants: Sequence[TenantArgs]) -> None:
         for a in tenants:
@@ -294,7 +292,8 @@ class _Process:
             t.thread.start()
 
     def load(self, tenants: Sequence[TenantArgs]) -> None:
-        """End the tenants' threads, release what they held, start ``tenants`` if clean."""
+        """End the tenants' threads, release what they held, start ``tenants`` if clean (if
+        not, hold nothing: the backend retires this process)."""
         started = time.perf_counter()
         joined = self.shutdown()
         before = list(self.tenants)
@@ -309,7 +308,6 @@ class _Process:
         if released["clean"]:
             self.startup = {"release_s": released["release_s"]}
             self.start(tenants)
-        # Not clean: hold nothing; the backend retires this process.
 
     def fail(self, tenant: _Tenant, exc: BaseException) -> None:
         """Report ``tenant``'s failure and end the process with its exit code."""

@@ -14,6 +14,11 @@ workload. Processes are spawned only when there are too few, all at once, togeth
 ``spares`` more that hold no tenant, so the next scenario with one tenant more finds one up.
 Nothing starts while a phase runs: processes start, load and warm up inside :meth:`start`,
 which returns once every one of them is ready.
+
+One file on purpose: the backend is one state machine over its processes. Start-up, phases,
+cuts and failures all read and write the same maps of workers and spares and the one queue of
+lines their reader threads fill, and each decides what a line means by the state the others
+left; apart, every piece would reach into the others' state.
 """
 
 from __future__ import annotations
