@@ -23,6 +23,10 @@ from pytest_kts.runner import Budget, ProgressSink, run_scenario
 
 # The lock key CPU scenarios share (GPU scenarios lock their GPU's UUID).
 CPU_LOCK = "cpu"
+# Worker processes a pooled backend starts beside the tenants that need new ones (in
+# parallel, inside the same start), so that a later scenario with one tenant more than any
+# before finds a process up.
+POOL_SPARES = 1
 
 
 @dataclass
@@ -213,7 +217,7 @@ class KtsSession:
             return make_backend(settings, env), False
         backend = self.pool.get(key)
         if backend is None or not getattr(backend, "reusable", False):
-            backend = make_backend(settings, env)
+            backend = make_backend(settings, env, spares=POOL_SPARES)
             self.pool[key] = backend
         return backend, True
 

@@ -187,7 +187,7 @@ def test_the_time_share_cuts_a_phase_and_keeps_its_samples() -> None:
 
 
 def test_a_pooled_backend_keeps_unchanged_workers_and_reloads_processes_for_new_ones() -> None:
-    backend = LocalBackend(env=ENV)
+    backend = LocalBackend(env=ENV, spares=1)
     with backend:
         backend.start([spec("a"), spec("b", "matmul")], "cpu")
         pid_a, pid_b = (backend._workers[t].process.pid for t in ("a", "b"))
@@ -236,7 +236,7 @@ def test_a_pooled_backend_keeps_unchanged_workers_and_reloads_processes_for_new_
 def test_a_process_that_keeps_something_of_its_tenant_is_retired_not_reused(
     leaving: str, counter: str
 ) -> None:
-    backend = LocalBackend(env=ENV, spares=0)
+    backend = LocalBackend(env=ENV)
     with backend:
         backend.start([spec("old", leaving), spec("other")], "cpu")
         old_pid = backend._workers["old"].process.pid
@@ -255,7 +255,7 @@ def test_a_process_that_keeps_something_of_its_tenant_is_retired_not_reused(
 
 
 def test_a_reused_process_gives_the_next_tenant_a_fresh_processs_torch_settings() -> None:
-    backend = LocalBackend(env=ENV, spares=0)
+    backend = LocalBackend(env=ENV)
     with backend:
         backend.start([spec("a", "kts_test_workloads:meddler"), spec("b")], "cpu")
         pid = backend._workers["a"].process.pid

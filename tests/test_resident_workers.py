@@ -40,7 +40,7 @@ def test_a_reused_worker_measures_a_new_workload_as_a_fresh_process_does() -> No
     reused = TenantSpec(name="reused", **fft)  # type: ignore[arg-type]
     # Its own environment: no resident process matches it, so it gets a fresh one.
     fresh = TenantSpec(name="fresh", env={"KTS_TEST_FRESH": "1"}, **fft)  # type: ignore[arg-type]
-    backend = LocalBackend(env=ENV, spares=0)
+    backend = LocalBackend(env=ENV)
     with backend:
         backend.start([heavy, pad], "cpu")
         heavy_pid = backend._workers["heavy"].process.pid

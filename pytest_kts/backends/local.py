@@ -129,7 +129,7 @@ class LocalBackend(Backend):
         python: str | None = None,
         sharing: str = "timeslice",
         max_idle: int = 8,
-        spares: int = 1,
+        spares: int = 0,
     ) -> None:
         self.startup_timeout_s = startup_timeout_s
         self.env = dict(env or {})
