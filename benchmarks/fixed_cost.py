@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -34,14 +33,14 @@ import sys
 import tempfile
 import textwrap
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pytest_kts.backends.startup import describe  # noqa: E402 - after the path is set
+from benchmarks.run_facts import run_facts  # noqa: E402 - after the path is set
+from pytest_kts.backends.startup import describe  # noqa: E402
 
 TEST_FILE = textwrap.dedent(
     """
@@ -116,16 +115,9 @@ def main() -> int:
         if run is None:
             return 1
         runs[suite] = run
-    gpu = _gpu()
     target = 1.0 if device == "cuda" else import_torch_s / 2
     summary = {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.node(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "device": device,
-        "gpu": gpu,
+        **run_facts(device),
         "iterations": args.iterations,
         "bare_import_torch_s": import_torch_s,
         "target_later_fixed_s": target,
@@ -249,19 +241,6 @@ def _installed() -> bool:
     from importlib.metadata import entry_points
 
     return any(ep.name == "kts" for ep in entry_points(group="pytest11"))
-
-
-def _gpu() -> str | None:
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=20,
-        )  # fmt: skip
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return (
-        out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
-    )
 
 
 if __name__ == "__main__":

@@ -22,19 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import statistics
 import subprocess
 import sys
 import textwrap
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 WORKER = "pytest_kts.workers.run"
+
+from benchmarks.run_facts import run_facts  # noqa: E402 - after the path is set
 
 # The fork server: imports what a worker needs, then forks one child per argv line on stdin.
 # Children share its stdout (one line at a time, flushed) and are reaped as they exit.
@@ -174,12 +174,7 @@ def main() -> int:
     }
     medians = {k: statistics.median(r["seconds"] for r in v) for k, v in results.items()}
     summary = {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": platform.node(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "device": args.device,
+        **run_facts(args.device),
         "fork_server_up_s": server_up,
         "median_s": medians,
         "runs": results,
@@ -190,8 +185,10 @@ def main() -> int:
         "# A new tenant spec to a ready worker",
         "",
         f"`{summary['command']}` on {summary['date']} ({summary['machine']}, {summary['cpus']} "
-        f"CPUs, {args.device}, Python {summary['python']}); {args.repeats} requests each, the "
-        "spec alternating between an FFT and a GEMM.",
+        f"CPUs, {args.device}"
+        + (f", {summary['gpu']}" if summary["gpu"] else "")
+        + f", Python {summary['python']}); {args.repeats} requests each, the spec alternating "
+        "between an FFT and a GEMM.",
         "",
         "| way | median s | min s | max s | " + " | ".join(stages) + " (median, as the worker "
         "timed them) |",
