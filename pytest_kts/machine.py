@@ -89,6 +89,19 @@ def _nvml_sharing(gpu: str | None) -> dict[str, str]:
         pynvml.nvmlShutdown()
 
 
+@functools.lru_cache(maxsize=1)
+def _torch_version() -> str | None:
+    """torch's version without importing it (seconds on a busy machine, which a CPU run's first
+    test would wait for while its tenants start): from its installed metadata, else by import."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        value = _torch_facts().get("torch")
+        return None if value is None else str(value)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -118,9 +131,9 @@ def facts(device: str) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
-    torch_facts = _torch_facts()
-    out["torch"] = torch_facts.get("torch")
     if device == "cuda":
+        torch_facts = _torch_facts()  # imported already: the device was resolved with it
+        out["torch"] = torch_facts.get("torch")
         out["cuda"] = torch_facts.get("cuda")
         out["gpu_name"] = torch_facts.get("gpu_name")
         out["gpu_count"] = torch_facts.get("gpu_count")
@@ -130,6 +143,7 @@ def facts(device: str) -> dict[str, Any]:
             device="cuda", gpu=out.get("gpu_uuid"), nvml=_nvml_sharing
         )
     else:
+        out["torch"] = _torch_version()
         out["cpu"] = platform.processor() or platform.machine()
     return out
 

@@ -85,6 +85,8 @@ def choose_round_length(
 
 # Looks closer than this to the last one add too little information to pay for a round.
 MIN_LOOK_GAIN = 0.1
+# After a look short of its floor, the next comes at least this many times later.
+REPLAN_STEP = 1.25
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,11 @@ def next_look(st: Standing) -> Look | Stop:
             rho=st.rho,
             spent=st.spent,
         )
+        if st.short_of_floor:
+            # Never a look a few samples after one that fell short: each costs a round and a
+            # share of the error budget. At least a step of REPLAN_STEP, at most the budget.
+            step = min(math.ceil(st.n_now * REPLAN_STEP), st.n_reachable)
+            plan = [max(plan[0], step), *(n for n in plan[1:] if n > step)]
     else:
         plan = [n for n in st.planned if n < st.n_reachable] + [st.n_reachable]
     if not plan:

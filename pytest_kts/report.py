@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from tabulate import tabulate
 
 from pytest_kts import safefile, sharing_env
+from pytest_kts.backends.startup import describe as describe_startup
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.plots import write_heatmap, write_plots
 from pytest_kts.results import ScenarioResult, TenantResult
@@ -175,6 +176,8 @@ def render_table(results: Sequence[ScenarioResult], *, fmt: str = "simple") -> s
         table = tabulate(_rows(result), headers=HEADERS, tablefmt=fmt)
         notes = list(_attribution_lines(result))
         notes += [f"  {n}" for n in _interval_notes(result)]
+        if started := describe_startup(result.backend.get("startup")):
+            notes.append(f"  {started}")
         notes += [f"  warning: {w}" for w in [*result.warnings, *line_warnings(result)]]
         blocks.append("\n".join([head, table, *notes]))
     return "\n\n".join(blocks)
@@ -571,6 +574,8 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
         f"stopped: {result.stop_reason}."
     )
     out += ["", f"Sharing environment: {sharing_env.describe(result.sharing_env)}."]
+    if started := describe_startup(result.backend.get("startup")):
+        out += ["", started[0].upper() + started[1:] + "."]
     out.append("")
     specs = [
         [

@@ -42,6 +42,7 @@ from pytest_kts.backends.base import Backend, PhaseOutput, PhasePlan, TenantSpec
 from pytest_kts.config import RunSettings
 from pytest_kts.constants import PHASES
 from pytest_kts.errors import ConfigError
+from pytest_kts.evidence import Evidence
 from pytest_kts.protocol import LineReader, Sample
 from pytest_kts.results import PhaseWindow, ScenarioResult, TenantResult
 from pytest_kts.samples import group
@@ -407,6 +408,11 @@ def _adaptive(run: _Scenario, states: list[_CheckState], p: float) -> str:
         n_now = min(col.pairs(t) for t in active)
         if run.round_length is None:
             run.round_length = _round_length(run, active, p)
+        short = [
+            s.df.evidence
+            for s in states
+            if not s.decided and s.df is not None and s.df.evidence.limited_by == "floor"
+        ]
         standing = planner.Standing(
             n_now=n_now,
             n_reachable=_reachable(run, active),
@@ -414,14 +420,11 @@ def _adaptive(run: _Scenario, states: list[_CheckState], p: float) -> str:
             planned=planned,
             p=p,
             confidence=settings.confidence,
-            theta=_theta(run, active, p),
+            # After a look short of its floor, plan on the share that look really counted.
+            theta=min((_counted_share(ev) for ev in short), default=_theta(run, active, p)),
             rho=states[0].test.rho,
             spent=max(s.test.spent_total for s in states if not s.decided),
-            short_of_floor=any(
-                s.df is not None and s.df.evidence.limited_by == "floor"
-                for s in states
-                if not s.decided
-            ),
+            short_of_floor=bool(short),
         )
         step = planner.next_look(standing)
         if isinstance(step, planner.Stop):
@@ -560,6 +563,13 @@ def _theta(run: _Scenario, tenants: list[str], p: float) -> float:
     theta = min(max(min(thetas, default=THETA_MAX), 0.5), THETA_MAX)
     kept_share = 1.0 - min(max(max(trimmed, default=0.1), 0.1), WARMUP_MAX_FRACTION)
     return theta * kept_share
+
+
+def _counted_share(ev: Evidence) -> float:
+    """The share of measured samples a look counted toward its floor, in the phase that
+    would decide first (the one whose tail clusters less)."""
+    best = max(ev.solo.effective, ev.shared.effective)
+    return min(max(best / max(ev.measured, 1), 0.02), 1.0)
 
 
 def _judge(run: _Scenario, states: list[_CheckState], n_max: int, final: bool) -> None:

@@ -23,6 +23,10 @@ from pytest_kts.runner import Budget, ProgressSink, run_scenario
 
 # The lock key CPU scenarios share (GPU scenarios lock their GPU's UUID).
 CPU_LOCK = "cpu"
+# Worker processes a pooled backend starts beside the tenants that need new ones (in
+# parallel, inside the same start), so that a later scenario with one tenant more than any
+# before finds a process up.
+POOL_SPARES = 1
 
 
 @dataclass
@@ -34,9 +38,10 @@ class KtsSession:
     matrices: list[MatrixResult] = field(default_factory=list)
     report_paths: list[Path] = field(default_factory=list)
     report_error: str | None = None
-    # Resident tenant workers kept across scenarios, by (sharing, device, environment): a
-    # later scenario that declares the same tenants skips their start-up (torch import,
-    # CUDA init, build, warmup), which is most of a test's fixed cost.
+    # Resident worker processes kept across scenarios, by (sharing, device, environment),
+    # whatever tenants they hold: a later scenario's tenants are loaded into processes whose
+    # interpreter, torch and CUDA context are up (build and warmup only), and a tenant
+    # declared again unchanged starts at once. Start-up is most of a test's fixed cost.
     pool: dict[tuple[Any, ...], Backend] = field(default_factory=dict)
     # --kts-dry-run: (scenario, the manifests its first round would create), in test order.
     dry_runs: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
@@ -248,15 +253,22 @@ class KtsSession:
     ) -> tuple[Backend, bool]:
         """The pooled backend for these settings where pooling applies, else a fresh one.
 
-        Pooled: local time-slicing only (MPS has a daemon per run, streams one process for
-        all tenants, a cluster its Jobs).
+        Pooled, by sharing mode: time-slicing; streams (its one process takes the next
+        scenario's tenants); MPS with its daemon, whose processes are MPS clients (a tenant's
+        MPS limits, set in its environment, are read when its process creates its CUDA
+        context: such a tenant only takes over a process started with the same ones). A pooled
+        MPS daemon is stopped before a scenario of any other mode, so that no MPS server sits
+        next to another mode's measurements. Not pooled: a cluster's Jobs, matrices.
         """
-        if not pool or settings.cluster or settings.sharing != "timeslice":
-            return make_backend(settings, env), False
         key = (settings.sharing, self.device, tuple(sorted(env.items())))
+        pooled = pool and not settings.cluster
+        for other in [k for k in self.pool if k[0] == "mps" and not (pooled and k == key)]:
+            self.pool.pop(other).close()
+        if not pooled:
+            return make_backend(settings, env), False
         backend = self.pool.get(key)
         if backend is None or not getattr(backend, "reusable", False):
-            backend = make_backend(settings, env)
+            backend = make_backend(settings, env, spares=POOL_SPARES)
             self.pool[key] = backend
         return backend, True
 

@@ -66,3 +66,44 @@ def noisy(device: torch.device, size: int, seed: int, **params: str) -> Callable
         return torch.zeros(4).sum()
 
     return step
+
+
+# Tenants that leave something behind in a resident worker, and one that needs a fresh
+# process's settings: what a release must catch or undo.
+
+
+def leaky(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Keeps a tensor where a release cannot drop it: in another module (this one's own
+    globals go with it, as the release forgets the tenant's module)."""
+    torch._kts_test_kept = torch.ones(size, device=device)  # type: ignore[attr-defined]
+    return lambda: torch.zeros(4).sum()
+
+
+def threaded(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Leaves a thread running behind its step."""
+    import threading
+
+    threading.Thread(target=time.sleep, args=(3600,), daemon=True, name="left-behind").start()
+    return lambda: torch.zeros(4).sum()
+
+
+def meddler(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Changes torch's process-wide settings, as some model code does."""
+    torch.set_num_threads(2)
+    torch.set_default_dtype(torch.float64)
+    torch.set_float32_matmul_precision("medium")
+    return lambda: torch.zeros(4).sum()
+
+
+def expects_defaults(
+    device: torch.device, size: int, seed: int, **params: str
+) -> Callable[[], object]:
+    """Refuses to build unless torch's settings are a fresh worker's."""
+    found = (
+        torch.get_num_threads(),
+        torch.get_default_dtype(),
+        torch.get_float32_matmul_precision(),
+    )
+    if found != (1, torch.float32, "highest"):
+        raise ValueError(f"torch settings are not a fresh process's: {found}")
+    return lambda: torch.zeros(4).sum()

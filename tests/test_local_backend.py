@@ -188,21 +188,81 @@ def test_the_time_share_cuts_a_phase_and_keeps_its_samples() -> None:
     assert out.wall_seconds < 1.5 + 1.0  # the share, plus one iteration to stop
 
 
-def test_a_pooled_backend_keeps_unchanged_workers_and_replaces_changed_ones() -> None:
-    backend = LocalBackend(env=ENV)
+def test_a_pooled_backend_keeps_unchanged_workers_and_reloads_processes_for_new_ones() -> None:
+    backend = LocalBackend(env=ENV, spares=1)
     with backend:
         backend.start([spec("a"), spec("b", "matmul")], "cpu")
         pid_a, pid_b = (backend._workers[t].process.pid for t in ("a", "b"))
+        # The first start spawned both tenants and a spare beside them, in parallel.
+        first = backend.startup
+        assert {t: e["how"] for t, e in first["tenants"].items()} == {
+            "a": "spawned",
+            "b": "spawned",
+        }
+        assert first["processes"] == 3 and first["spares"] == 1
+        assert all(e["import_s"] > 0 and e["interpreter_s"] > 0 for e in first["tenants"].values())
+        spare_pid = next(iter(backend._spares.values())).process.pid
         backend.run_phase(PhasePlan("shared", 0, {"a": 5, "b": 5}), timeout_s=60)
         # The next scenario: "a" with another size (same name), "b" unchanged, "c" new.
         changed = TenantSpec(name="a", workload="fft", size=32, warmup=1)
         backend.start([changed, spec("b", "matmul"), spec("c")], "cpu")
-        assert backend.reused == 1
+        second = backend.startup["tenants"]
+        assert {t: e["how"] for t, e in second.items()} == {
+            "a": "reloaded",
+            "b": "resident",
+            "c": "reloaded",
+        }
+        # No process started: "a" was rebuilt in its own process, "c" took the spare.
+        assert backend._workers["a"].process.pid == pid_a
         assert backend._workers["b"].process.pid == pid_b
-        assert backend._workers["a"].process.pid != pid_a
-        assert wait_dead([pid_a]) == []
-        # The retired worker's end of output must not read as the new one's death.
+        assert backend._workers["c"].process.pid == spare_pid
+        assert "import_s" not in second["a"] and second["a"]["build_s"] >= 0
+        assert backend._workers["a"].meta["size"] == 32
         out = backend.run_phase(PhasePlan("shared", 1, {"a": 5, "b": 5, "c": 5}), 60)
         assert all(len(out.readers[t].samples) >= 5 for t in ("a", "b", "c"))
+        assert {s.tenant for s in out.readers["c"].samples} == {"c"}
+        # Four new tenants: three take the idle processes, one is spawned, with a spare.
+        backend.start([spec(t) for t in ("d", "e", "f", "g")], "cpu")
+        hows = sorted(e["how"] for e in backend.startup["tenants"].values())
+        assert hows == ["reloaded", "reloaded", "reloaded", "spawned"]
+        assert backend.startup["spares"] == 1
+        pids = [w.process.pid for w in [*backend._workers.values(), *backend._spares.values()]]
+        assert len(set(pids)) == 5 and {pid_a, pid_b, spare_pid} <= set(pids)
+    assert wait_dead(pids) == []
+
+
+@pytest.mark.parametrize(
+    ("leaving", "counter"),
+    [("kts_test_workloads:leaky", "tensors"), ("kts_test_workloads:threaded", "threads")],
+)
+def test_a_process_that_keeps_something_of_its_tenant_is_retired_not_reused(
+    leaving: str, counter: str
+) -> None:
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start([spec("old", leaving), spec("other")], "cpu")
+        old_pid = backend._workers["old"].process.pid
+        backend.start([spec("new"), spec("other")], "cpu")
+        facts = backend.startup
+        # "new" was handed the old process first; its release found the leftover, so it
+        # runs in a fresh process and the note says what was left.
+        assert facts["tenants"]["new"]["how"] == "spawned"
+        assert backend._workers["new"].process.pid != old_pid
+        assert wait_dead([old_pid]) == []
+        assert any(f"{counter} " in n and "'old'" in n for n in facts["notes"])
+        out = backend.run_phase(PhasePlan("solo", 0, {"new": 5}), timeout_s=60)
+        assert len(out.readers["new"].samples) == 5
         pids = [w.process.pid for w in backend._workers.values()]
     assert wait_dead(pids) == []
+
+
+def test_a_reused_process_gives_the_next_tenant_a_fresh_processs_torch_settings() -> None:
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start([spec("a", "kts_test_workloads:meddler"), spec("b")], "cpu")
+        pid = backend._workers["a"].process.pid
+        # expects_defaults raises at build unless threads, dtype and matmul precision are
+        # those of a fresh worker: the release put back what meddler changed.
+        backend.start([spec("c", "kts_test_workloads:expects_defaults"), spec("b")], "cpu")
+        assert backend.startup["tenants"]["c"]["how"] == "reloaded"
+        assert backend._workers["c"].process.pid == pid

@@ -294,13 +294,13 @@ def test_a_compare_across_sharing_environments_says_so_and_does_not_gate(tmp_pat
     settings = RunSettings(device="cpu", baseline_dir=str(tmp_path), save="main")
     session = KtsSession(settings, "cpu")
     before = _with_env(make_result(1), time_slice="Default")
-    session._baselines(before, settings)
+    session._baselines(before, settings, before.name)
     assert baseline.load_baseline(tmp_path, "main", before.name).sharing_env["time_slice"] == (
         "Default"
     )
     compare = RunSettings(device="cpu", baseline_dir=str(tmp_path), compare="main")
     slower = _with_env(make_result(2, shared_scale=1.6), time_slice="Long")
-    session._baselines(slower, compare)  # a 1.6x regression, but on another time slice
+    session._baselines(slower, compare, before.name)  # a 1.6x regression, but on another time slice
     line = [w for w in slower.warnings if "sharing environment" in w]
     assert line == [
         "baseline sharing environment differs (time slice Default -> Long): the comparison is "
@@ -311,7 +311,7 @@ def test_a_compare_across_sharing_environments_says_so_and_does_not_gate(tmp_pat
     # The same regression on the same setting fails the test.
     same = _with_env(make_result(3, shared_scale=1.6), time_slice="Default")
     with pytest.raises(RegressionError):
-        session._baselines(same, compare)
+        session._baselines(same, compare, before.name)
 
 
 def test_summary_json_and_results_md_carry_the_record(tmp_path: Path) -> None:

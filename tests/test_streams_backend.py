@@ -240,3 +240,41 @@ def test_interrupted_parent_leaves_no_worker_behind() -> None:
     for how, parent in parents.items():
         parent.wait(timeout=30)
         assert wait_dead(pids[how], timeout=15), how.name
+
+
+def test_a_pooled_streams_process_takes_the_next_scenarios_tenants() -> None:
+    backend = StreamsBackend(env=ENV)
+    with backend:
+        backend.start([spec("a"), spec("b", "matmul")], "cpu")
+        pid = pid_of(backend)
+        assert {e["how"] for e in backend.startup["tenants"].values()} == {"spawned"}
+        assert backend.startup["tenants"]["a"]["import_s"] > 0
+        backend.run_phase(PhasePlan("shared", 0, {"a": 5, "b": 5}), timeout_s=60)
+        # Other tenants: loaded into the same process, which released the old ones.
+        backend.start([spec("c", "matmul"), spec("d", sleep_ms=1.0)], "cpu")
+        assert pid_of(backend) == pid
+        assert {e["how"] for e in backend.startup["tenants"].values()} == {"reloaded"}
+        assert "import_s" not in backend.startup["tenants"]["c"]
+        out = backend.run_phase(PhasePlan("shared", 1, {"c": 5, "d": 5}), timeout_s=60)
+        assert all(len(out.readers[t].samples) >= 5 for t in ("c", "d"))
+        assert {s.tenant for s in out.readers["d"].samples} == {"d"}
+        assert set(backend.facts()["tenants"]) == {"c", "d"}
+        # The same tenants again: nothing to do.
+        backend.start([spec("c", "matmul"), spec("d", sleep_ms=1.0)], "cpu")
+        assert {e["how"] for e in backend.startup["tenants"].values()} == {"resident"}
+        # Another environment for the one process: a fresh process.
+        backend.start([spec("e", env={"KTS_TEST_SIDE": "1"}), spec("f")], "cpu")
+        assert pid_of(backend) != pid and wait_dead(pid)
+        new_pid = pid_of(backend)
+        # A tenant that keeps a tensor out of reach: the next load finds it and starts afresh.
+        side = {"KTS_TEST_SIDE": "1"}
+        backend.start([spec("g", "kts_test_workloads:leaky", env=side), spec("h")], "cpu")
+        assert pid_of(backend) == new_pid
+        backend.start([spec("i", env=side), spec("j")], "cpu")
+        assert pid_of(backend) != new_pid and wait_dead(new_pid)
+        assert {e["how"] for e in backend.startup["tenants"].values()} == {"spawned"}
+        assert any("tensors " in n for n in backend.startup["notes"])
+        out = backend.run_phase(PhasePlan("shared", 2, {"i": 5, "j": 5}), timeout_s=60)
+        assert all(len(out.readers[t].samples) >= 5 for t in ("i", "j"))
+        last = pid_of(backend)
+    assert wait_dead(last)

@@ -3,6 +3,9 @@
 Standalone, it runs one phase and exits (a Kubernetes Job, or by hand). With ``--serve`` it
 stays resident: it builds its workload once, says ``ready``, and runs the phases the local
 backend sends as JSON lines on stdin, so the CUDA context and memory persist across phases.
+A resident worker can be handed another tenant (``{"cmd": "load", "argv": [...]}``): it
+releases the one it holds, checks that nothing of it is left (``resident.py``), and builds the
+new one without starting torch or CUDA again. ``--spare`` starts one that holds no tenant yet.
 
 Exit codes: 0 done, 2 bad arguments, 3 CUDA out of memory, 4 no CUDA device, 1 anything else.
 """
@@ -15,12 +18,14 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .harness import PhaseControl
+    from .resident import Tenant
 
 from pytest_kts.constants import (
     ARRIVALS,
@@ -62,6 +67,9 @@ def parse_args(argv: Sequence[str] | None, *, workload: str | None = None) -> ar
     p.add_argument("--min-duration-s", type=float, default=0.0)
     p.add_argument("--max-duration-s", type=float, default=None)
     p.add_argument("--serve", action="store_true", help="stay resident; phases come on stdin")
+    p.add_argument(
+        "--spare", action="store_true", help="with --serve: hold no tenant until one is loaded"
+    )
     args = p.parse_args(argv)
     if args.sleep_ms is None:
         env_sleep = _env("SLEEP_MS")
@@ -141,20 +149,53 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+def _interpreter_s(entered_ns: int) -> dict[str, float]:
+    """Seconds from the backend's spawn (``KTS_SPAWNED_NS``) to this process's main()."""
+    spawned = _env("KTS_SPAWNED_NS")
+    if not spawned or not spawned.isdigit():
+        return {}
+    return {"interpreter_s": max(entered_ns - int(spawned), 0) / 1e9}
+
+
+def _load_args(command: dict[str, Any], device: str, workload: str | None) -> argparse.Namespace:
+    """A ``load`` command's tenant: the same arguments a worker is started with."""
+    argv = command.get("argv")
+    if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+        raise ValueError(f"a load command needs argv, a list of strings: {command}")
+    try:
+        args = parse_args(argv, workload=workload)
+    except SystemExit:
+        raise ValueError(f"bad arguments in a load command: {argv}") from None
+    if args.device not in ("auto", device):
+        raise ValueError(f"this worker runs on {device}; a load asked for {args.device}")
+    return args
+
+
+def _run(held: Tenant, command: dict[str, Any], control: PhaseControl, seq: int) -> None:
+    """One phase of the tenant held. A function of its own: no local of the serve loop may
+    keep a tenant alive once the next load releases it."""
+    from .harness import run_phase
+
+    control.begin(seq)
+    run_phase(
+        held.step, clock=held.clock, emit=held.emit, tenant=held.name,
+        phase=command["phase"], round=int(command["round"]),
+        iterations=int(command["iterations"]), arrival=held.arrival,
+        start_at_ns=command.get("start_at_ns"), control=control, seq=seq,
+        until_stopped=bool(command.get("until_stopped")),
+        max_duration_s=command.get("max_duration_s"),
+    )  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> int:
+    entered_ns = time.time_ns()
     args = parse_args(argv, workload=workload)
 
     from pytest_kts.protocol import check_tenant_name
 
-    from .harness import (
-        Arrival,
-        Clock,
-        Emitter,
-        PhaseControl,
-        machine_facts,
-        run_phase,
-    )
-    from .process import cpu_threads, protocol_stream
+    from .harness import Emitter, PhaseControl, machine_facts, run_phase
+    from .process import protocol_stream
+    from .resident import OWN_THREAD_PREFIX, Resident, bring_up
 
     try:
         check_tenant_name(args.tenant)
@@ -162,56 +203,62 @@ def main(argv: Sequence[str] | None = None, *, workload: str | None = None) -> i
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
     # Before any workload code: its prints go to stderr, never among the protocol lines.
-    emit = Emitter(protocol_stream(), args.tenant)
+    out = protocol_stream()
+    emit = Emitter(out, args.tenant)
     if args.serve:
         _die_with_parent()
     try:
+        startup = _interpreter_s(entered_ns)
+        device, timings = bring_up(args.device)
         import torch
 
-        device = _select_device(args.device)
-        if device == "cpu":
-            # Co-tenants share few cores: one thread each unless told otherwise.
-            torch.set_num_threads(cpu_threads())
-        from .workloads import resolve
-
-        factory = resolve(args.workload)
         with torch.inference_mode():
-            step = factory(torch.device(device), args.size, args.seed, **args.params)
-            # With the step given, the clock settles how it times it (graph, gate or eager).
-            clock = Clock(cuda=device == "cuda", step=step)
-            facts = machine_facts(device) | clock.facts()
-            emit.meta(facts | {"workload": args.workload, "size": args.size})
-            for _ in range(args.warmup):
-                clock.time(step, 0)
-            arrival = Arrival(args.arrival, args.sleep_ms / 1000.0, args.rate_hz, args.seed)
-            emit.event("ready", {"pid": os.getpid()})
+            worker = Resident(device, startup | timings)
+            if args.serve and args.spare:
+                emit.meta(machine_facts(device) | {"spare": True})
+                emit.event("up", {"pid": os.getpid(), "startup": worker.startup})
+                worker.startup = {}
+            else:
+                worker.load(args, emit)
             if not args.serve:
+                assert worker.tenant is not None
                 run_phase(
-                    step, clock=clock, emit=emit, tenant=args.tenant, phase=args.phase,
-                    round=args.round, iterations=args.iterations, arrival=arrival,
-                    start_at_ns=args.start_at_ns, min_duration_s=args.min_duration_s,
-                    max_duration_s=args.max_duration_s,
+                    worker.tenant.step, clock=worker.tenant.clock, emit=emit, tenant=args.tenant,
+                    phase=args.phase, round=args.round, iterations=args.iterations,
+                    arrival=worker.tenant.arrival, start_at_ns=args.start_at_ns,
+                    min_duration_s=args.min_duration_s, max_duration_s=args.max_duration_s,
                 )  # fmt: skip
                 return 0
             commands: queue.Queue[dict[str, Any] | None] = queue.Queue()
             control = PhaseControl()
-            threading.Thread(target=_command_reader, args=(commands, control), daemon=True).start()
+            threading.Thread(
+                target=_command_reader,
+                args=(commands, control),
+                daemon=True,
+                name=f"{OWN_THREAD_PREFIX}commands",
+            ).start()
             seq = 0
             while (command := commands.get()) is not None:
-                if command.get("cmd") == "exit":
+                cmd = command.get("cmd")
+                if cmd == "exit":
                     break
-                if command.get("cmd") != "run":
+                if cmd == "load":
+                    args = _load_args(command, device, workload)
+                    check_tenant_name(args.tenant)
+                    # Every line from here on is the new tenant's, its predecessor's release too.
+                    emit = Emitter(out, args.tenant)
+                    released = worker.release()
+                    emit.event("released", released)
+                    if released["clean"]:
+                        worker.startup = {"release_s": released["release_s"]}
+                        worker.load(args, emit)
+                    # Not clean: hold nothing and wait; the backend retires this process.
+                    continue
+                if cmd != "run" or worker.tenant is None:
                     emit.event("error", {"kind": "protocol", "message": f"unknown {command}"})
                     continue
                 seq = int(command.get("seq", seq + 1))
-                control.begin(seq)
-                run_phase(
-                    step, clock=clock, emit=emit, tenant=args.tenant, phase=command["phase"],
-                    round=int(command["round"]), iterations=int(command["iterations"]),
-                    arrival=arrival, start_at_ns=command.get("start_at_ns"), control=control,
-                    seq=seq, until_stopped=bool(command.get("until_stopped")),
-                    max_duration_s=command.get("max_duration_s"),
-                )  # fmt: skip
+                _run(worker.tenant, command, control, seq)
             # The backend has gone or said exit: everything is written. Leave at once rather
             # than through the interpreter's (and torch's) teardown, which on a busy machine
             # takes longer than Ctrl-C should; the driver frees the CUDA context either way.

@@ -2,6 +2,10 @@
 
 ``python -m pytest_kts.workers.streams``.
 
+One file on purpose: it is one program (the process, its tenant threads, their shared output
+and the command loop), the streams counterpart of ``run.py``; its parts share the process's
+state and are not used apart.
+
 The "streams" sharing mode. Tenants are Python threads of one interpreter; on a GPU each
 thread launches its work on its own ``torch.cuda.Stream`` with the tenant's priority (lower
 number = higher priority). Stream priorities only act between streams of one CUDA context:
@@ -19,7 +23,10 @@ only way to ask the hardware to favour one tenant's kernels over another's.
 Commands on stdin, one JSON object a line, as for ``workers.run --serve`` but addressed:
 ``{"cmd": "run", "tenant": T, "seq", "phase", "round", "iterations", "start_at_ns",
 "until_stopped", "max_duration_s"}``; ``{"cmd": "stop", "tenant": T, "seq": S}`` (no tenant: every
-tenant); ``{"cmd": "exit"}`` (the process).
+tenant); ``{"cmd": "load", "tenants": [...]}`` (another scenario's tenants, as ``--tenant-json``
+objects: the process ends its tenants' threads, releases what they held and checks it is clean
+as ``workers.run`` does, then starts the new ones; every new tenant says ``released``, then
+``ready``); ``{"cmd": "exit"}`` (the process).
 
 Output: the usual protocol lines, each tenant under its own name (``KTS_META`` with
 ``"sharing": "streams"`` and ``"streams": true|false``, ``KTS_EVENT ready``, ``KTS_APP,v2``).
@@ -46,6 +53,7 @@ import os
 import queue
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,14 +62,15 @@ from typing import IO, Any
 from pytest_kts.constants import DEVICES, STREAMS_WORKER_MODULE
 
 from .harness import Emitter, PhaseControl
-from .process import cpu_threads, protocol_stream
+from .process import protocol_stream
+from .resident import Blank, bring_up
 from .run import (
     EXIT_NO_DEVICE,
     EXIT_OOM,
     EXIT_USAGE,
     _die_with_parent,
     _env,
-    _select_device,
+    _interpreter_s,
     read_commands,
 )
 
@@ -268,11 +277,43 @@ class _Tenant:
 class _Process:
     """The tenants of this process and what ends it."""
 
-    def __init__(self, out: SharedOutput, routed: RoutedStdout, device: str) -> None:
+    def __init__(
+        self, out: SharedOutput, routed: RoutedStdout, device: str, blank: Blank,
+        startup: dict[str, float],
+    ) -> None:  # fmt: skip
         self.out = out
         self.routed = routed
         self.device = device
         self.tenants: dict[str, _Tenant] = {}
+        self.blank = blank
+        self.startup = startup  # before the tenants' build: the process's start, or a release
+
+    def start(self, tenants: Sequence[TenantArgs]) -> None:
+        for a in tenants:
+            self.tenants[a.name] = _Tenant(a, SharedLockEmitter(self.out, a.name))
+        for t in self.tenants.values():
+            t.thread = threading.Thread(
+                target=self.tenant_main, args=(t,), name=f"kts-{t.args.name}", daemon=True
+            )
+            t.thread.start()
+
+    def load(self, tenants: Sequence[TenantArgs]) -> None:
+        """End the tenants' threads, release what they held, start ``tenants`` if clean (if
+        not, hold nothing: the backend retires this process)."""
+        started = time.perf_counter()
+        joined = self.shutdown()
+        before = list(self.tenants)
+        self.tenants.clear()
+        released = self.blank.release()
+        if not joined:
+            released["clean"] = False
+            released["leftover"]["tenant_threads"] = [0, 1]
+        released |= {"from": before, "release_s": round(time.perf_counter() - started, 6)}
+        for a in tenants:
+            SharedLockEmitter(self.out, a.name).event("released", released)
+        if released["clean"]:
+            self.startup = {"release_s": released["release_s"]}
+            self.start(tenants)
 
     def fail(self, tenant: _Tenant, exc: BaseException) -> None:
         """Report ``tenant``'s failure and end the process with its exit code."""
@@ -330,6 +371,8 @@ class _Process:
             else:
                 # No streams on the CPU, so no priority takes effect.
                 facts.update(priority=None, priority_requested=a.priority)
+            timings = dict(self.startup)
+            began = time.perf_counter()
             factory = resolve(a.workload)
             # inference_mode and the current stream are per thread: enter both here.
             with torch.inference_mode(), stream_ctx:
@@ -337,7 +380,9 @@ class _Process:
                 if stream is not None:
                     # The build's copies ran on this stream; be sure they are done before timing.
                     stream.synchronize()
+                built = time.perf_counter()
                 clock = Clock(cuda=cuda, step=step)
+                prepared = time.perf_counter()
                 base = machine_facts(self.device)
                 tenant.emit.meta(
                     base | clock.facts() | facts | {"workload": a.workload, "size": a.size}
@@ -348,7 +393,13 @@ class _Process:
                 if sleep_ms is None:
                     sleep_ms = DEFAULT_SLEEP_MS.get(a.workload, 0.0)
                 arrival = Arrival(a.arrival, sleep_ms / 1000.0, a.rate_hz, a.seed)
-                tenant.emit.event("ready", {"pid": os.getpid()})
+                timings.update(
+                    build_s=built - began,
+                    prepare_s=prepared - built,
+                    warmup_s=time.perf_counter() - prepared,
+                )
+                startup = {k: round(v, 6) for k, v in timings.items()}
+                tenant.emit.event("ready", {"pid": os.getpid(), "startup": startup})
                 tenant.ready = True
                 seq = 0
                 while (command := tenant.commands.get()) is not None:
@@ -384,6 +435,17 @@ class _Process:
         if cmd == "run" and name in self.tenants:
             self.tenants[name].commands.put(command)
             return True
+        if cmd == "load":
+            try:
+                items = command.get("tenants")
+                if not isinstance(items, list) or not items:
+                    raise ValueError("a load command needs tenants, a list of tenant objects")
+                tenants = [TenantArgs.from_json(item) for item in items]
+            except (ValueError, TypeError) as exc:
+                print(f"ignored a load command: {exc}", file=sys.stderr)
+                return True
+            self.load(tenants)
+            return True
         # No tenant to blame on the protocol: stderr, as workers.run does for non-JSON input.
         print(f"ignored a command with no known tenant: {command}", file=sys.stderr)
         return True
@@ -406,6 +468,7 @@ def _read_commands() -> Callable[[], dict[str, Any] | None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    startup = _interpreter_s(time.time_ns())
     args = parse_args(argv)
     # Protocol lines on their own descriptor; a tenant's prints go, tagged, to stderr.
     out = SharedOutput(protocol_stream())
@@ -414,9 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.switch_interval_ms is not None:
         sys.setswitchinterval(args.switch_interval_ms / 1000.0)
     try:
+        device, timings = bring_up(args.device)
         import torch
-
-        device = _select_device(args.device)
     except LookupError as exc:
         # No tenant thread exists yet: report under every tenant's name, so each one's
         # reader sees why.
@@ -425,27 +487,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             emit.event("error", {"kind": "no_device", "message": str(exc)})
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_NO_DEVICE
-    if device == "cpu":
-        # Co-tenants share few cores: one intra-op thread, each op on its tenant's thread.
-        try:
-            threads = cpu_threads()
-        except ValueError as exc:
-            for t in args.tenants:  # each tenant's reader learns why
-                SharedLockEmitter(out, t.name).event(
-                    "error", {"kind": "config", "message": f"{exc}"}
-                )
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        torch.set_num_threads(threads)
+    except ValueError as exc:  # KTS_CPU_THREADS that is no thread count
+        for t in args.tenants:  # each tenant's reader learns why
+            SharedLockEmitter(out, t.name).event("error", {"kind": "config", "message": f"{exc}"})
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # bring_up gave the CPU one intra-op thread: each op runs on its tenant's thread.
     sys.stdout = routed
-    proc = _Process(out, routed, device)
-    for a in args.tenants:
-        proc.tenants[a.name] = _Tenant(a, SharedLockEmitter(out, a.name))
-    for t in proc.tenants.values():
-        t.thread = threading.Thread(
-            target=proc.tenant_main, args=(t,), name=f"kts-{t.args.name}", daemon=True
-        )
-        t.thread.start()
+    proc = _Process(out, routed, device, Blank(torch, device == "cuda"), startup | timings)
+    proc.start(args.tenants)
     next_command = _read_commands()
     while (command := next_command()) is not None and proc.dispatch(command):
         pass

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# The GPU evidence, one part per call: bash benchmarks/gpu/run.sh OUT decisive|main
+# The GPU evidence, one part per call: bash benchmarks/gpu/run.sh OUT decisive|main|startup
 #   decisive: benchmarks/gpu/test_decisive.py and test_attribution.py with a report, then the
 #             fixed-cost benchmark;
-#   main:     the main job's example suite on CUDA (what scripts/main.sh runs), with a report.
+#   main:     the main job's example suite on CUDA (what scripts/main.sh runs), with a report;
+#   startup:  the fixed cost per test (same tenants, and tenants that all differ) and how fast
+#             a new tenant spec gets a worker (fresh process, fork server, resident reload).
 # Runs from a source tree with the machine's python3 (no install): the plugin is named with -p.
 # Every output lands under OUT; report folders are packed as .tgz (the device tool returns
 # at most 8 files).
 set -uo pipefail
 OUT=${1:?OUT folder}
-PART=${2:?decisive or main}
+PART=${2:?decisive, main or startup}
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -25,8 +27,16 @@ decisive)
         -v -rA -p no:cacheprovider --durations=0) > "$OUT/decisive.log" 2>&1
     echo "pytest exit $?" >> "$OUT/decisive.log"
     tar czf "$OUT/decisive.tgz" -C "$OUT" decisive && rm -rf "$OUT/decisive"
-    timeout 120 python3 "$ROOT/benchmarks/fixed_cost.py" --out "$OUT" --device cuda --tests 6 \
+    timeout 240 python3 "$ROOT/benchmarks/fixed_cost.py" --out "$OUT" --device cuda --tests 6 \
         > "$OUT/fixed_cost.log" 2>&1
+    ;;
+startup)
+    timeout 240 python3 "$ROOT/benchmarks/fixed_cost.py" --out "$OUT" --device cuda --tests 8 \
+        > "$OUT/fixed_cost.log" 2>&1
+    echo "fixed_cost exit $?" >> "$OUT/fixed_cost.log"
+    timeout 180 python3 "$ROOT/benchmarks/worker_start.py" --out "$OUT" --device cuda \
+        --repeats 5 > "$OUT/worker_start.log" 2>&1
+    echo "worker_start exit $?" >> "$OUT/worker_start.log"
     ;;
 main)
     (cd "$ROOT" && timeout 540 python3 -m pytest examples -p pytest_kts.plugin -p no:cacheprovider \

@@ -14,8 +14,12 @@ if TYPE_CHECKING:
     from pytest_kts.config import RunSettings
 
 
-def make_backend(settings: RunSettings, env: Mapping[str, str] | None = None) -> Backend:
-    """The backend for these settings; ``env`` goes to every local tenant (the GPU to use)."""
+def make_backend(
+    settings: RunSettings, env: Mapping[str, str] | None = None, spares: int = 0
+) -> Backend:
+    """The backend for these settings; ``env`` goes to every local tenant (the GPU to use).
+    ``spares``: worker processes a local backend starts beside its tenants, holding none, for
+    later scenarios (a session's pool); a backend used once needs none."""
     if settings.cluster:
         from pytest_kts.backends.kubernetes import make_cluster_backend
 
@@ -31,4 +35,4 @@ def make_backend(settings: RunSettings, env: Mapping[str, str] | None = None) ->
         return StreamsBackend(env=env)
     from pytest_kts.backends.local import LocalBackend
 
-    return LocalBackend(sharing=settings.sharing, env=env)
+    return LocalBackend(sharing=settings.sharing, env=env, spares=spares)

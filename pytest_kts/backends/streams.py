@@ -12,6 +12,12 @@ that stream (a tenant's own prints go to its stderr, ``pytest_kts.workers.proces
 naming a tenant the process does not hold is counted as unrouted. Phases, the barrier, keep-running
 in shared phases, errors and cleanup are LocalBackend's own code (``close`` sends each tenant's
 "exit" to the one process: the first ends it, the rest meet a closed pipe).
+
+In a session's pool the process outlives a scenario: the next one's tenants are loaded into it
+(``{"cmd": "load"}``: its interpreter, torch and CUDA context stay; the old tenants' threads
+end, what they held is released and checked, the new ones build on new streams). What it cannot
+reuse: the environment, one for every tenant, fixed when the process started (a scenario whose
+tenants ask for another one gets a fresh process), and a process whose release was not clean.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import subprocess
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
@@ -88,6 +95,9 @@ class StreamsBackend(LocalBackend):
             raise ConfigError(f"switch_interval_ms must be > 0, got {switch_interval_ms}")
         self.switch_interval_ms = switch_interval_ms
         self._process: subprocess.Popen[str] | None = None
+        self._process_env: dict[str, str] = {}  # the tenants' environment it started with
+        self._stderr: IO[str] | None = None
+        self._respawned = False
         # Tenants with a phase in progress, and those of them that reached their target: a
         # hang is blamed on one still short of its target (they all share one process).
         self._running: set[str] = set()
@@ -106,13 +116,72 @@ class StreamsBackend(LocalBackend):
             raise ConfigError(
                 f"stream priorities name tenants the scenario does not declare: {sorted(unknown)}"
             )
-        self._device = device
+        began = time.monotonic()
+        self._notes = []
         try:
-            self._spawn_all(tenants, device)
-            self._await_ready()
+            env = self._tenants_env(tenants)
+            alive = self._process is not None and self._process.poll() is None
+            if alive and device == self._device and env == self._process_env:
+                if [w.spec for w in self._workers.values()] == list(tenants):
+                    self.reused += len(tenants)
+                    how = dict.fromkeys(names, "resident")
+                else:
+                    self._load_all(tenants, device)
+                    self.reloaded += 1
+                    how = dict.fromkeys(names, "reloaded")
+            else:
+                self._stop_all()
+                self._device = device
+                self._spawn_all(tenants, device)
+                how = dict.fromkeys(names, "spawned")
+            self._respawned = False
+            self._await_ready(how)
+            if self._respawned:
+                how = dict.fromkeys(names, "spawned")
+            self.startup = self._startup_facts(names, how, time.monotonic() - began)
         except BaseException:
             self.close()
             raise
+
+    def _load_all(self, tenants: Sequence[TenantSpec], device: str) -> None:
+        """Hand the one resident process another scenario's tenants."""
+        assert self._process is not None and self._stderr is not None
+        self._running.clear()
+        self._reached.clear()
+        self._samples_seen.clear()
+        # The new names before the command: the router files each line by the name it carries.
+        self._workers = {s.name: _Worker(s, self._process, self._stderr) for s in tenants}
+        sent_ns = time.time_ns()
+        for worker in self._workers.values():
+            worker.sent_ns = sent_ns
+        command = {
+            "cmd": "load",
+            "tenants": [tenant_json(spec, self.priority_of(spec)) for spec in tenants],
+        }
+        LocalBackend._send(self, next(iter(self._workers.values())), command)
+
+    def _stop_all(self) -> None:
+        """Stop the process and forget its tenants (a new one takes their place)."""
+        workers = list(self._workers.values())
+        self._workers.clear()
+        if not workers:
+            return
+        self._stop_worker(workers[0])
+        self._process = None
+
+    def _replace_unclean(self, worker: _Worker, released: Mapping[str, Any]) -> None:
+        """The process still held something after its release: a fresh one for every tenant."""
+        specs = [w.spec for w in self._workers.values() if w.spec is not None]
+        leftover = ", ".join(
+            f"{k} {v[0]} -> {v[1]}" for k, v in dict(released.get("leftover") or {}).items()
+        )
+        self._notes.append(
+            f"the streams process still held something of {released.get('from')} after its "
+            f"release ({leftover}): retired, the tenants started in a fresh one"
+        )
+        self._stop_all()
+        self._spawn_all(specs, self._device)
+        self._respawned = True
 
     def priority_of(self, spec: TenantSpec) -> int:
         if spec.name in self.priorities:
@@ -150,6 +219,8 @@ class StreamsBackend(LocalBackend):
             argv += ["--switch-interval-ms", repr(float(self.switch_interval_ms))]
         for spec in tenants:
             argv += ["--tenant-json", json.dumps(tenant_json(spec, self.priority_of(spec)))]
+        sent_ns = time.time_ns()
+        env["KTS_SPAWNED_NS"] = str(sent_ns)
         try:
             process = spawn_worker(argv, env, stderr_file)
         except BaseException:
@@ -157,13 +228,14 @@ class StreamsBackend(LocalBackend):
             raise
         finally:
             os.unlink(stderr_file.name)  # the worker holds its own descriptor (see local.py)
-        self._process = process
+        self._process, self._stderr = process, stderr_file
+        self._process_env = self._tenants_env(tenants)
         # One _Worker per tenant, all on the one process: LocalBackend's phase loop, error
         # checks and close() then work per tenant unchanged.
         for spec in tenants:
-            self._workers[spec.name] = _Worker(spec, process, stderr_file)
+            self._workers[spec.name] = _Worker(spec, process, stderr_file, sent_ns=sent_ns)
         threading.Thread(
-            target=self._route, args=(process.stdout,), daemon=True, name="kts-streams"
+            target=self._route, args=(process.stdout, process), daemon=True, name="kts-streams"
         ).start()
 
     # -- output --------------------------------------------------------------------------
@@ -188,7 +260,7 @@ class StreamsBackend(LocalBackend):
             elif name == "phase_end":
                 self._running.discard(tenant)
 
-    def _route(self, stream: IO[str] | None) -> None:
+    def _route(self, stream: IO[str] | None, process: subprocess.Popen[str]) -> None:
         assert stream is not None
         try:
             for line in stream:
@@ -197,14 +269,14 @@ class StreamsBackend(LocalBackend):
                     self.unrouted.feed(line)
                     continue
                 self._track(tenant, line)
-                self._lines.put((tenant, line))
+                self._lines.put((tenant, line, process))
         except (OSError, ValueError):
             pass
         finally:
             # The process is gone for every tenant; LocalBackend fails the phase on the first
             # EOF it sees, so one is enough. Name a tenant that was measuring, if any was.
-            blame = self._suspects() or list(self._workers)
-            self._lines.put((blame[0], _EOF))
+            blame = self._suspects() or list(self._workers) or [""]
+            self._lines.put((blame[0], _EOF, process))
 
     def _suspects(self) -> list[str]:
         running = [t for t in self._workers if t in self._running]
@@ -214,9 +286,9 @@ class StreamsBackend(LocalBackend):
     # -- LocalBackend hooks --------------------------------------------------------------
     def _send(self, worker: _Worker, command: dict[str, Any]) -> None:
         if command.get("cmd") == "run":
-            self._running.add(worker.spec.name)
-            self._reached.discard(worker.spec.name)
-        super()._send(worker, {**command, "tenant": worker.spec.name})
+            self._running.add(worker.name)
+            self._reached.discard(worker.name)
+        super()._send(worker, {**command, "tenant": worker.name})
 
     def _next_line(
         self, deadline: float, what: str, among: Sequence[str] | None = None, quiet: bool = False
@@ -238,7 +310,7 @@ class StreamsBackend(LocalBackend):
     def facts(self) -> dict[str, Any]:
         facts = super().facts()
         facts["priorities"] = {
-            name: w.meta.get("priority", self.priority_of(w.spec))
+            name: w.meta.get("priority", self.priority_of(w.spec) if w.spec else 0)
             for name, w in self._workers.items()
         }
         facts["pid"] = self._process.pid if self._process is not None else None
