@@ -358,12 +358,6 @@ def run_scenario(
     )
 
 
-def _check_colocated(run: _Scenario) -> None:
-    check = getattr(run.backend, "check_colocated", None)
-    if callable(check):
-        check()
-
-
 def _fixed(run: _Scenario) -> str:
     """Every tenant ``iterations`` times per phase, in rounds; each phase an equal time share."""
     settings, names = run.settings, run.names
@@ -380,7 +374,7 @@ def _fixed(run: _Scenario) -> str:
         if not run.run_round(plans, final=True):
             return f"stopped: {run.limit_reason()} after {done} iterations per tenant and phase"
         if rnd == 0:
-            _check_colocated(run)
+            run.backend.check_colocated()
         done += n
     return f"fixed protocol: {done} iterations per tenant and phase"
 
@@ -399,7 +393,7 @@ def _adaptive(run: _Scenario, states: list[_CheckState], p: float) -> str:
     plans = [PhasePlan(x.phase, x.round, x.iterations, max_seconds=share) for x in plans]
     if not run.run_round(plans, final=False):
         return _finish(run, states, p, f"undecided: {run.limit_reason()} during calibration")
-    _check_colocated(run)
+    run.backend.check_colocated()
 
     # 2. Rounds as short as pay for their phase switches; looks planned in samples per phase.
     planned: tuple[int, ...] = ()

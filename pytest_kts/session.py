@@ -267,7 +267,7 @@ class KtsSession:
         if not pooled:
             return make_backend(settings, env), False
         backend = self.pool.get(key)
-        if backend is None or not getattr(backend, "reusable", False):
+        if backend is None or not backend.reusable:
             backend = make_backend(settings, env, spares=POOL_SPARES)
             self.pool[key] = backend
         return backend, True
