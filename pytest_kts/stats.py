@@ -491,6 +491,23 @@ def _clusters_above(values: np.ndarray, labels: np.ndarray, level: float, run: i
     return sizes
 
 
+def chance_dispersion(fraction: float, run: int = RUN_LENGTH) -> float:
+    """``sum C^2 / sum C`` that the runs rule gives *independent* exceedances by chance.
+
+    With each sample above the level with probability ``fraction``, a cluster goes on past
+    an exceedance unless the next ``run + 1`` samples all stay below (a gap of ``run`` joins),
+    so cluster sizes are geometric with stopping probability ``s = (1 - fraction)^(run + 1)``
+    and ``E[C^2] / E[C] = (2 - s) / s``: 1.08 at p99, 1.46 at p95, 31 at p50. The dispersion
+    a verdict uses is the measured one over this, so only clustering beyond chance shrinks
+    the effective sample (a median's exceedances are half the samples, and the runs rule
+    alone would join them into a few long "bursts" of independent samples).
+    """
+    s = (1.0 - min(max(fraction, 0.0), 1.0)) ** (max(run, 0) + 1)
+    if s <= 0:
+        return math.inf
+    return (2.0 - s) / s
+
+
 # The clustering is read at the percentile and at levels up to this many binomial sds of
 # rank below it: the interval around a percentile spans those ranks, and a tail whose slow
 # mode sits right at the percentile (a co-tenant that hits 1-2% of iterations in runs) shows
@@ -522,7 +539,8 @@ def tail_clusters(
     q = p / 100.0
     sd = math.sqrt(n * q * (1 - q))
     ordered = np.sort(values)
-    theta, inflation = at_level.size / exceed, float((at_level**2).sum() / exceed)
+    theta = at_level.size / exceed
+    inflation = float((at_level**2).sum() / exceed) / chance_dispersion(exceed / n, run)
     for j in range(1, _BAND_SDS + 1):
         rank = math.floor(n * q - j * sd)
         if rank < 1:
@@ -530,7 +548,8 @@ def tail_clusters(
         sizes = _clusters_above(values, labels, float(ordered[rank - 1]), run)
         if sizes.size:
             theta = min(theta, sizes.size / float(sizes.sum()))
-            inflation = max(inflation, float((sizes**2).sum() / sizes.sum()))
+            chance = chance_dispersion(float(sizes.sum()) / n, run)
+            inflation = max(inflation, float((sizes**2).sum() / sizes.sum()) / chance)
     return TailClusters(
         level=level,
         exceedances=exceed,
@@ -708,4 +727,5 @@ def _effective_dof(terms: np.ndarray, g: int) -> float:
     m2 = total / g
     m4 = float(np.mean(terms**2))
     kurtosis = max(m4 / (m2 * m2) - 3.0, 0.0)
-    return float(min(g - 1, 2.0 / (2.0 / (g - 1) + kurtosis / g)))
+    # At least one: a t on fewer degrees of freedom than one unit's spread is no interval.
+    return float(max(min(g - 1, 2.0 / (2.0 / (g - 1) + kurtosis / g)), 1.0))

@@ -13,8 +13,11 @@ from scipy.signal import lfilter
 
 from pytest_kts.errors import StatisticsError
 from pytest_kts.stats import (
+    RUN_LENGTH,
     Summary,
+    _clusters_above,
     batch_labels,
+    chance_dispersion,
     grouped_jackknife_variance,
     leave_one_out_percentiles,
     min_samples,
@@ -232,12 +235,37 @@ def test_tail_clusters_counts_runs_within_rounds_only() -> None:
     assert tc.exceedances == 11
     assert tc.clusters == 5  # {100-103}, {300, 301, 303}, {498, 499}, {500}, {700}
     assert tc.theta == pytest.approx(5 / 11)
-    assert tc.inflation == pytest.approx((16 + 9 + 4 + 1 + 1) / 11)
+    # sum C^2 / sum C, over what the runs rule joins by chance at 11 exceedances in 1000.
+    assert tc.inflation == pytest.approx((16 + 9 + 4 + 1 + 1) / 11 / chance_dispersion(0.011))
     # Independent samples: one exceedance in a cluster of its own, nearly always.
     iid = tail_clusters(np.random.default_rng(1).lognormal(size=20000), None, 99)
     assert iid.theta > 0.95 and iid.inflation < 1.1
     flat = tail_clusters(np.ones(50), None, 99)  # nothing above the percentile
     assert (flat.exceedances, flat.theta, flat.inflation) == (0, 1.0, 1.0)
+
+
+def test_chance_dispersion_is_what_the_runs_rule_gives_independent_samples() -> None:
+    rng = np.random.default_rng(4)
+    for q, expected in ((0.99, 1.0822), (0.95, 1.4555), (0.5, 31.0)):
+        assert chance_dispersion(1 - q) == pytest.approx(expected, rel=1e-3)
+        # Simulated: independent indicators, clusters by the runs rule.
+        x = rng.random(400_000)
+        sizes = _clusters_above(x, np.zeros(x.size), q, RUN_LENGTH)
+        measured = float((sizes**2).sum() / sizes.sum())
+        assert measured == pytest.approx(expected, rel=0.05)
+
+
+def test_a_median_of_independent_samples_is_not_called_clustered() -> None:
+    # The runs rule joins half the samples into long "clusters" by chance; only clustering
+    # beyond that may shrink the effective sample (a p50 DF once had no lower bound at 105
+    # independent samples).
+    rng = np.random.default_rng(5)
+    x = rng.lognormal(0, 0.3, 2000)
+    tc = tail_clusters(x, np.repeat(np.arange(20), 100), 50)
+    assert tc.inflation < 1.5
+    # A level shift inside the series is clustering beyond chance, and is still seen.
+    x[:1000] *= 1.5
+    assert tail_clusters(x, None, 50).inflation > 5
 
 
 def test_tail_clusters_see_bursts_that_the_body_does_not_show() -> None:
@@ -308,7 +336,7 @@ def test_grouped_jackknife_degrees_of_freedom_fall_when_one_group_carries_the_sp
     leave[7] = 1.0  # one round holds the only burst
     var, dof = grouped_jackknife_variance(0.0, leave, np.full(30, 100.0))
     assert var > 0
-    assert dof < 2.5  # not 29: one group's worth of information about the spread
+    assert 1.0 <= dof < 2.5  # not 29: one group's worth of information about the spread
 
 
 def test_grouped_jackknife_unequal_groups_is_the_weighted_one() -> None:
