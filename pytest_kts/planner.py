@@ -231,23 +231,41 @@ def power_hint(
         return lo, hi
 
     lo_b, hi_b = decidable_at(max(n_budget, n_now))
+    budget_n = max(n_budget, n_now)
+    parts = []
+    if math.isfinite(hi_b):
+        parts.append(f"a pass against {hi_b:.3g} or above")
+    if lo_b > 0:
+        parts.append(f"a fail against {lo_b:.3g} or below")
     reach = (
-        f"this budget ({max(n_budget, n_now)} samples per phase) could decide a pass against "
-        f"{hi_b:.3g} or above, a fail against {lo_b:.3g} or below"
+        f"; this budget ({budget_n} samples per phase) could decide {', '.join(parts)}"
+        if parts
+        else ""
     )
-    if gap < 0.01:
-        return f"the estimate {est:.3g} sits at the threshold {threshold:g}: no sample count " + (
-            f"decides it; {reach}"
-        )
-    need = needed()
-    if not math.isfinite(need):
-        return f"the tail has too few independent samples to project from; {reach}"
-    need_n = max(math.ceil(need), (floor_samples(ev.p, level) or 0))
 
     def seconds(n: int) -> str:
         if not seconds_per_sample or not math.isfinite(seconds_per_sample):
             return ""
         return f" (about {n * seconds_per_sample:.0f} s of phases)"
+
+    if gap < 0.01:
+        return (
+            f"the estimate {est:.3g} sits at the threshold {threshold:g}: no sample count "
+            f"decides it{reach}"
+        )
+    need = needed()
+    if not math.isfinite(need):
+        # No spread to project from: below the floor the interval has no end to scale. The
+        # floor (in raw samples, at this tail's clustering) comes first.
+        floor = floor_samples(ev.p, level) or 0
+        inflation = max(ev.solo.inflation_up, ev.shared.inflation_up, 1.0)
+        raw = math.ceil(floor * inflation)
+        return (
+            f"too few independent samples to project from: a fresh run needs at least {raw} "
+            f"samples per phase{seconds(raw)} before its interval has both ends (a p{ev.p:g} "
+            f"bound at its last look needs {floor} independent ones){reach}"
+        )
+    need_n = max(math.ceil(need), (floor_samples(ev.p, level) or 0))
 
     drift = (
         "; round-to-round variability sets the width: more rounds narrow it, longer ones do not"
@@ -261,7 +279,7 @@ def power_hint(
         )
     return (
         f"at this noise, deciding against {threshold:g} needs about {need_n - n_now} more "
-        f"samples per phase ({need_n} in all){seconds(need_n - n_now)}{drift}; {reach}"
+        f"samples per phase ({need_n} in all){seconds(need_n - n_now)}{drift}{reach}"
     )
 
 
