@@ -181,7 +181,7 @@ def runner_once(case: Case, seed: int) -> tuple[str, float]:
     )
     check = result.checks[0]
     mine = [o.wall_seconds for o in backend.outputs if "fft" in o.plan.measured]
-    return f"{check['verdict']}@{check['looks']}", sum(mine)
+    return f"{check.verdict}@{check.looks}", sum(mine)
 
 
 def _job(args: tuple[str, Case, int]) -> tuple[str, float]:

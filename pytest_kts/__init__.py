@@ -17,6 +17,10 @@ __version__ = "0.2.0"
 # name -> module that defines it
 _EXPORTS = {
     "TenantSpec": "pytest_kts.backends.base",
+    "Attribution": "pytest_kts.attribution",
+    "CausalAttribution": "pytest_kts.causal",
+    "Evidence": "pytest_kts.evidence",
+    "PhaseEvidence": "pytest_kts.evidence",
     "ClusterError": "pytest_kts.errors",
     "ColocationError": "pytest_kts.errors",
     "ConfigError": "pytest_kts.errors",
@@ -29,6 +33,7 @@ _EXPORTS = {
     "Tenant": "pytest_kts.fixture",
     "assert_df": "pytest_kts.fixture",
     "MatrixResult": "pytest_kts.matrix",
+    "PackingResult": "pytest_kts.packing",
     "PhaseWindow": "pytest_kts.results",
     "ScenarioResult": "pytest_kts.results",
     "TenantResult": "pytest_kts.results",
@@ -40,16 +45,21 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Attribution",
+    "CausalAttribution",
     "ClusterError",
     "ColocationError",
     "ConfigError",
     "DegradationFactor",
+    "Evidence",
     "InconclusiveError",
     "Kts",
     "KtsError",
     "KtsInconclusiveWarning",
     "MatrixResult",
     "NoDeviceError",
+    "PackingResult",
+    "PhaseEvidence",
     "PhaseWindow",
     "RegressionError",
     "ScenarioResult",
@@ -65,7 +75,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from pytest_kts.attribution import Attribution
     from pytest_kts.backends.base import TenantSpec
+    from pytest_kts.causal import CausalAttribution
     from pytest_kts.errors import (
         ClusterError,
         ColocationError,
@@ -76,8 +88,10 @@ if TYPE_CHECKING:
         StatisticsError,
         WorkerError,
     )
+    from pytest_kts.evidence import Evidence, PhaseEvidence
     from pytest_kts.fixture import Kts, Tenant, assert_df
     from pytest_kts.matrix import MatrixResult
+    from pytest_kts.packing import PackingResult
     from pytest_kts.results import PhaseWindow, ScenarioResult, TenantResult
     from pytest_kts.stats import Summary
     from pytest_kts.verdict import (

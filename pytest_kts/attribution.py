@@ -1,5 +1,10 @@
 """Who took my tail: wait versus execution per iteration, and which co-tenant was running.
 
+One file on purpose: the wait split and the overlap answer read the same tail and body of
+the same samples, and the limits of overlap (what it cannot identify, and the experiment it
+then suggests) are stated next to the arithmetic they guard. The causal answer, by leaving
+co-tenants out, is ``causal.py``.
+
 Pure functions of the sample arrays (no I/O, no pytest, no torch), so a saved run is
 attributed offline exactly as a live one. See ``docs/attribution.md`` for the method.
 
@@ -25,8 +30,9 @@ Co-tenant attribution
     iteration during which it was busy: the part of the tail its presence explains beyond
     chance. Busy fractions, not counts, decide: a slow iteration is longer and so meets every
     neighbour more often, guilty or not. A co-tenant that is busy all the time overlaps every
-    iteration alike and cannot be told apart from the background by overlap; the contention
-    matrix (``kts.matrix()``) still can, and the docs say how to read the two together.
+    iteration alike and cannot be told apart from the background by overlap: it is reported
+    as not identifiable by overlap, and leaving it out (``kts.run(..., explain=True)``,
+    ``causal.py``) answers instead.
 """
 
 from __future__ import annotations
@@ -43,6 +49,17 @@ from pytest_kts.stats import percentile
 # Evidence below this (a one-sided binomial z of the tail's overlap against the body's rate)
 # names nobody: a co-tenant overlapping 3 of 5 tail iterations by chance is not to blame.
 Z_BLAME = 2.0
+# Blame also needs an effect worth naming: a co-tenant busy during 1% of ordinary iterations
+# and 2% of slow ones has a lift of 2 and explains nothing a user should act on.
+MIN_SHARE = 0.1
+# A co-tenant busy during this much of the ordinary iterations is there all the time: its
+# overlap with the tail cannot differ from its overlap with anything, so overlap cannot say
+# whether it is to blame (a batch job that never sleeps). Only removing it can.
+BODY_BUSY_MAX = 0.9
+EXPLAIN_HINT = (
+    "kts.run(..., explain=True) measures it by leaving each co-tenant out in turn "
+    "(done by itself when an SLO check fails)"
+)
 # A tail is only a tail when it outgrew what the solo percentile lets through by definition
 # (1% of iterations above the p99): at least this many times that, and this many iterations.
 TAIL_EXCESS = 2.0
@@ -299,17 +316,33 @@ class Blame:
     excess_ms: float  # summed excess (host - solo p50) of the tail iterations it overlapped
     z: float  # evidence: Welch z of tail_busy against body_busy
     clock: str  # "host" intervals (in flight) or "device" intervals (executing)
+    why_not: str | None = None  # set when overlap cannot tell: "busy in 98% of ..."
+
+    @property
+    def identifiable(self) -> bool:
+        """Whether overlap can say anything about this co-tenant (it has ordinary iterations
+        to compare with, and is not busy during nearly all of them)."""
+        return self.why_not is None
 
     @property
     def blamed(self) -> bool:
-        return self.z >= Z_BLAME and self.share > 0
+        return (
+            self.identifiable
+            and math.isfinite(self.z)
+            and self.z >= Z_BLAME
+            and self.share >= MIN_SHARE
+        )
 
     def cell(self) -> str:
+        if not self.identifiable:
+            return f"{self.cotenant}: not identifiable by overlap"
         lift = "inf" if math.isinf(self.lift) else f"{self.lift:.1f}x"
         return f"{self.cotenant} {100 * self.share:.0f}% (lift {lift})"
 
     def to_dict(self) -> dict[str, object]:
-        return _jsonable({**self.__dict__, "blamed": self.blamed})
+        return _jsonable(
+            {**self.__dict__, "blamed": self.blamed, "identifiable": self.identifiable}
+        )
 
 
 @dataclass(frozen=True)
@@ -327,12 +360,20 @@ class Attribution:
     tail_start_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     tail_end_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
 
+    method = "overlap"
+
     def shares(self) -> dict[str, float]:
         """Attributable share of the tail per co-tenant, e.g. ``{"gemm": 0.81, "embed": 0.0}``.
 
+        Only co-tenants that overlap can judge (see :attr:`not_identifiable`): never NaN.
         A team's gate: ``assert max(result["fft"].attribution().shares().values()) <= 0.5``.
         """
-        return {b.cotenant: b.share for b in self.blames}
+        return {b.cotenant: b.share for b in self.blames if b.identifiable}
+
+    @property
+    def not_identifiable(self) -> tuple[Blame, ...]:
+        """Co-tenants overlap cannot judge (busy all the time, or no ordinary iterations)."""
+        return tuple(b for b in self.blames if not b.identifiable)
 
     def __getitem__(self, cotenant: str) -> Blame:
         for b in self.blames:
@@ -341,14 +382,21 @@ class Attribution:
         raise KeyError(cotenant)
 
     def top(self) -> Blame | None:
-        """The co-tenant most to blame, if the tail grew and the evidence names one."""
-        if not self.grew:
+        """The co-tenant most to blame, if the tail grew and the evidence names one.
+
+        ``None`` while any co-tenant cannot be judged by overlap: the one overlap cannot see
+        may be the cause, and the next candidate is not named in its place.
+        """
+        if not self.grew or self.not_identifiable:
             return None
         return next((b for b in self.blames if b.blamed), None)
 
     def cell(self) -> str:
         if not self.grew:
             return "no tail growth"
+        hidden = self.not_identifiable
+        if hidden:
+            return f"not identifiable by overlap ({', '.join(b.cotenant for b in hidden)})"
         top = self.top()
         return top.cell() if top is not None else "nobody clearly"
 
@@ -362,13 +410,22 @@ class Attribution:
             f"{self.tenant}'s tail ({self.tail_n} shared iterations above the solo p99 "
             f"{self.threshold_ms:.4g} ms) overlapped"
         )
-        parts = [
-            f"{b.cotenant} in {100 * b.tail_overlap:.0f}% (vs {100 * b.body_overlap:.0f}% of "
-            f"ordinary iterations, lift {b.lift:.1f}x, attributable {100 * b.share:.0f}%)"
-            for b in self.blames
-        ]
-        top = self.top()
-        verdict = f"blamed on {top.cotenant}" if top else "no co-tenant stands out"
+        parts = []
+        for b in self.blames:
+            if b.identifiable:
+                parts.append(
+                    f"{b.cotenant} in {100 * b.tail_overlap:.0f}% (vs {100 * b.body_overlap:.0f}%"
+                    f" of ordinary iterations, lift {b.lift:.1f}x, attributable "
+                    f"{100 * b.share:.0f}%)"
+                )
+            else:
+                parts.append(f"{b.cotenant}: not identifiable by overlap, {b.why_not}")
+        hidden = self.not_identifiable
+        if hidden:
+            verdict = f"overlap cannot say who took it; {EXPLAIN_HINT}"
+        else:
+            top = self.top()
+            verdict = f"blamed on {top.cotenant} (overlap)" if top else "no co-tenant stands out"
         return f"{head} " + "; ".join(parts) + f": {verdict}"
 
     def to_dict(self) -> dict[str, object]:
@@ -381,8 +438,11 @@ class Attribution:
                 "tail_n": self.tail_n,
                 "body_n": self.body_n,
                 "tail_grew": self.grew,
+                "method": self.method,
                 "blamed_on": top.cotenant if top else None,
+                "not_identifiable": [b.cotenant for b in self.not_identifiable],
                 "cotenants": [b.to_dict() for b in self.blames],
+                "sentence": self.sentence(),
             }
         )
 
@@ -422,7 +482,10 @@ def attribute(
         hit = overlaps(shared.start_ns, shared.end_ns, busy)
         frac = busy_within(shared.start_ns, shared.end_ns, busy)
         blames.append(_blame(name, hit, frac, tail, body, shared.host_ms - base, clock))
-    blames.sort(key=lambda b: (b.blamed, b.share, b.z), reverse=True)
+    blames.sort(
+        key=lambda b: (not b.identifiable, b.blamed, b.share, b.z if math.isfinite(b.z) else 0.0),
+        reverse=True,
+    )
     return Attribution(
         tenant=tenant.tenant,
         clock=clock,
@@ -448,15 +511,23 @@ def _blame(
     n_tail, n_body = int(tail.sum()), int(body.sum())
     t = float(hit[tail].mean()) if n_tail else math.nan
     b = float(hit[body].mean()) if n_body else math.nan
-    lift = share = z = tb = bb = math.nan
-    if math.isfinite(t) and math.isfinite(b):
+    lift = z = tb = bb = math.nan
+    share = 0.0
+    why_not: str | None = None
+    if n_tail and not n_body:
+        why_not = "every shared iteration was in the tail (no ordinary one to compare with)"
+        tb = float(frac[tail].mean())
+    elif n_tail:
         lift = t / b if b > 0 else (math.inf if t > 0 else math.nan)
         tb, bb = float(frac[tail].mean()), float(frac[body].mean())
-        share = min(max((tb - bb) / (1 - bb), 0.0), 1.0) if bb < 1 else 0.0
-        var = frac[tail].var(ddof=1) / n_tail if n_tail > 1 else 0.0
-        var += frac[body].var(ddof=1) / n_body if n_body > 1 else 0.0
-        # A floor on the spread: one tail iteration is never infinite evidence.
-        z = (tb - bb) / math.sqrt(max(var, 0.25 / max(n_tail, 1) ** 2))
+        if bb >= BODY_BUSY_MAX:
+            why_not = f"busy during {100 * bb:.0f}% of ordinary iterations"
+        else:
+            share = min(max((tb - bb) / (1 - bb), 0.0), 1.0)
+            var = frac[tail].var(ddof=1) / n_tail if n_tail > 1 else 0.0
+            var += frac[body].var(ddof=1) / n_body if n_body > 1 else 0.0
+            # A floor on the spread: one tail iteration is never infinite evidence.
+            z = (tb - bb) / math.sqrt(max(var, 0.25 / max(n_tail, 1) ** 2))
     return Blame(
         cotenant=name,
         tail_overlap=t,
@@ -468,6 +539,7 @@ def _blame(
         excess_ms=float(np.sum(np.maximum(excess[tail & hit], 0.0))),
         z=z,
         clock=clock,
+        why_not=why_not,
     )
 
 

@@ -349,21 +349,28 @@ def machine_mismatches(current: Mapping[str, Any], baseline: Mapping[str, Any]) 
 
 def _percentile_with_range(
     values: np.ndarray, segments: np.ndarray, p: float
-) -> tuple[float, float | None, int]:
-    """The percentile the statistics use (warmup trimmed), half the width of its 95% interval
-    (github-action-benchmark's "range"; none below the sample floor), and n."""
+) -> tuple[float, tuple[float, float] | None, int]:
+    """The percentile the statistics use (warmup trimmed), its 95% interval (none below the
+    sample floor: no upper end exists there), and n."""
     finite = np.isfinite(np.asarray(values, dtype=np.float64))
     if finite.sum() < 20:
         return math.nan, None, int(finite.sum())
     q, lo, hi, n = percentile_interval(values, segments, p, 0.95)
-    half = (hi - lo) / 2 if math.isfinite(hi) else None
-    return q, half, n
+    return q, ((lo, hi) if math.isfinite(hi) and lo > 0 else None), n
 
 
-def _entry(name: str, unit: str, value: float, half: float | None, extra: str) -> dict[str, Any]:
+def _range(value: float, bounds: tuple[float, float] | None) -> str | None:
+    """github-action-benchmark's free-form ``range``: both ends of an asymmetric interval."""
+    if bounds is None:
+        return None
+    lo, hi = bounds
+    return f"-{value - lo:.4g} / +{hi - value:.4g}"
+
+
+def _entry(name: str, unit: str, value: float, span: str | None, extra: str) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": name, "unit": unit, "value": round(value, 6)}
-    if half is not None and math.isfinite(half):
-        entry["range"] = f"± {half:.4g}"
+    if span is not None:
+        entry["range"] = span
     entry["extra"] = extra
     return entry
 
@@ -371,34 +378,49 @@ def _entry(name: str, unit: str, value: float, half: float | None, extra: str) -
 def _tenant_entries(result: ScenarioResult, name: str, p: float) -> Iterable[dict[str, Any]]:
     tenant = result.tenants[name]
     shared = tenant.samples.shared
+    checked = {c.p for c in result.checks if c.tenant == name}
     for clock in ("host", "device"):
         if not shared.has_clock(clock):
             continue
-        q, half, n = _percentile_with_range(shared.latency(clock), shared.segments(), p)
+        q, bounds, n = _percentile_with_range(shared.latency(clock), shared.segments(), p)
         if not math.isfinite(q):
             continue
         yield _entry(
             f"{result.name}/{name}/shared p{p:g} ({clock})",
             "ms",
             q,
-            half,
-            f"n={n} shared-phase iterations after warmup, device={result.device}",
+            _range(q, bounds),
+            f"n={n} shared-phase iterations after warmup, device={result.device}"
+            + ("" if bounds is None else f", 95% CI [{bounds[0]:.4g}, {bounds[1]:.4g}] ms")
+            + ("" if bounds is not None else ", no upper bound yet (too few samples)"),
         )
-        try:
-            df = tenant.df(p, clock)
-        except KtsError:
-            df = None
-        if df is None or not math.isfinite(df.value):
-            continue
-        lo, hi = df.ci
-        yield _entry(
-            f"{result.name}/{name}/DF p{p:g} ({clock})",
-            "x",
-            df.value,
-            max(df.value - lo, hi - df.value) if math.isfinite(hi) else None,
-            f"{df.confidence:.0%} CI [{lo:.3f}, {hi:.3f}], solo p{p:g}={df.solo_quantile:.3f} ms, "
-            f"shared p{p:g}={df.shared_quantile:.3f} ms, n={df.n_solo}/{df.n_shared}",
-        )
+        if name in result.background:
+            continue  # a background tenant's DF is not a verdict (one short solo profile)
+        for q_p in sorted({p, *checked}):
+            try:
+                df = tenant.df(q_p, clock)
+            except KtsError:
+                df = None
+            if df is None or not math.isfinite(df.value):
+                continue
+            yield _df_entry(result, name, clock, df)
+
+
+def _df_entry(result: ScenarioResult, name: str, clock: str, df: Any) -> dict[str, Any]:
+    """A DF entry: the same interval, label and n as the assertion and the other reports."""
+    lo, hi = df.ci
+    bounds = (lo, hi) if df.bounded else None
+    ev = df.evidence
+    look = f" ({ev.look_note()})" if ev.look_note() else ""
+    return _entry(
+        f"{result.name}/{name}/DF p{df.p:g} ({clock})",
+        "x",
+        df.value,
+        _range(df.value, bounds),
+        f"{ev.label()} CI {df.interval(3)}{look}, solo p{df.p:g}={df.solo_quantile:.4g} ms, "
+        f"shared p{df.p:g}={df.shared_quantile:.4g} ms, n={df.n_solo}/{df.n_shared} after "
+        f"warmup" + (f"; {df.reason}" if df.reason else ""),
+    )
 
 
 def github_benchmark_json(results: Sequence[ScenarioResult], p: float = 99) -> list[dict[str, Any]]:

@@ -184,6 +184,20 @@ class Evidence:
         """Samples per phase a DF could use: the smaller phase's measured count."""
         return min(self.solo.measured, self.shared.measured)
 
+    def label(self) -> str:
+        """The confidence every report shows: the user's ("95%"), whatever a look's level."""
+        return f"{100 * self.confidence:.4g}%"
+
+    def look_note(self) -> str:
+        """A sequential look's own level, said as a detail ("" for a single look)."""
+        if math.isclose(self.level, 1.0 - self.confidence, rel_tol=1e-9):
+            return ""
+        return (
+            f"sequential: this look's interval is at {100 * (1 - self.level):.4g}% (a repeated "
+            f"confidence interval: over all looks together a false fail stays below "
+            f"{100 * (1 - self.confidence) / 2:.3g}%)"
+        )
+
     def method(self) -> str:
         """How the interval was made, in one line (the report's detail, not its headline)."""
         return (

@@ -26,6 +26,7 @@ from pytest_kts.config import SHARING_MODES, RunSettings, check_iterations
 from pytest_kts.constants import CLOCKS, PHASES
 from pytest_kts.errors import ConfigError
 from pytest_kts.matrix import MatrixResult
+from pytest_kts.packing import PackingResult
 from pytest_kts.results import ScenarioResult, TenantResult
 from pytest_kts.thresholds import check_percentile, check_threshold
 from pytest_kts.verdict import POLICIES, DegradationFactor
@@ -142,15 +143,28 @@ class Kts:
     def tenants(self) -> tuple[Tenant, ...]:
         return tuple(self._tenants.values())
 
-    def run(self, slo: Mapping[Tenant | str, float] | None = None, p: float = 99) -> ScenarioResult:
-        """Run the scenario once: adaptively until every SLO is decided, else the fixed protocol."""
+    def run(
+        self,
+        slo: Mapping[Tenant | str, float] | None = None,
+        p: float = 99,
+        *,
+        explain: bool = False,
+    ) -> ScenarioResult:
+        """Run the scenario once: adaptively until every SLO is decided, else the fixed protocol.
+
+        ``explain=True`` also measures who takes each SLO tenant's tail by leaving every
+        co-tenant out in turn (done by itself when an SLO check fails and its tenant has two
+        or more co-tenants); ``tenant.result.attribution()`` then answers by experiment.
+        """
         if self._result is not None:
             if slo:
                 raise ConfigError("the scenario has already run; pass slo= to the first run()")
             return self._result
+        if explain and not slo:
+            raise ConfigError("explain=True needs slo=: it explains the SLO tenants' tails")
         result = self._runs.run(
             self.name, self._specs(), self._settings(), self._slo(slo, p), p, self._progress,
-            key=self.key,
+            key=self.key, explain=explain,
         )  # fmt: skip
         self._bind(result)
         return result
@@ -181,6 +195,33 @@ class Kts:
         )  # fmt: skip
         self._bind(results[modes[0]])
         return results
+
+    def packing(
+        self,
+        cotenant: Tenant,
+        up_to: int = 6,
+        *,
+        slo: Mapping[Tenant | str, float],
+        p: float = 99,
+    ) -> PackingResult:
+        """How many copies of ``cotenant`` the other tenants' SLOs tolerate.
+
+        Runs 1, 2, 3, ... up to ``up_to`` copies of ``cotenant`` next to every other declared
+        tenant, each count an adaptive run within an equal share of ``--kts-max-seconds``,
+        and stops at the first count at which an SLO is not decided pass:
+        ``assert kts.packing(gemm, up_to=6, slo={fft: 1.3}).safe >= 3``.
+        """
+        if self._result is not None:
+            raise ConfigError("the scenario has already run")
+        if not isinstance(cotenant, Tenant) or cotenant.name not in self._tenants:
+            raise ConfigError("packing takes a tenant this test declared with kts.tenant()")
+        others = [t.spec for t in self.tenants if t.name != cotenant.name]
+        if not others:
+            raise ConfigError("packing needs at least one other tenant (the one with the SLO)")
+        return self._runs.packing(
+            self.name, others, cotenant.spec, self._settings(), self._slo(slo, p), p, up_to,
+            self._progress, key=self.key,
+        )  # fmt: skip
 
     def matrix(self, include_all: bool = True) -> MatrixResult:
         """Each tenant's DF next to each co-tenant alone (and next to all of them)."""

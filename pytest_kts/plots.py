@@ -151,8 +151,8 @@ def _clocks(result: ScenarioResult) -> list[str]:
 
 def _check_p(result: ScenarioResult, tenant: str) -> float:
     for check in result.checks:
-        if check.get("tenant") == tenant:
-            return float(check.get("p", 99))
+        if check.tenant == tenant:
+            return float(check.p)
     return 99.0
 
 
@@ -474,19 +474,18 @@ def _open_ends(ax: Axes, ends: list[tuple[float, float, bool, bool, str]]) -> No
 def _thresholds(ax: Axes, result: ScenarioResult, tenants: list[str]) -> None:
     colors = {"pass": "#2ca02c", "fail": "#d62728"}
     for check in result.checks:
-        if check.get("tenant") not in tenants or check.get("threshold") is None:
+        if check.tenant not in tenants:
             continue
-        k = tenants.index(check["tenant"])
-        verdict = str(check.get("verdict", ""))
+        k = tenants.index(check.tenant)
+        verdict = check.verdict
         ax.hlines(
-            float(check["threshold"]),
+            float(check.threshold),
             k - 0.45,
             k + 0.45,
             colors=colors.get(verdict, "0.3"),
             linestyles="--",
             lw=1.5,
-            label=f"SLO {check['tenant']} p{float(check.get('p', 99)):g} "
-            f"< {float(check['threshold']):g} ({check.get('clock', 'host')}): "
+            label=f"SLO {check.tenant} p{check.p:g} < {check.threshold:g} ({check.clock}): "
             f"{verdict}",
         )
 
@@ -557,7 +556,7 @@ def _attribution_figure(result: ScenarioResult, tenant: str) -> Figure | None:
     t = result.tenants[tenant]
     if len(result.tenants) < 2 or not len(t.samples.shared) or not len(t.samples.solo):
         return None
-    a = t.attribution()
+    a = t.overlap()
     if not a.grew:
         return None
     data = t.samples.shared

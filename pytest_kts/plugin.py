@@ -23,6 +23,8 @@ session_key = pytest.StashKey[KtsSession]()
 pytest_session_key = pytest.StashKey[pytest.Session]()
 settings_key = pytest.StashKey[RunSettings]()
 sigterm_key = pytest.StashKey[bool]()
+running_key = pytest.StashKey[str | None]()  # the test in flight
+interrupted_key = pytest.StashKey[tuple[str, str]]()  # (test, "SIGTERM" | "Ctrl-C")
 
 MARKERS = (
     "gpu: needs a CUDA GPU; skipped with 'no CUDA device' unless one is present or "
@@ -238,7 +240,8 @@ def pytest_assertrepr_compare(
 ) -> list[str] | None:
     comparison = op in ("<", "<=", ">", ">=")
     if isinstance(left, DegradationFactor) and comparison and isinstance(right, (int, float)):
-        return left.explain(op, float(right))
+        # The verdict, the cause and the samples fit in pytest's 8 lines; -vv adds the method.
+        return left.explain(op, float(right), verbose=config.get_verbosity() >= 2)
     return None
 
 
@@ -292,8 +295,28 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[pytest_session_key] = session  # the summary may set its exit status
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, Any, None]:
+    """Remember the test in flight: a Ctrl-C or SIGTERM during it names it in the summary."""
+    item.config.stash[running_key] = item.nodeid
+    outcome = yield
+    if outcome.excinfo is None:  # an interrupt leaves it set: the summary names the test
+        item.config.stash[running_key] = None
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
+    running = config.stash.get(running_key, None)
+    if exitstatus == pytest.ExitCode.INTERRUPTED and running is not None:
+        from pytest_kts import signals
+
+        how = "SIGTERM" if signals.terminated() else "Ctrl-C"
+        config.stash[interrupted_key] = (running, how)
+        kts_session = config.stash.get(session_key, None)
+        if kts_session is not None:
+            kts_session.interrupted = f"{running} (by {how})"
     output = getattr(config, "workeroutput", None)
     kts = config.stash.get(session_key, None)
     if output is None or kts is None or not (kts.results or kts.matrices):
@@ -334,9 +357,23 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     session = config.stash.get(session_key, None)
     if session is not None and session.dry_runs:
         _dry_run_summary(terminalreporter, session)
+    interrupted = config.stash.get(interrupted_key, None)
+    if interrupted is not None:
+        test, how = interrupted
+        terminalreporter.section("kts: interrupted", red=True)
+        terminalreporter.write_line(
+            f"kts: {test} was interrupted by {how} in the middle of its scenario: its phases "
+            "were stopped and its workers cleaned up; it has no verdict (not a pass)",
+            red=True,
+        )
     if session is None or not (session.results or session.matrices):
         return
-    from pytest_kts.report import render_matrices, render_table, summary_lines
+    from pytest_kts.report import (
+        check_summary_lines,
+        render_matrices,
+        render_table,
+        summary_lines,
+    )
 
     terminalreporter.section("kts: co-location latency")
     if session.results:
@@ -344,6 +381,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if session.matrices:
         terminalreporter.write_line(render_matrices(session.matrices))
     for line, markup in summary_lines(session.results):
+        terminalreporter.write_line(line, **markup)
+    for packing in session.packings:
+        terminalreporter.write_line(f"kts: packing {packing.name}: {packing.sentence()}")
+    report_dir = None if session.settings.report_dir is None else Path(session.settings.report_dir)
+    for line, markup in check_summary_lines(session.results, report_dir):
         terminalreporter.write_line(line, **markup)
     directory = session.settings.report_dir
     if directory is not None:

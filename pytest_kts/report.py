@@ -29,8 +29,9 @@ from tabulate import tabulate
 from pytest_kts import safefile, sharing_env
 from pytest_kts.backends.startup import describe as describe_startup
 from pytest_kts.matrix import MatrixResult
+from pytest_kts.packing import PackingResult
 from pytest_kts.plots import write_heatmap, write_plots
-from pytest_kts.results import ScenarioResult, TenantResult
+from pytest_kts.results import CheckOutcome, ScenarioResult, TenantResult
 from pytest_kts.samples import to_csv
 from pytest_kts.stats import Summary
 from pytest_kts.verdict import DegradationFactor, interval_text
@@ -39,21 +40,17 @@ if TYPE_CHECKING:
     from pytest_kts.telemetry import PhaseTelemetry
 
 PERCENTILES = (50, 95, 99, 99.9)
-HEADERS = (
-    "tenant",
-    "phase",
-    "clock",
-    "n",
-    "p50 ms",
-    "p95 ms",
-    "p99 ms",
-    "p99.9 ms",
-    "jitter",
-    "it/s",
-    "DF p99 [CI]",
-    "verdict",
-    "tail blamed on",
-)
+# Rates and jitter from fewer samples than this are not figures.
+MIN_RATE_N = 20
+# The marker of the row whose check decided (or left undecided) the test.
+DECIDING = "<-"
+
+
+def _headers(p: float, label: str) -> list[str]:
+    return [
+        "tenant", "phase", "clock", "n", "p50 ms", "p95 ms", "p99 ms", "p99.9 ms", "jitter",
+        "it/s", f"DF p{p:g} [{label} CI]", "asserted", "tail taken by",
+    ]  # fmt: skip
 
 
 def slug(name: str) -> str:
@@ -67,61 +64,108 @@ def _num(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def enough(n: int, p: float) -> bool:
+    """Whether ``n`` samples hold a ``p``-th percentile that is not simply their maximum (at
+    least one sample above it): p99 needs 100, p99.9 1000."""
+    return n * (1.0 - p / 100.0) >= 1.0
+
+
+def _pct(s: Summary, p: float, value: float) -> str:
+    return _num(value) if enough(s.n, p) else "n/a"
+
+
 def _df_cell(df: DegradationFactor | None) -> str:
-    """The DF with the interval its verdict used. Below the sample floor the verdict used no
-    two-sided interval: only the bound that exists is shown, marked ``*`` (the note says why)."""
+    """The DF with the interval its verdict used; a missing end is said in words and starred
+    (the note below the table says why). ``n/a (n=40)`` where a phase holds too few samples
+    for the percentile at all."""
     if df is None or not math.isfinite(df.value):
         return "-"
+    n = min(df.n_solo, df.n_shared)
+    if not enough(n, df.p):
+        return f"n/a (n={n})"
     return f"{df.value:.2f} {df.interval()}" + ("" if df.reason is None else "*")
+
+
+def _checks_for(result: ScenarioResult, tenant: str) -> list[CheckOutcome]:
+    return [c for c in result.checks if c.tenant == tenant]
+
+
+def _check_p(result: ScenarioResult) -> float:
+    ps = {c.p for c in result.checks}
+    return ps.pop() if len(ps) == 1 else 99.0
 
 
 def _interval_notes(result: ScenarioResult) -> list[str]:
     notes = []
-    for name, tenant in result.tenants.items():
+    p = _check_p(result)
+    for name, tenant in _ordered(result):
+        if _background(result, name):
+            continue
         for clock in tenant.clocks():
-            df = tenant.df(99, clock)
-            if df is not None and df.reason is not None:
+            df = tenant.df(p, clock)
+            if (
+                df is not None
+                and df.reason is not None
+                and enough(min(df.n_solo, df.n_shared), df.p)
+            ):
                 notes.append(f"* {name} ({clock}): {df.reason}")
     return notes
 
 
-def _check_for(result: ScenarioResult, tenant: str, clock: str) -> dict[str, Any] | None:
-    for check in result.checks:
-        if check["tenant"] == tenant and check["clock"] == clock:
-            return check
-    return None
+def _ordered(result: ScenarioResult) -> list[tuple[str, TenantResult]]:
+    """SLO tenants first (in the order of their checks), then the others as declared."""
+    first = list(dict.fromkeys(c.tenant for c in result.checks))
+    rest = [n for n in result.tenants if n not in first]
+    return [(n, result.tenants[n]) for n in [*first, *rest]]
+
+
+def _background(result: ScenarioResult, name: str) -> bool:
+    """A tenant without an SLO in an adaptive run: it ran through the shared phases and got
+    one short solo profile; its figures are context, not verdicts."""
+    return name in result.background
+
+
+def _asserted(result: ScenarioResult, tenant: TenantResult, p: float, clock: str) -> str:
+    said = [a for a in tenant.assertions if a.clock == clock and a.p == p]
+    if said:
+        return "; ".join(a.text() for a in said)
+    checks = [c for c in _checks_for(result, tenant.name) if c.clock == clock and c.p == p]
+    return "; ".join(f"SLO < {c.threshold:g}: {c.verdict}" for c in checks)
 
 
 def _rows(result: ScenarioResult) -> list[list[str]]:
     rows: list[list[str]] = []
-    for name, tenant in result.tenants.items():
+    p = _check_p(result)
+    for name, tenant in _ordered(result):
+        background = _background(result, name)
+        deciding = {c.clock for c in _checks_for(result, name)}
         for clock in ("host", "device"):
-            if clock not in tenant.clocks():
+            if clock not in tenant.clocks() or (background and clock != "host"):
                 continue
-            df = tenant.df(99, clock)
-            check = _check_for(result, name, clock)
             for phase in ("solo", "shared"):
                 s = tenant.summary(phase, clock)
-                if s is None:
+                if s is None or (background and phase == "solo"):
                     continue
                 shared = phase == "shared"
-                verdict = ""
-                if shared and check is not None:
-                    verdict = f"{check['verdict']} (< {check['threshold']:g})"
+                df_cell = ""
+                if shared:
+                    df_cell = (
+                        "n/a (background)" if background else _df_cell(tenant.df(p, clock))
+                    ) + (f" {DECIDING}" if clock in deciding else "")
                 rows.append(
                     [
-                        name,
+                        name + (" (background)" if background else ""),
                         phase,
                         clock,
                         str(s.n),
-                        _num(s.p50),
-                        _num(s.p95),
-                        _num(s.p99),
-                        _num(s.p999),
-                        _num(s.jitter, 2),
-                        _num(s.throughput, 1),
-                        _df_cell(df) if shared else "",
-                        verdict,
+                        _pct(s, 50, s.p50),
+                        _pct(s, 95, s.p95),
+                        _pct(s, 99, s.p99),
+                        _pct(s, 99.9, s.p999),
+                        _num(s.jitter, 2) if enough(s.n, 99) else "n/a",
+                        _num(s.throughput, 1) if s.n >= MIN_RATE_N else "n/a",
+                        df_cell,
+                        _asserted(result, tenant, p, clock) if shared else "",
                         _blame_cell(result, tenant) if shared and clock == "host" else "",
                     ]
                 )
@@ -129,9 +173,19 @@ def _rows(result: ScenarioResult) -> list[list[str]]:
 
 
 def _blame_cell(result: ScenarioResult, tenant: TenantResult) -> str:
-    if len(result.tenants) < 2:
+    if len(result.tenants) < 2 or _background(result, tenant.name):
         return ""
-    return tenant.attribution().cell()
+    return tenant.attribution(p=_check_p(result)).cell()
+
+
+def _background_note(result: ScenarioResult) -> str | None:
+    names = [n for n in result.tenants if _background(result, n)]
+    if not names:
+        return None
+    return (
+        f"background (no SLO, shown shared only): {', '.join(names)}: they ran through every "
+        "shared phase and got one short solo profile each, so their DFs are not verdicts"
+    )
 
 
 def _attribution_lines(result: ScenarioResult) -> list[str]:
@@ -166,41 +220,102 @@ def line_warnings(result: ScenarioResult) -> list[str]:
     return out
 
 
+def _head(result: ScenarioResult) -> str:
+    return (
+        f"{result.name}  [{result.device}, {result.gpu_seconds:.1f} s of phases; "
+        f"{result.stop_reason}]"
+    )
+
+
 def render_table(results: Sequence[ScenarioResult], *, fmt: str = "simple") -> str:
     blocks = []
     for result in results:
-        head = (
-            f"{result.name}  [{result.device}, {result.gpu_seconds:.1f} s of phases; "
-            f"{result.stop_reason}]"
-        )
-        table = tabulate(_rows(result), headers=HEADERS, tablefmt=fmt)
+        label = f"{100 * result.confidence:.4g}%"
+        table = tabulate(_rows(result), headers=_headers(_check_p(result), label), tablefmt=fmt)
         notes = list(_attribution_lines(result))
+        if note := _background_note(result):
+            notes.append(f"  {note}")
         notes += [f"  {n}" for n in _interval_notes(result)]
         if started := describe_startup(result.backend.get("startup")):
             notes.append(f"  {started}")
         notes += [f"  warning: {w}" for w in [*result.warnings, *line_warnings(result)]]
-        blocks.append("\n".join([head, table, *notes]))
+        blocks.append("\n".join([_head(result), table, *notes]))
     return "\n\n".join(blocks)
 
 
 # -- what the terminal summary says after the tables ---------------------------------------------
 
 
-def check_line(result: ScenarioResult, c: dict[str, Any]) -> str:
+def check_line(result: ScenarioResult, c: CheckOutcome) -> str:
     """One undecided SLO check: where, the estimate with its interval, and why undecided."""
-    value = c.get("value")
-    ci = c.get("ci") or [None, None]
-    estimate = "no estimate" if value is None else f"{value:.2f} {interval_text(ci[0], ci[1])}"
-    alpha = c.get("alpha")
-    level = f", alpha {alpha:.3g}" if isinstance(alpha, float) and math.isfinite(alpha) else ""
-    why = c.get("reason") or f"the interval contains the threshold {c['threshold']:g}"
+    estimate = "no estimate" if c.df is None else f"{c.df.value:.2f} {c.interval()}"
+    label = f"{100 * result.confidence:.4g}%"
+    why = c.reason or f"the {label} interval does not exclude the threshold {c.threshold:g}"
     line = (
-        f"{result.name} {c['tenant']}: DF p{c['p']:g} ({c['clock']}) {estimate} vs "
-        f"{c['threshold']:g} after {c.get('looks', 0)} look(s){level}: {why}"
+        f"{result.name} {c.tenant}: DF p{c.p:g} ({c.clock}) {estimate} vs "
+        f"{c.threshold:g} at look {c.looks}: {why}"
     )
-    if c.get("power"):
-        line += f"; {c['power']}"
+    if c.power:
+        line += f"; {c.power}"
     return line
+
+
+def _outcome(result: ScenarioResult, c: CheckOutcome) -> tuple[str, str]:
+    """The test's outcome for one check: what the test asserted (if it did) and the verdict."""
+    tenant = result.tenants.get(c.tenant)
+    said = [] if tenant is None else [
+        a for a in tenant.assertions if a.clock == c.clock and a.p == c.p
+    ]  # fmt: skip
+    if said:
+        if not all(a.held for a in said):
+            outcome = "FAILED"
+        else:
+            outcome = "UNDECIDED" if any(a.undecided for a in said) else "held"
+        return outcome, "; ".join(a.text() for a in said)
+    return c.verdict, f"SLO < {c.threshold:g}"
+
+
+def check_summary_lines(
+    results: Sequence[ScenarioResult], report_dir: Path | None = None
+) -> list[tuple[str, dict[str, bool]]]:
+    """One line per check of every test, at the end of the session: tenant, clock, DF with
+    its interval against the threshold, the outcome, the cause and where its plot is."""
+    out: list[tuple[str, dict[str, bool]]] = []
+    for r in results:
+        for c in r.checks:
+            outcome, said = _outcome(r, c)
+            tenant = r.tenants.get(c.tenant)
+            cause = ""
+            if tenant is not None and c.verdict == "fail":
+                cell = tenant.attribution(p=c.p).cell() if tenant.cotenants else ""
+                split = tenant.wait_split(c.p)
+                dominant = split.dominant() if split is not None else None
+                cause = "; cause: " + ", ".join(
+                    x for x in (cell, f"{dominant}" if dominant else "") if x
+                )
+            figure = (
+                f"; plot: {report_dir / 'plots' / slug(r.name) / 'degradation.png'}"
+                if report_dir is not None
+                else ""
+            )
+            estimate = (
+                "no estimate"
+                if c.df is None
+                else f"{c.df.value:#.3g} {c.interval(3, significant=True)}"
+            )
+            colour = {"held": "green", "pass": "green", "FAILED": "red", "fail": "red"}.get(
+                outcome, "yellow"
+            )
+            out.append(
+                (
+                    f"  {outcome:>12}  {r.name} {c.tenant} ({c.clock}) DF p{c.p:g} {estimate} "
+                    f"vs {c.threshold:g} ({said}){cause}{figure}",
+                    {colour: True},
+                )
+            )
+    if out:
+        out.insert(0, (f"kts: {len(out)} check(s), one line each:", {}))
+    return out
 
 
 def comparison_line(result: ScenarioResult, c: dict[str, Any]) -> str:
@@ -223,7 +338,7 @@ def summary_lines(results: Sequence[ScenarioResult]) -> list[tuple[str, dict[str
     """Lines (with terminal markup) for every undecided check, every baseline comparison and
     every baseline saved: a person reads them in the summary, not in pytest's warnings list."""
     out: list[tuple[str, dict[str, bool]]] = []
-    undecided = [(r, c) for r in results for c in r.checks if c["verdict"] == "inconclusive"]
+    undecided = [(r, c) for r in results for c in r.checks if c.verdict == "inconclusive"]
     if undecided:
         out.append((f"kts: {len(undecided)} SLO check(s) undecided:", {"yellow": True}))
         out += [(f"  {check_line(r, c)}", {"yellow": True}) for r, c in undecided]
@@ -337,7 +452,7 @@ def scenario_dict(result: ScenarioResult) -> dict[str, Any]:
         "gpu_seconds": round(result.gpu_seconds, 3),
         "stop_reason": result.stop_reason,
         "confidence": result.confidence,
-        "checks": result.checks,
+        "checks": [c.to_dict() for c in result.checks],
         "machine": result.machine,
         "sharing_env": result.sharing_env,
         "backend": result.backend,
@@ -378,8 +493,13 @@ def write_report(
     command: str | None = None,
     plots: bool = True,
     matrices: Sequence[MatrixResult] = (),
+    packings: Sequence[PackingResult] = (),
+    interrupted: str | None = None,
 ) -> list[Path]:
     """Write every artifact for ``results`` under ``directory``; return the paths written.
+
+    ``packings`` (``kts.packing``) and ``interrupted`` (the test a Ctrl-C or SIGTERM stopped)
+    are said in ``results.md`` and ``summary.json`` too.
 
     Everything is written into a fresh folder inside ``directory`` first and moved into place
     only once all of it is written, replacing the previous report's entries
@@ -390,7 +510,7 @@ def write_report(
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".kts-report-", dir=directory))
     try:
-        written = _write_files(results, staging, command, plots, matrices)
+        written = _write_files(results, staging, command, plots, matrices, packings, interrupted)
         _move_into_place(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -451,6 +571,8 @@ def _write_files(
     command: str | None,
     plots: bool,
     matrices: Sequence[MatrixResult],
+    packings: Sequence[PackingResult] = (),
+    interrupted: str | None = None,
 ) -> list[Path]:
     (directory / "samples").mkdir(exist_ok=True)
     written: list[Path] = []
@@ -469,8 +591,10 @@ def _write_files(
     summary = {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
+        "interrupted": interrupted,
         "scenarios": [scenario_dict(r) for r in results],
         "matrices": [matrix_dict(m) for m in matrices],
+        "packings": [p.to_dict() for p in packings],
     }
     heatmaps = {m.name: _heatmap(m, directory / "plots") if plots else [] for m in matrices}
     written += [p for paths in heatmaps.values() for p in paths]
@@ -486,6 +610,17 @@ def _write_files(
         safefile.write_text(path, json.dumps(github_benchmark_json(results), indent=2) + "\n")
         written.append(path)
     markdown = render_markdown(results, command, figures, directory)
+    if interrupted:
+        markdown = markdown.replace(
+            "# pytest-kts results\n",
+            f"# pytest-kts results\n\n**Interrupted:** {interrupted}: that test's scenario was "
+            "stopped mid-phase and has no verdict.\n",
+            1,
+        )
+    if packings:
+        markdown += "\n## Packing\n\n" + "".join(
+            f"- {p.name}: {p.sentence()} ({p.seconds:.0f} s of phases)\n" for p in packings
+        )
     if matrices:
         markdown += "\n" + render_matrices_markdown(matrices, heatmaps, directory)
     safefile.write_text(directory / "results.md", markdown)
@@ -494,7 +629,23 @@ def _write_files(
 
 
 def matrix_dict(m: MatrixResult) -> dict[str, Any]:
+    """The contention matrix with each cell's interval and samples, not point estimates only."""
     clocks = ["host", "device"] if m.device == "cuda" else ["host"]
+
+    def cell(row: str, col: str, clock: str) -> dict[str, Any] | None:
+        df = m.df(row, col, 99, clock)
+        if df is None:
+            return None
+        return {
+            "value": _json_num(df.value),
+            "ci": [_json_num(df.ci[0]), _json_num(df.ci[1])],
+            "interval": df.interval(3),
+            "confidence_label": df.evidence.label(),
+            "n_solo": df.n_solo,
+            "n_shared": df.n_shared,
+            "reason": df.reason,
+        }
+
     return {
         "name": m.name,
         "device": m.device,
@@ -503,6 +654,9 @@ def matrix_dict(m: MatrixResult) -> dict[str, Any]:
         "rows": m.tenants,
         "columns": m.columns(),
         "df_p99": {c: [[_json_num(v) for v in row] for row in m.values(99, c)] for c in clocks},
+        "cells_p99": {
+            c: [[cell(row, col, c) for col in m.columns()] for row in m.tenants] for c in clocks
+        },
         "machine": m.machine,
     }
 
@@ -610,28 +764,38 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
             tablefmt="github",
         )
     )
-    out += ["", tabulate(_rows(result), headers=HEADERS, tablefmt="github"), ""]
+    label = f"{100 * result.confidence:.4g}%"
+    out += [
+        "",
+        tabulate(_rows(result), headers=_headers(_check_p(result), label), tablefmt="github"),
+        "",
+    ]
+    if note := _background_note(result):
+        out += [note[0].upper() + note[1:] + ".", ""]
     if result.checks:
         out += ["Verdicts:", ""]
         for c in result.checks:
-            ci = c.get("ci") or [None, None]
+            outcome, said = _outcome(result, c)
+            estimate = "no estimate" if c.df is None else f"{c.df.value:.3f} {c.interval(3)}"
+            look = "" if c.df is None else c.df.evidence.look_note()
             out.append(
-                f"- {c['tenant']}: DF p{c['p']:g} ({c['clock']}) = {_num(c.get('value'), 3)} "
-                f"{interval_text(ci[0], ci[1], 3)} vs {c['threshold']:g}: **{c['verdict']}** "
-                f"after {c['looks']} look(s)"
-                + (
-                    f" ({c['reason']})"
-                    if c.get("reason") and c["verdict"] == "inconclusive"
-                    else ""
-                )
-                + (f"; {c['power']}" if c.get("power") and c["verdict"] == "inconclusive" else "")
+                f"- {c.tenant}: DF p{c.p:g} ({c.clock}) = {estimate} ({label} CI) vs "
+                f"{c.threshold:g}: **{c.verdict}** at look {c.looks} ({c.rounds} rounds); "
+                f"{said}: {outcome}"
+                + (f" ({c.reason})" if c.reason and c.verdict == "inconclusive" else "")
+                + (f"; {c.power}" if c.power and c.verdict == "inconclusive" else "")
+                + (f". {look[0].upper()}{look[1:]}" if look else "")
             )
+            tenant = result.tenants.get(c.tenant)
+            if tenant is not None and tenant.cotenants:
+                out.append(f"  - who took the tail: {tenant.attribution(p=c.p).sentence()}")
         out.append("")
     if result.comparisons:
         name = result.comparisons[0].get("baseline", "")
         out += [f"Against baseline `{name}`:", ""]
-        for c in result.comparisons:
-            out.append(f"- {comparison_line(result, c).removeprefix(result.name + ' ')}")
+        for comparison in result.comparisons:
+            line = comparison_line(result, comparison)
+            out.append(f"- {line.removeprefix(result.name + ' ')}")
         out.append("")
     if result.baseline_saved:
         out += [f"Saved as a baseline in `{result.baseline_saved}`.", ""]
@@ -742,7 +906,7 @@ def _markdown_attribution(result: ScenarioResult) -> list[str]:
     for name, tenant in result.tenants.items():
         if not tenant.cotenants:
             continue
-        a = tenant.attribution()
+        a = tenant.overlap()
         for b in a.blames:
             rows.append(
                 [

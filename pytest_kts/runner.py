@@ -30,6 +30,7 @@ With SLOs (adaptive) the tenants that carry one decide everything:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,10 +43,10 @@ from pytest_kts.backends.base import Backend, PhaseOutput, PhasePlan, TenantSpec
 from pytest_kts.config import RunSettings
 from pytest_kts.constants import PHASES
 from pytest_kts.errors import ConfigError
-from pytest_kts.evidence import Evidence
+from pytest_kts.evidence import Evidence, floor_samples
 from pytest_kts.protocol import LineReader, Sample
-from pytest_kts.results import PhaseWindow, ScenarioResult, TenantResult
-from pytest_kts.samples import group
+from pytest_kts.results import CheckOutcome, PhaseWindow, ScenarioResult, TenantResult
+from pytest_kts.samples import PhaseSamples, group
 from pytest_kts.sequential import Check, SequentialTest, evaluate
 from pytest_kts.stats import WARMUP_MAX_FRACTION, tail_clusters, trim_warmup
 from pytest_kts.verdict import DegradationFactor
@@ -62,6 +63,8 @@ PHASE_SLACK_S = 1.0
 PROFILE_ITERATIONS = 50
 PROFILE_SHARE = 0.05
 PROFILE_MAX_S = 2.0
+# Leave-one-out rounds: at least this many rounds' worth of samples per arm.
+EXPLAIN_MIN_ROUNDS = 8
 # The extremal index the look plan assumes at most (see _theta).
 THETA_MAX = 0.6
 # Time kept free at the end of every phase for its stop to arrive.
@@ -151,6 +154,7 @@ class _CheckState:
     looks: int = 0
     decided: bool = False
     final: bool = False
+    rounds: int = 0
     power: str | None = None
 
 
@@ -176,6 +180,12 @@ class _Scenario:
         self.notes: list[str] = []
         self.cut_phases = 0
         self.round_length: int | None = None  # samples per phase of a look's round
+        # Subset phases (experiments): the tenants present -> their samples, kept apart from
+        # the scenario's own solo and shared phases so no verdict reads them by accident.
+        self.arms: dict[tuple[str, ...], list[Sample]] = {}
+        self.explain = False
+        self.p = 99.0
+        self.background: tuple[str, ...] = ()
 
     # -- time ------------------------------------------------------------------------------
     def left(self) -> float:
@@ -188,8 +198,12 @@ class _Scenario:
         return f"the test's budget of {self.settings.max_seconds:.0f} s ran out"
 
     # -- phases ----------------------------------------------------------------------------
-    def run(self, plan: PhasePlan) -> PhaseOutput | None:
-        """Run ``plan`` within its share (and what is left); ``None`` when no time is left."""
+    def run(self, plan: PhasePlan, arm: tuple[str, ...] | None = None) -> PhaseOutput | None:
+        """Run ``plan`` within its share (and what is left); ``None`` when no time is left.
+
+        ``arm`` (the tenants present, sorted) files a shared phase's samples under that
+        experiment instead of the scenario's shared phase.
+        """
         # A stopped phase still finishes the iteration in flight: keep room for the longest.
         left = self.left() - self.collected.longest_ms / 1e3 - STOP_MARGIN_S
         if left <= STOP_MARGIN_S:
@@ -199,7 +213,11 @@ class _Scenario:
         if self.progress:
             self.progress.phase_started(plan.phase, plan.round, plan.tenants)
         output = self.backend.run_phase(plan, self.settings.timeout)
-        self.collected.add(output)
+        if arm is None:
+            self.collected.add(output)
+        else:
+            for reader in output.readers.values():
+                self.arms.setdefault(arm, []).extend(reader.samples)
         if self.progress:
             for tenant, reader in output.readers.items():
                 self.progress.samples(tenant, plan.phase, len(reader.samples))
@@ -211,24 +229,31 @@ class _Scenario:
         self.cut_phases += int(output.cut)
         return output
 
-    def run_round(self, plans: list[PhasePlan], final: bool) -> bool:
+    def run_round(
+        self,
+        plans: list[PhasePlan],
+        final: bool,
+        arms: Sequence[tuple[str, ...] | None] | None = None,
+    ) -> bool:
         """Run a round's phases in order (reversed every other round); False if time ran out.
 
         Each phase's share of the time left is proportional to its expected length; a phase
         that is not part of the run's last round may take at most ``PHASE_SLACK`` times that,
-        so that a slower-than-planned round leaves time for the re-planned rest.
+        so that a slower-than-planned round leaves time for the re-planned rest. ``arms``
+        names, per plan, the experiment its samples belong to (``None``: the scenario's own).
         """
+        tagged = list(zip(plans, arms or [None] * len(plans), strict=True))
         if self.rounds % 2 == 1:
-            plans = plans[::-1]  # shared first, solos reversed
-        expected = [self.expected_seconds(p) for p in plans]
-        for i, plan in enumerate(plans):
+            tagged = tagged[::-1]  # shared first, solos reversed
+        expected = [self.expected_seconds(p) for p, _ in tagged]
+        for i, (plan, arm) in enumerate(tagged):
             left = self.left()
             proportional = left * expected[i] / max(sum(expected[i:]), 1e-9)
             if not final:
                 proportional = min(proportional, PHASE_SLACK * expected[i] + PHASE_SLACK_S)
             share = plan.max_seconds if plan.max_seconds is not None else proportional
             plan = PhasePlan(plan.phase, plan.round, plan.iterations, max_seconds=share)
-            if self.run(plan) is None:
+            if self.run(plan, arm) is None:
                 return False
         self.rounds += 1
         return True
@@ -259,11 +284,14 @@ def run_scenario(
     telemetry_factory: Callable[[], Any] | None = None,
     machine: Mapping[str, Any] | None = None,
     keep_backend: bool = False,
+    explain: bool = False,
 ) -> ScenarioResult:
     """Run solo and shared phases of ``tenants`` on ``device`` and return every sample.
 
     ``keep_backend``: the backend is a session's pooled one and stays up after the run
     (its tenants serve the next scenario that declares them); otherwise it is closed.
+    ``explain``: measure who takes every SLO tenant's tail by leaving each co-tenant out in
+    turn (done anyway for a failed check of a tenant with two or more co-tenants).
     """
     if len(tenants) < 2:
         raise ConfigError(
@@ -278,6 +306,7 @@ def run_scenario(
     rho = sequential.DEFAULT_RHO
     states = [_CheckState(c, SequentialTest(settings.confidence, rho=rho)) for c in checks]
     run = _Scenario(names, settings, backend, budget, progress)
+    run.explain, run.p = explain, p
 
     def body() -> str:
         backend.start(tenants, device)
@@ -309,29 +338,31 @@ def run_scenario(
             accounting=reader.accounting(),
             confidence=settings.confidence,
             on_inconclusive=settings.inconclusive,
+            arms={
+                arm: PhaseSamples.from_records(spec.name, "shared", records)
+                for arm, records in run.arms.items()
+                if spec.name in arm and any(r.tenant == spec.name for r in records)
+            },
         )
     check_rows = []
     for state in states:
         check, df = state.check, state.df
         if df is not None:
+            df = dataclasses.replace(df, tenant=check.tenant)
             results[check.tenant].sequential[(float(check.p), check.clock)] = df
-        verdict = "inconclusive" if df is None else df.verdict(check.threshold)
         check_rows.append(
-            {
-                "tenant": check.tenant,
-                "p": check.p,
-                "threshold": check.threshold,
-                "clock": check.clock,
-                "value": None if df is None else df.value,
-                "ci": None if df is None else list(df.ci),
-                "verdict": verdict,
-                "looks": state.looks,
-                "alpha": None if df is None else df.alpha,
-                "reason": None if df is None else df.reason,
-                "power": state.power if verdict == "inconclusive" else None,
-                "n": run.collected.pairs(check.tenant),
-                "spending": state.test.describe(),
-            }
+            CheckOutcome(
+                tenant=check.tenant,
+                p=check.p,
+                clock=check.clock,
+                threshold=check.threshold,
+                df=df,
+                looks=state.looks,
+                rounds=state.rounds,
+                final=state.final,
+                power=state.power,
+                spending=state.test.describe(),
+            )
         )
     if progress:
         progress.finished()
@@ -355,6 +386,7 @@ def run_scenario(
         stop_reason=stop_reason,
         confidence=settings.confidence,
         started_at=started_at,
+        background=run.background,
     )
 
 
@@ -431,7 +463,10 @@ def _adaptive(run: _Scenario, states: list[_CheckState], p: float) -> str:
         final = planner.is_final(step.final, n_after, n_reach)
         _judge(run, states, max(n_reach, 1), final=final)
         if not undecided():
-            return _finish(run, states, p, f"every SLO decided after {run.rounds} round(s)")
+            looks = max(s.looks for s in states)
+            return _finish(
+                run, states, p, f"every SLO decided at look {looks} ({run.rounds} rounds)"
+            )
         if final or all(s.test.exhausted for s in states if not s.decided):
             why = (
                 f"the budget of {settings.max_iterations} iterations per tenant and phase ran out"
@@ -591,14 +626,79 @@ def _judge(run: _Scenario, states: list[_CheckState], n_max: int, final: bool) -
             on_inconclusive=run.settings.inconclusive,
         )
         state.df, state.looks, state.final = df, len(state.test.info), final
+        state.rounds = run.rounds
         state.decided = df.verdict(check.threshold) != "inconclusive"
         if run.progress and math.isfinite(df.value):
             run.progress.estimate(check.tenant, df.value, df.ci)
 
 
-def _finish(run: _Scenario, states: list[_CheckState], p: float, reason: str) -> str:
-    """Say what deciding would need; give tenants without an SLO a short solo profile."""
+def _explain(run: _Scenario, states: list[_CheckState]) -> str | None:
+    """Who took the tail, by experiment: leave-one-out rounds for the tenants that need it.
+
+    A failed SLO check of a tenant with two or more co-tenants (every SLO tenant with
+    ``explain``) gets rounds of the full shared phase next to one shared phase per co-tenant
+    left out, interleaved like every round and charged to what is left of the budget; the
+    effect of each co-tenant is then the DF of adding it (``causal.py``). Returns a note for
+    the stop reason, or ``None`` when nothing was run.
+    """
+    focal = [
+        s.check.tenant
+        for s in states
+        if (run.explain or (s.df is not None and s.df.verdict(s.check.threshold) == "fail"))
+        and len(run.names) >= 3
+    ]
+    focal = list(dict.fromkeys(focal))
+    if not focal:
+        return None
+    full = tuple(sorted(run.names))
+    arms = [
+        tuple(t for t in full if t != left_out)
+        for left_out in full
+        if any(f != left_out for f in focal)
+    ]
     col = run.collected
+    # As many samples per arm as decided the check, and at least twice what a claim at p
+    # needs: an effect the size of the check's own is then decided in the same rounds.
+    floor = floor_samples(run.p, 1.0 - run.settings.confidence) or 0
+    least = max(EXPLAIN_MIN_ROUNDS * planner.ROUND_MIN, 2 * floor)
+    target = min(run.settings.max_iterations, max(least, min(col.pairs(t) for t in focal)))
+    length = run.round_length or planner.ROUND_MIN
+    rounds = 0
+
+    def have(arm: tuple[str, ...], tenant: str) -> int:
+        return sum(1 for r in run.arms.get(arm, ()) if r.tenant == tenant)
+
+    while True:
+        short = [
+            (arm, f) for arm in (full, *arms) for f in focal if f in arm and have(arm, f) < target
+        ]
+        if not short:
+            break
+        plans, tags = [], []
+        for arm in (full, *arms):
+            measured = {t: (length if t in focal else 0) for t in arm}
+            if not any(measured.values()):
+                continue
+            plans.append(PhasePlan("shared", run.rounds, measured))
+            tags.append(arm)
+        if not run.run_round(plans, final=False, arms=tags):
+            break
+        rounds += 1
+    if not rounds:
+        return "no time was left to measure who took the tail (leave-one-out)"
+    return (
+        f"{rounds} leave-one-out round(s) for {', '.join(focal)} (each co-tenant left out in "
+        "turn, next to the full shared phase)"
+    )
+
+
+def _finish(run: _Scenario, states: list[_CheckState], p: float, reason: str) -> str:
+    """Say what deciding would need; measure who took a failed check's tail; give tenants
+    without an SLO a short solo profile."""
+    col = run.collected
+    note = _explain(run, states)
+    if note:
+        run.notes.append(note)
     for state in states:
         if state.decided or state.df is None:
             continue
@@ -614,6 +714,7 @@ def _finish(run: _Scenario, states: list[_CheckState], p: float, reason: str) ->
             seconds_per_sample=per_sample,
         )
     background = [t for t in run.names if col.n(t, "solo") == 0]
+    run.background = tuple(background)
     profiled = []
     for t in background:
         share = min(

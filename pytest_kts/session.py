@@ -18,6 +18,7 @@ from pytest_kts.backends.base import Backend, TenantSpec
 from pytest_kts.config import RunSettings, check_plan
 from pytest_kts.errors import ConfigError, DryRun, RegressionError
 from pytest_kts.matrix import MatrixResult, run_matrix
+from pytest_kts.packing import PackingResult, run_packing
 from pytest_kts.results import ScenarioResult
 from pytest_kts.runner import Budget, ProgressSink, run_scenario
 
@@ -43,6 +44,8 @@ class KtsSession:
     # interpreter, torch and CUDA context are up (build and warmup only), and a tenant
     # declared again unchanged starts at once. Start-up is most of a test's fixed cost.
     pool: dict[tuple[Any, ...], Backend] = field(default_factory=dict)
+    packings: list[PackingResult] = field(default_factory=list)
+    interrupted: str | None = None  # the test a Ctrl-C or SIGTERM stopped, for the report
     # --kts-dry-run: (scenario, the manifests its first round would create), in test order.
     dry_runs: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
 
@@ -62,9 +65,10 @@ class KtsSession:
         p: float,
         progress: ProgressSink | None = None,
         key: str | None = None,
+        explain: bool = False,
     ) -> ScenarioResult:
         """Run one scenario; ``key`` names its baseline (``baseline.scenario_key``; without
-        one, ``name`` does)."""
+        one, ``name`` does); ``explain`` asks for leave-one-out rounds (``run_scenario``)."""
         # Before a lock is taken or a worker spawns: a plan that cannot fit its time.
         check_plan(settings, len(slo) + 1 if slo else len(tenants) + 1, adaptive=bool(slo))
         if settings.cluster and settings.dry_run:
@@ -87,6 +91,7 @@ class KtsSession:
                     telemetry_factory=telemetry_factory,
                     machine=machine.facts(self.device),
                     keep_backend=pooled,
+                    explain=explain,
                 )
             except BaseException:
                 if pooled:
@@ -192,6 +197,28 @@ class KtsSession:
             for mode in modes
         }  # fmt: skip
 
+    def packing(
+        self,
+        name: str,
+        others: Sequence[TenantSpec],
+        template: TenantSpec,
+        settings: RunSettings,
+        slo: Mapping[str, float],
+        p: float,
+        up_to: int,
+        progress: ProgressSink | None = None,
+        key: str | None = None,
+    ) -> PackingResult:
+        """Copies of ``template`` next to ``others`` until an SLO no longer passes
+        (``packing.run_packing``); every count's scenario lands in the report."""
+
+        def one(scenario: str, tenants: list[TenantSpec], counted: RunSettings) -> ScenarioResult:
+            return self.run(scenario, tenants, counted, slo, p, progress, key=None)
+
+        result = run_packing(name, others, template, settings, slo, p, up_to, one)
+        self.packings.append(result)
+        return result
+
     def run_matrix(
         self,
         name: str,
@@ -292,7 +319,12 @@ class KtsSession:
             command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
         try:
             self.report_paths = write_report(
-                self.results, directory, command=command, matrices=self.matrices
+                self.results,
+                directory,
+                command=command,
+                matrices=self.matrices,
+                packings=self.packings,
+                interrupted=self.interrupted,
             )
         except Exception as exc:  # the report must never take the test run's outcome with it
             self.report_error = f"could not write the report to {directory}: {exc}"

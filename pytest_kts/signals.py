@@ -22,6 +22,12 @@ class Terminated(KeyboardInterrupt):
 
 
 MESSAGE = "pytest-kts: terminated by SIGTERM; stopping the workers and cleaning up"
+_received: list[bool] = []  # a SIGTERM came (process-wide, as signals are)
+
+
+def terminated() -> bool:
+    """Whether this process was sent SIGTERM while the handler was installed."""
+    return bool(_received)
 
 
 def install() -> Callable[[], None]:
@@ -44,6 +50,7 @@ def install() -> Callable[[], None]:
             os.kill(os.getpid(), signal.SIGTERM)
             return
         received = True
+        _received.append(True)
         raise Terminated(MESSAGE)
 
     signal.signal(signal.SIGTERM, handler)
@@ -55,4 +62,4 @@ def install() -> Callable[[], None]:
     return restore
 
 
-__all__ = ["MESSAGE", "Terminated", "install"]
+__all__ = ["MESSAGE", "Terminated", "install", "terminated"]

@@ -18,7 +18,7 @@ import numpy as np
 from pytest_kts.backends.base import TenantSpec
 from pytest_kts.evidence import Evidence
 from pytest_kts.matrix import MatrixResult
-from pytest_kts.results import PhaseWindow, ScenarioResult, TenantResult
+from pytest_kts.results import CheckOutcome, PhaseWindow, ScenarioResult, TenantResult
 from pytest_kts.samples import PhaseSamples, TenantSamples
 from pytest_kts.verdict import DegradationFactor
 
@@ -76,6 +76,7 @@ def scenario_to_dict(result: ScenarioResult) -> dict[str, Any]:
             "confidence": t.confidence,
             "on_inconclusive": t.on_inconclusive,
             "sequential": [[p, clock, _df(df)] for (p, clock), df in t.sequential.items()],
+            "arms": [[list(arm), _phase(ps)] for arm, ps in t.arms.items()],
         }
     return {
         "name": result.name,
@@ -85,7 +86,8 @@ def scenario_to_dict(result: ScenarioResult) -> dict[str, Any]:
         "machine": result.machine,
         "backend": result.backend,
         "telemetry": None if result.telemetry is None else result.telemetry.to_json(),
-        "checks": result.checks,
+        "checks": [c.to_dict() for c in result.checks],
+        "background": list(result.background),
         "gpu_seconds": result.gpu_seconds,
         "stop_reason": result.stop_reason,
         "confidence": result.confidence,
@@ -108,6 +110,7 @@ def scenario_from_dict(data: dict[str, Any]) -> ScenarioResult:
             confidence=t["confidence"],
             on_inconclusive=t["on_inconclusive"],
             sequential={(float(p), clock): _df_back(df) for p, clock, df in t["sequential"]},
+            arms={tuple(arm): _phase_back(ps) for arm, ps in t.get("arms", [])},
         )
     telemetry = None
     if data["telemetry"] is not None:
@@ -122,7 +125,8 @@ def scenario_from_dict(data: dict[str, Any]) -> ScenarioResult:
         machine=data["machine"],
         backend=data["backend"],
         telemetry=telemetry,
-        checks=data["checks"],
+        checks=[CheckOutcome.from_dict(c) for c in data["checks"]],
+        background=tuple(data.get("background", ())),
         gpu_seconds=data["gpu_seconds"],
         stop_reason=data["stop_reason"],
         confidence=data["confidence"],

@@ -59,13 +59,25 @@ def _fmt_p(p: float) -> str:
     return f"p{p:g}"
 
 
-def interval_text(lo: float | None, hi: float | None, digits: int = 2) -> str:
-    """``[lo, hi]``; an end that does not exist is open: ``[1.90, ∞)``, ``(0, ∞)``."""
+def interval_text(
+    lo: float | None, hi: float | None, digits: int = 2, *, significant: bool = False
+) -> str:
+    """``[lo, hi]``; where an end does not exist, the end that does in words: ``(≥ 1.90)``
+    (no upper bound yet), ``(≤ 13.59)`` (no lower bound yet), ``(no bound yet)``. Never a 0 or
+    an infinity that reads as a value. ``significant``: ``digits`` significant figures."""
     lo_ok = lo is not None and math.isfinite(lo) and lo > 0
     hi_ok = hi is not None and math.isfinite(hi)
-    left = f"[{lo:.{digits}f}" if lo_ok else "(0"
-    right = f"{hi:.{digits}f}]" if hi_ok else "∞)"
-    return f"{left}, {right}"
+
+    def num(x: float) -> str:
+        return f"{x:#.{digits}g}" if significant else f"{x:.{digits}f}"
+
+    if lo_ok and hi_ok:
+        return f"[{num(lo)}, {num(hi)}]"  # type: ignore[arg-type]
+    if lo_ok:
+        return f"(≥ {num(lo)})"  # type: ignore[arg-type]
+    if hi_ok:
+        return f"(≤ {num(hi)})"  # type: ignore[arg-type]
+    return "(no bound yet)"
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,6 +94,12 @@ class DegradationFactor:
     evidence: Evidence
     on_inconclusive: str = "warn"
     note: str = ""  # how this look came about (a sequential plan's look), for the details
+    tenant: str = ""  # whose DF: the failure message names it
+    # Called with (op, threshold, verdict, held) on every comparison: the report says what
+    # each test asserted and whether it held (set by results.TenantResult).
+    record: Callable[[str, float, str, bool], None] | None = field(
+        default=None, repr=False, compare=False
+    )
     # Extra lines for explain(), supplied by whoever holds the samples (results.TenantResult:
     # wait vs execution and co-tenant attribution); failures in it never hide the verdict.
     context: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
@@ -170,10 +188,11 @@ class DegradationFactor:
         lo, hi = self.ci
         return lo > 0 and math.isfinite(hi)
 
-    def interval(self, digits: int = 2) -> str:
-        """The interval the verdict used, as text: only the ends that exist."""
+    def interval(self, digits: int = 2, *, significant: bool = False) -> str:
+        """The interval the verdict used, as text: only the ends that exist, said in words
+        where one is missing ("(≤ 13.6)", "(≥ 1.94)", "(no bound yet)")."""
         lo, hi = self.ci
-        return interval_text(lo, hi, digits)
+        return interval_text(lo, hi, digits, significant=significant)
 
     # -- verdict -------------------------------------------------------------------------------
 
@@ -193,10 +212,14 @@ class DegradationFactor:
         t = check_threshold(threshold)  # NaN, inf, 0 or below: a ConfigError, not a verdict
         v = self.verdict(t)
         if v == "inconclusive":
-            return self._inconclusive(op, t)
-        if op in ("<", "<="):
-            return v == "pass"
-        return v == "fail"  # ">" / ">=": holds when the whole interval lies above the threshold
+            held = self._inconclusive(op, t)
+        elif op in ("<", "<="):
+            held = v == "pass"
+        else:
+            held = v == "fail"  # ">" / ">=": holds when the whole interval lies above it
+        if self.record is not None:
+            self.record(op, t, v, held)
+        return held
 
     def _inconclusive(self, op: str, t: float) -> bool:
         """The one place where the inconclusive policy is applied."""
@@ -216,8 +239,8 @@ class DegradationFactor:
 
     def _inconclusive_message(self, op: str, t: float) -> str:
         why = self.reason or (
-            f"the {self._level()} interval contains the threshold {t:g}; more samples would "
-            "narrow it"
+            f"the {self.evidence.label()} interval contains the threshold {t:g}; more samples "
+            "would narrow it"
         )
         return f"inconclusive: {self!r} {op} {t:g}: {why}"
 
@@ -260,43 +283,68 @@ class DegradationFactor:
 
     # -- explanation for pytest_assertrepr_compare ----------------------------------------------
 
-    def _level(self) -> str:
-        return f"{100 * (1 - self.alpha):.4g}%"
+    def headline(self, threshold: float | None = None) -> str:
+        """The verdict in one line, short enough for pytest's short summary: "DF p99 10.3
+        [7.47, 14.2] > 1.3 at 95% confidence: fft's p99 0.18 -> 1.86 ms (host clock)"."""
+        ev = self.evidence
+        pn = _fmt_p(self.p)
+        head = f"DF {pn} {self.value:#.3g} {self.interval(3, significant=True)}"
+        if threshold is not None:
+            t = float(threshold)
+            v = self.verdict(t)
+            rel = {"fail": ">", "pass": "<"}.get(v, "vs")
+            head += f" {rel} {t:g} at {ev.label()} confidence" + (
+                " (undecided)" if v == "inconclusive" else ""
+            )
+        who = f"{self.tenant}'s " if self.tenant else ""
+        return (
+            f"{head}: {who}{pn} {self.solo_quantile:.3g} -> {self.shared_quantile:.3g} ms "
+            f"({self.clock} clock)"
+        )
 
-    def explain(self, op: str, threshold: float) -> list[str]:
-        """Lines saying what was measured and why the comparison came out as it did."""
+    def explain(self, op: str, threshold: float, *, verbose: bool = False) -> list[str]:
+        """Lines saying what was measured and why the comparison came out as it did.
+
+        The verdict with its numbers first, then why (wait versus execution, who took the
+        tail and by which method), then the samples; the method and the sequential plan last,
+        and only with ``verbose`` (pytest's ``-vv``).
+        """
         t = float(threshold)
         v = self.verdict(t)
-        pn = _fmt_p(self.p)
-        lines = [
-            f"DF {pn} ({self.clock} clock) = {self.value:.3f}, {self._level()} CI "
-            f"{self.interval(3)}",
-            f"solo   {pn} = {self.solo_quantile:.4g} ms from n={self.n_solo} samples "
-            f"({self.trimmed_solo} warmup trimmed, {self.dropped_solo} unmeasured dropped)",
-            f"shared {pn} = {self.shared_quantile:.4g} ms from n={self.n_shared} samples "
-            f"({self.trimmed_shared} warmup trimmed, {self.dropped_shared} unmeasured dropped)",
-        ]
-        if v == "pass":
-            what = f"pass: the whole interval lies below {t:g}"
-        elif v == "fail":
-            what = f"fail: the whole interval lies above {t:g}"
-        else:
-            what = f"inconclusive against {t:g} (on_inconclusive={self.on_inconclusive!r})"
-        holds = self._holds(op, v)
-        lines.append(f"verdict: {what}; `DF {op} {t:g}` {'holds' if holds else 'does not hold'}")
-        if self.reason:
-            lines.append(f"reason: {self.reason}")
-        if self.confidence != 1.0 - self.alpha:
-            lines.append(
-                f"error budget: alpha {self.alpha:.3g} of {1 - self.confidence:.3g} spent on "
-                "this look (sequential plan)"
-            )
-        lines.append(f"method: {self.method}")
+        ev = self.evidence
+        lines = [self.headline(t)]
         if self.context is not None:
             try:
-                lines += self.context()
+                why = self.context()
             except Exception as exc:  # an explanation must not turn a verdict into an error
-                lines.append(f"(no attribution: {type(exc).__name__}: {exc})")
+                why = [f"(no attribution: {type(exc).__name__}: {exc})"]
+            lines += [f"why: {why[0]}", *why[1:]] if why else []
+        label = ev.label()
+        holds = self._holds(op, v)
+        if v == "pass":
+            what = f"pass: the whole {label} interval lies below {t:g}"
+        elif v == "fail":
+            what = f"fail: the whole {label} interval lies above {t:g}"
+        else:
+            what = (
+                f"undecided: the {label} interval does not exclude {t:g} "
+                f"(on_inconclusive={self.on_inconclusive!r})"
+            )
+        lines.append(f"verdict: {what}, so `DF {op} {t:g}` {'holds' if holds else 'does not hold'}")
+        so, sh = ev.solo, ev.shared
+        lines.append(
+            f"samples per phase: solo {so.kept} / shared {sh.kept} after warmup (of "
+            f"{so.measured} / {sh.measured} measured), {ev.units} {ev.unit_kind}"
+        )
+        if self.reason:
+            lines.append(f"missing end: {self.reason}")
+        look = ev.look_note()
+        if verbose:
+            if look:
+                lines.append(look)
+            lines.append(f"method: {self.method}")
+        elif look or self.method:
+            lines.append("(pytest -vv adds the method and the sequential plan)")
         return lines
 
     def _holds(self, op: str, v: str) -> bool:

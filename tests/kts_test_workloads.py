@@ -107,3 +107,25 @@ def expects_defaults(
     if found != (1, torch.float32, "highest"):
         raise ValueError(f"torch settings are not a fresh process's: {found}")
     return lambda: torch.zeros(4).sum()
+
+
+def exclusive(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """One step holds an exclusive device for ``hold_ms`` (a file lock every tenant of the
+    test opens: ``lock``), as a time-sliced GPU gives one context at a time. A co-tenant that
+    holds it long and often delays this tenant; one that holds it rarely does not."""
+    import fcntl
+
+    hold = float(params.get("hold_ms", "0.5")) / 1e3
+    handle = open(params["lock"], "a")  # noqa: SIM115 - held for the worker's life
+
+    def step() -> object:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            until = time.perf_counter() + hold
+            while time.perf_counter() < until:
+                pass
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
+    return step

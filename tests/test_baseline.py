@@ -186,11 +186,19 @@ def test_github_benchmark_json_schema() -> None:
         assert isinstance(e["name"], str) and e["name"].startswith(SCENARIO + "/")
         assert e["unit"] in ("ms", "x")
         assert isinstance(e["value"], float) and math.isfinite(e["value"]) and e["value"] > 0
-        assert e["range"].startswith("± ") and float(e["range"][2:]) > 0
+        # Both ends of an asymmetric interval: "-0.21 / +0.35".
+        down, up = (float(x) for x in e["range"].replace("+", "").split(" / "))
+        assert down < 0 < up
+        assert math.isclose(
+            -down,
+            e["value"] - float(e["extra"].split("[")[1].split(",")[0]),
+            rel_tol=0.01,
+            abs_tol=1e-3,
+        )
         assert isinstance(e["extra"], str) and "n=" in e["extra"]
     by_name = {e["name"]: e for e in entries}
     df = by_name[f"{SCENARIO}/fft/DF p99 (host)"]
-    assert df["unit"] == "x" and 1.2 < df["value"] < 1.9 and "CI [" in df["extra"]
+    assert df["unit"] == "x" and 1.2 < df["value"] < 1.9 and "95% CI [" in df["extra"]
     p99 = by_name[f"{SCENARIO}/fft/shared p99 (host)"]
     shared = make_result(1, shared_scale=1.5).tenants["fft"].summary("shared")
     assert shared is not None and p99["value"] == pytest.approx(shared.p99, abs=1e-6)

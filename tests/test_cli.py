@@ -9,12 +9,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from dfs import make_df
 
 from pytest_kts import cli
 from pytest_kts.backends.base import TenantSpec
 from pytest_kts.config import RunSettings
 from pytest_kts.protocol import Sample, format_meta, format_sample
-from pytest_kts.results import ScenarioResult, TenantResult
+from pytest_kts.results import CheckOutcome, ScenarioResult, TenantResult
 from pytest_kts.samples import group
 
 DATA = Path(__file__).parent / "data" / "study_v1"
@@ -80,7 +81,7 @@ def test_report_slo_held_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     args = ("report", str(DATA), "--slo", "fft=2.5", "--slo", "gemm=2")
     code, out, _ = run(capsys, *args, "--p", "95")
     assert code == 0
-    assert out.count(": pass") == 2
+    assert sum(line.endswith(": pass") for line in out.splitlines()) == 2
     code, out, _ = run(capsys, *args)
     assert code == 0  # an undecided check is not a failed one
     assert "gemm: DF p99 (host) 1.21" in out and out.rstrip().endswith("inconclusive")
@@ -251,19 +252,20 @@ def fake_result(name: str, specs: list[TenantSpec], verdict: str) -> ScenarioRes
         device="cpu",
         tenants={s.name: TenantResult(spec=s, samples=grouped[s.name]) for s in specs},
         checks=[
-            {
-                "tenant": specs[0].name,
-                "p": 99,
-                "threshold": 1.3,
-                "clock": "host",
-                "value": 1.6,
-                "ci": [1.4, 1.8],
-                "verdict": verdict,
-                "looks": 3,
-            }
+            CheckOutcome(
+                specs[0].name,
+                99.0,
+                "host",
+                1.3,
+                looks=3,
+                df=make_df(CI[verdict], value=1.6),
+            )
         ],
         stop_reason="every SLO decided after 3 round(s)",
     )
+
+
+CI = {"fail": (1.4, 1.8), "pass": (1.0, 1.2), "inconclusive": (1.2, 1.8)}
 
 
 @pytest.mark.parametrize(("verdict", "code"), [("fail", 1), ("pass", 0), ("inconclusive", 0)])
@@ -310,7 +312,8 @@ def test_run_calls_the_runner_and_maps_the_verdict(
     assert settings.device == "cpu" and settings.max_iterations == 600
     assert calls["progress"].silent  # -q
     assert calls["telemetry_factory"] is None  # no NVML on the CPU
-    assert f"fft: DF p99 (host) 1.60 [1.40, 1.80] < 1.3: {verdict}" in out
+    lo, hi = CI[verdict]
+    assert f"fft: DF p99 (host) 1.60 [{lo:.2f}, {hi:.2f}] < 1.3 at 95% confidence: {verdict}" in out
 
 
 def test_run_without_slo_sets_fixed_iterations(

@@ -53,6 +53,7 @@ class FakeSession:
         p: float,
         progress: Any = None,
         key: str | None = None,
+        explain: bool = False,
     ) -> ScenarioResult:
         self.calls.append("run")
         return make_result(name, tenants, settings.inconclusive, self.n)

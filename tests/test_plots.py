@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dfs import make_df
 
 from pytest_kts import plots
 from pytest_kts.backends.base import TenantSpec
 from pytest_kts.protocol import Sample
-from pytest_kts.results import PhaseWindow, ScenarioResult, TenantResult
+from pytest_kts.results import CheckOutcome, PhaseWindow, ScenarioResult, TenantResult
 from pytest_kts.samples import group
 from pytest_kts.telemetry import METRICS, Telemetry
 
@@ -71,18 +72,7 @@ def make_result(*, device_clock: bool = True, telemetry: bool = True) -> Scenari
         tenants=tenants,
         windows=windows,
         telemetry=tele,
-        checks=[
-            {
-                "tenant": "fft",
-                "p": 99,
-                "threshold": 1.3,
-                "clock": "host",
-                "value": 1.6,
-                "ci": [1.4, 1.8],
-                "verdict": "fail",
-                "looks": 2,
-            }
-        ],
+        checks=[CheckOutcome("fft", 99.0, "host", 1.3, df=make_df((1.4, 1.8), value=1.6), looks=2)],
     )
 
 

@@ -130,7 +130,11 @@ def test_failed_df_assertion_is_explained(pytester: pytest.Pytester, env: None) 
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*DF p50 (host clock)*", "*solo*p50*n=*", "*shared*p50*n=*", "*verdict: fail*"]
+        [
+            "E * DF p50 * > 0.1 at 95% confidence: fft's p50 * -> * ms (host clock)",
+            "*verdict: fail: the whole 95% interval lies above 0.1*",
+            "*samples per phase: solo * / shared * after warmup*",
+        ]
     )
 
 
@@ -257,7 +261,8 @@ def test_undecided_checks_are_listed_in_the_summary(
     result.stdout.fnmatch_lines(
         [
             "kts: 1 SLO check(s) undecided:",
-            "  *test_slo fft: DF p99 (host) * vs 1 after * look(s), alpha *: too few samples*",
+            "  *test_slo fft: DF p99 (host) * vs 1 at look 1: too few samples*a fresh run needs "
+            "at least * samples per phase*",
         ]
     )
 

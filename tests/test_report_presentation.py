@@ -1,13 +1,14 @@
-"""One interval per verdict, and summary lines that say what was found (issue 12 items 3-5)."""
+"""One interval per verdict, said so that no missing end reads as a value, and summary lines
+that say what was found (issue 12 items 3-5, issue 18 items 2-3)."""
 
 from __future__ import annotations
 
 import math
 
-from dfs import make_df
+from dfs import make_df, phase
 
 from pytest_kts.report import _df_cell, check_line, comparison_line, interval_text, summary_lines
-from pytest_kts.results import ScenarioResult
+from pytest_kts.results import CheckOutcome, ScenarioResult
 from pytest_kts.verdict import DegradationFactor
 
 
@@ -15,37 +16,42 @@ def _df(ci: tuple[float, float], reason: str | None = None) -> DegradationFactor
     return make_df(ci, value=2.11, reason=reason)
 
 
-def test_interval_text_shows_only_the_ends_that_exist() -> None:
+def test_interval_text_shows_only_the_ends_that_exist_in_words() -> None:
     assert interval_text(1.94, 2.3) == "[1.94, 2.30]"
-    assert interval_text(1.9, math.inf) == "[1.90, ∞)"
-    assert interval_text(0.0, math.inf) == "(0, ∞)"
-    assert interval_text(None, None) == "(0, ∞)"
+    # A missing end is said, never written as 0 or infinity ("DF may be 0").
+    assert interval_text(1.9, math.inf) == "(≥ 1.90)"
+    assert interval_text(0.0, 13.59) == "(≤ 13.59)"
+    assert interval_text(0.0, math.inf) == "(no bound yet)"
+    assert interval_text(None, None) == "(no bound yet)"
+    assert interval_text(7.471, 14.177, 3, significant=True) == "[7.47, 14.2]"
 
 
 def test_below_the_floor_the_table_shows_no_two_sided_interval() -> None:
     assert _df_cell(_df((1.94, 2.30))) == "2.11 [1.94, 2.30]"
     # A phase short of its floor removes one end (degradation() gives inf or 0 there), and
-    # the table shows only the ends that exist, starred with the reason below it.
-    assert _df_cell(_df((1.94, math.inf), reason="no upper bound")) == "2.11 [1.94, ∞)*"
-    assert _df_cell(_df((0.0, 2.30), reason="no lower bound")) == "2.11 (0, 2.30]*"
-    assert _df_cell(_df((0.0, math.inf), reason="too few samples")) == "2.11 (0, ∞)*"
+    # the table shows only the end that exists, starred with the reason below it.
+    assert _df_cell(_df((1.94, math.inf), reason="no upper bound")) == "2.11 (≥ 1.94)*"
+    assert _df_cell(_df((0.0, 2.30), reason="no lower bound")) == "2.11 (≤ 2.30)*"
+    assert _df_cell(_df((0.0, math.inf), reason="too few samples")) == "2.11 (no bound yet)*"
+    # Fewer samples than the percentile needs at all: not a figure.
+    few = make_df((1.0, 3.0), value=2.0, solo=phase(kept=40), shared=phase(kept=45))
+    assert _df_cell(few) == "n/a (n=40)"
 
 
 def test_undecided_check_line_with_estimate_reason_and_power() -> None:
     result = ScenarioResult(name="t.py::test_x", device="cpu", tenants={})
-    check = {
-        "tenant": "fft", "p": 99.0, "threshold": 1.3, "clock": "host", "value": 1.28,
-        "ci": [1.1, 1.5], "verdict": "inconclusive", "looks": 4, "alpha": 0.0125,
-        "reason": None,
-        "power": "at this noise, deciding needs about 900 more samples per phase, about 40 s",
-    }  # fmt: skip
+    power = "at this noise, deciding needs about 900 more samples per phase, about 40 s"
+    check = CheckOutcome(
+        "fft", 99.0, "host", 1.3, df=make_df((1.1, 1.5), value=1.28, level=0.0125), looks=4,
+        power=power,
+    )  # fmt: skip
     line = check_line(result, check)
     assert line == (
-        "t.py::test_x fft: DF p99 (host) 1.28 [1.10, 1.50] vs 1.3 after 4 look(s), alpha 0.0125: "
-        "the interval contains the threshold 1.3; at this noise, deciding needs about 900 more "
-        "samples per phase, about 40 s"
+        "t.py::test_x fft: DF p99 (host) 1.28 [1.10, 1.50] vs 1.3 at look 4: the 95% interval "
+        f"does not exclude the threshold 1.3; {power}"
     )
-    result.checks = [check, check | {"verdict": "pass"}]
+    passed = CheckOutcome("fft", 99.0, "host", 1.3, df=make_df((1.0, 1.2), value=1.1))
+    result.checks = [check, passed]
     lines = [text for text, _ in summary_lines([result])]
     assert lines == ["kts: 1 SLO check(s) undecided:", f"  {line}"]
 

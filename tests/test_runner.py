@@ -123,12 +123,12 @@ def test_a_clear_regression_fails_at_the_first_look_after_calibration() -> None:
     settings = RunSettings(max_seconds=1e6)
     result = run(backend, settings, slo={"slow": 1.3})
     check = result.checks[0]
-    assert check["verdict"] == "fail"
-    assert check["looks"] == 1
+    assert check.verdict == "fail"
+    assert check.looks == 1
     # The look came no earlier than its own floor, and not much later: about 2.5 times the
     # 368 samples a p99 claim at 95% needs at the least (its own level is smaller, warmup
     # trimming takes some, and the plan allows for clustering up to a dispersion of 1.7).
-    assert 368 <= check["n"] <= 2.6 * 368
+    assert 368 <= check.df.evidence.measured <= 2.6 * 368
     # The look's rounds are short enough for a t with several degrees of freedom.
     assert result.tenants["slow"].sequential[(99.0, "host")].evidence.units >= 8
     assert result.stop_reason.startswith("every SLO decided")
@@ -200,21 +200,21 @@ def test_the_look_plan_fits_the_budget_and_spends_all_of_it() -> None:
     result = run(backend, settings, slo={"slow": 1.3})
     assert wall(backend) <= 60.0 + 1e-6
     check = result.checks[0]
-    assert check["verdict"] in ("inconclusive", "pass", "fail")
+    assert check.verdict in ("inconclusive", "pass", "fail")
     # The whole error budget was spent by the last look, which came near the end of the time.
-    spending = check["spending"]
+    spending = check.spending
     assert "spent 0.05," in spending
     assert wall(backend) > 0.7 * 60.0
-    if check["verdict"] == "inconclusive":
-        assert check["power"] and "samples per phase" in check["power"]
-        assert not re.search(r"\babout 0 more", check["power"])
+    if check.verdict == "inconclusive":
+        assert check.power and "samples per phase" in check.power
+        assert not re.search(r"\babout 0 more", check.power)
 
 
 def test_the_iteration_cap_ends_the_plan_and_is_named() -> None:
     backend = SimulatedBackend(tail_factor=1.3)
     result = run(backend, RunSettings(max_seconds=1e6, max_iterations=1000), slo={"slow": 1.3})
     assert max(len(result.tenants["slow"].samples.solo), 0) <= 1000 * 1.05
-    if result.checks[0]["verdict"] == "inconclusive":
+    if result.checks[0].verdict == "inconclusive":
         assert "1000 iterations" in result.stop_reason
 
 
@@ -251,3 +251,75 @@ def test_a_phase_plan_checks_its_targets() -> None:
     plan = PhasePlan("shared", 0, {"a": 10, "b": 0})
     assert plan.measured == ("a",) and plan.until_stopped
     assert not PhasePlan("solo", 0, {"a": 10}).until_stopped
+
+
+class CulpritBackend(SimulatedBackend):
+    """Three tenants: ``slow`` is 3x slower whenever ``hog`` shares the GPU, whatever else
+    does; ``tiny`` changes nothing. Which co-tenants ran is read off each phase's plan."""
+
+    def __init__(self) -> None:
+        super().__init__(periods={"slow": 0.01, "hog": 0.01, "tiny": 0.05})
+
+    def run_phase(self, plan: PhasePlan, timeout_s: float) -> PhaseOutput:
+        out = super().run_phase(plan, timeout_s)
+        if plan.phase == "shared" and "hog" in plan.tenants and "slow" in out.readers:
+            reader = out.readers["slow"]
+            reader.samples = [
+                Sample(s.tenant, s.phase, s.round, s.iteration, s.start_ns,
+                       s.start_ns + int(3 * s.host_ms * 1e6), 3 * s.host_ms, s.device_ms)
+                for s in reader.samples
+            ]  # fmt: skip
+        return out
+
+
+THREE = [
+    TenantSpec(name="slow", workload="fft", size=8),
+    TenantSpec(name="hog", workload="matmul", size=8),
+    TenantSpec(name="tiny", workload="matmul", size=8),
+]
+
+
+def test_a_failed_check_is_explained_by_leaving_each_co_tenant_out() -> None:
+    backend = CulpritBackend()
+    settings = RunSettings(max_seconds=1e6)
+    result = run_scenario("t", THREE, settings, {"slow": 1.3}, device="cpu", backend=backend)
+    assert result.checks[0].verdict == "fail"
+    # The experiment's phases: the full shared phase and each co-tenant left out, in rounds.
+    subsets = {tuple(sorted(p.tenants)) for p in backend.plans if p.phase == "shared"}
+    assert {("hog", "slow"), ("slow", "tiny"), ("hog", "slow", "tiny")} <= subsets
+    attribution = result["slow"].attribution()
+    assert attribution.method.startswith("leave-one-out")
+    top = attribution.top()
+    assert top is not None and top.cotenant == "hog"
+    shares = attribution.shares()
+    assert set(shares) == {"hog", "tiny"}
+    assert all(math.isfinite(v) for v in shares.values())
+    assert shares["hog"] > 0.8 and shares["tiny"] < 0.2
+    # Two co-tenants: exact Shapley shares too, summing to the whole.
+    effects = {e.cotenant: e for e in attribution.effects}
+    assert effects["hog"].shapley is not None and effects["tiny"].shapley is not None
+    assert effects["hog"].shapley + effects["tiny"].shapley == pytest.approx(1.0)
+    assert "without hog the DF falls from" in attribution.sentence()
+    # The scenario's own verdict is untouched by the experiment's phases.
+    assert result["slow"].df(99).verdict(1.3) == "fail"
+    assert len(result["slow"].samples.shared) < sum(
+        len(ps) for ps in result["slow"].arms.values()
+    ) + len(result["slow"].samples.shared)
+    assert "leave-one-out" in result.stop_reason
+
+
+def test_no_experiment_for_a_passing_check_unless_asked() -> None:
+    backend = CulpritBackend()
+    backend.run_phase = SimulatedBackend.run_phase.__get__(backend)  # nobody slows anybody
+    result = run_scenario(
+        "t", THREE, RunSettings(max_seconds=1e6), {"slow": 1.3}, device="cpu", backend=backend
+    )
+    assert result.checks[0].verdict == "pass"
+    assert result["slow"].arms == {}
+    assert result["slow"].attribution().method == "overlap"
+    asked = run_scenario(
+        "t", THREE, RunSettings(max_seconds=1e6), {"slow": 1.3}, device="cpu",
+        backend=CulpritBackend(), explain=True,
+    )  # fmt: skip
+    assert asked["slow"].arms
+    assert asked["slow"].attribution().method.startswith("leave-one-out")

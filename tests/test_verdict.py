@@ -113,21 +113,31 @@ def test_inconclusive_skip_and_error() -> None:
         make_df((1.2, 1.5), policy="maybe")
 
 
-def test_explain_lines() -> None:
-    df = make_df((1.42, 2.22))
+def test_explain_lines_put_the_verdict_and_the_cause_first() -> None:
+    df = dataclasses.replace(
+        make_df((1.42, 2.22), level=0.0112), tenant="fft", context=lambda: ["gemm took it"]
+    )
     assert not (df < 1.3)
-    text = "\n".join(df.explain("<", 1.3))
-    for needle in (
-        "DF p99 (host clock) = 1.680, 95% CI [1.420, 2.220]",
-        "solo   p99 = 1.231 ms from n=540",
-        "shared p99 = 2.068 ms from n=540",
-        "60 warmup trimmed",
-        "fail: the whole interval lies above 1.3",
-        "`DF < 1.3` does not hold",
-    ):
-        assert needle in text
-    assert "reason: need more" in "\n".join(
-        make_df((1.0, 2.0), reason="need more").explain("<", 1.3)
+    lines = df.explain("<", 1.3)
+    # Line 1: the verdict with its numbers, short enough for pytest's short summary.
+    assert (
+        lines[0] == "DF p99 1.68 [1.42, 2.22] > 1.3 at 95% confidence: fft's p99 1.23 -> 2.07 ms "
+        "(host clock)"
+    )
+    assert len(lines[0]) <= 100
+    # Line 2: why; then the verdict in words and the samples.
+    assert lines[1] == "why: gemm took it"
+    assert lines[2] == (
+        "verdict: fail: the whole 95% interval lies above 1.3, so `DF < 1.3` does not hold"
+    )
+    assert lines[3].startswith("samples per phase: solo 540 / shared 540 after warmup (of 600")
+    # The look's own level and the method only with -vv: the user's 95% is the label.
+    assert "98.9" not in "\n".join(lines) and "method:" not in "\n".join(lines)
+    verbose = "\n".join(df.explain("<", 1.3, verbose=True))
+    assert "sequential: this look's interval is at 98.88%" in verbose
+    assert "method: delete-one jackknife over 10 round pairs" in verbose
+    assert "missing end: need more" in "\n".join(
+        make_df((1.0, math.inf), reason="need more").explain("<", 1.3)
     )
 
 

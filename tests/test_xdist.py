@@ -15,7 +15,7 @@ from pytest_kts import transfer
 from pytest_kts.backends.base import TenantSpec
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.protocol import Sample
-from pytest_kts.results import PhaseWindow, ScenarioResult, TenantResult
+from pytest_kts.results import CheckOutcome, PhaseWindow, ScenarioResult, TenantResult
 from pytest_kts.samples import PhaseSamples, group
 from pytest_kts.verdict import degradation
 
@@ -53,7 +53,7 @@ def _result() -> ScenarioResult:
         tenants=tenants,
         windows=[PhaseWindow("solo", 0, ("fft",), 10, 20)],
         machine={"cpu": "x", "cores": np.int64(2)},
-        checks=[{"tenant": "fft", "p": 99.0, "verdict": "pass", "ci": [1.1, 1.6]}],
+        checks=[CheckOutcome("fft", 99.0, "host", 2.0, df=seq, looks=2, rounds=3)],
         gpu_seconds=1.25,
         stop_reason="every SLO decided",
         started_at="2026-11-29T00:00:00+00:00",
@@ -69,8 +69,10 @@ def test_scenario_round_trips_through_plain_json() -> None:
     json.loads(text)  # builtin types only: what execnet can carry
     (after,), matrices = transfer.loads(text)
     assert matrices == []
-    for field in ("name", "device", "windows", "checks", "gpu_seconds", "stop_reason"):
+    for field in ("name", "device", "windows", "gpu_seconds", "stop_reason"):
         assert getattr(after, field) == getattr(before, field), field
+    # A check comes back as one record: the same figures, evidence included.
+    assert [c.to_dict() for c in after.checks] == [c.to_dict() for c in before.checks]
     assert after.machine == {"cpu": "x", "cores": 2}
     assert (after.comparisons, after.baseline_saved) == (before.comparisons, "/tmp/b")
     for name, t in before.tenants.items():

@@ -64,10 +64,11 @@ def finish(results: Any, args: argparse.Namespace, out: IO[str], command: str) -
     print(render_table(results), file=out)
     checks = [c for r in results for c in r.checks]
     for check in checks:
-        lo, hi = check["ci"]
+        estimate = "no estimate" if check.df is None else f"{check.df.value:.2f}"
         print(
-            f"{check['tenant']}: DF p{check['p']:g} ({check['clock']}) {check['value']:.2f} "
-            f"[{lo:.2f}, {hi:.2f}] < {check['threshold']:g}: {check['verdict']}",
+            f"{check.tenant}: DF p{check.p:g} ({check.clock}) {estimate} {check.interval()} "
+            f"< {check.threshold:g} at {100 * results[0].confidence:.4g}% confidence: "
+            f"{check.verdict}",
             file=out,
         )
     if args.out:
@@ -91,7 +92,7 @@ def finish(results: Any, args: argparse.Namespace, out: IO[str], command: str) -
                 f"--benchmark-json {args.benchmark_json}: not written ({exc})"
             ) from None
         print(f"github-action-benchmark JSON: {args.benchmark_json}", file=out)
-    failed = any(c["verdict"] == "fail" for c in checks)
+    failed = any(c.verdict == "fail" for c in checks)
     return EXIT_FAILED if failed else EXIT_OK
 
 

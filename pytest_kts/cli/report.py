@@ -27,6 +27,7 @@ from pytest_kts.cli.logs import (
     log_warnings,
     read_logs,
 )
+from pytest_kts.results import CheckOutcome
 
 REPORT_HELP = (
     "Read files of protocol lines (KTS_APP,v2, and the original study's KTS_APP,v1), print the "
@@ -45,17 +46,9 @@ def judge(result: Any, slo: dict[str, float], p: float, clock: str | None) -> No
         if df is None:
             raise UsageError(f"tenant {tenant!r} has no {used} clock in both phases")
         result.checks.append(
-            {
-                "tenant": tenant,
-                "p": p,
-                "threshold": threshold,
-                "clock": used,
-                "value": df.value,
-                "ci": list(df.ci),
-                "verdict": df.verdict(threshold),
-                "looks": 1,
-                "alpha": 1 - df.confidence,
-            }
+            CheckOutcome(
+                tenant=tenant, p=p, clock=used, threshold=threshold, df=df, looks=1, final=True
+            )
         )
 
 
