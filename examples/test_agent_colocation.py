@@ -31,33 +31,27 @@ def _prefill_params(device: str) -> dict[str, str]:
 
 
 @pytest.mark.gpu
-@pytest.mark.kts(iterations=600, round_iterations=200)
 def test_decode_next_to_prefill_timeslice_and_mps(kts):
     decode_size, prefill_size, _, _ = SIZES[kts.device]
-    kts.tenant("decode", size=decode_size, sleep_ms=2, params=_decode_params(kts.device))
+    decode = kts.tenant("decode", size=decode_size, sleep_ms=2, params=_decode_params(kts.device))
     kts.tenant("prefill", size=prefill_size, sleep_ms=10, params=_prefill_params(kts.device))
     modes = ["timeslice", "streams"]
     if kts.device == "cuda" and shutil.which("nvidia-cuda-mps-control"):
         modes.append("mps")
-    results = kts.run_modes(modes)
+    # The decode step keeps its tail within 10x of solo under every mode we offer (about 3.5x
+    # on an H100). Adaptive per mode: each stops once the decode's check is decided. On a
+    # shared 2-core CPU the streams mode's shared tail comes in runs (the threads share one
+    # GIL): there the check is at p95, against a bound far from the 4-5 seen.
+    p = 99 if kts.device == "cuda" else 95
+    bound = 10 if kts.device == "cuda" else 25
+    results = kts.run_modes(modes, slo={decode: bound}, p=p)
     assert list(results) == modes
     for mode in modes:
-        decode = results[mode]["decode"]
-        # Every iteration the runner asked for is there in both phases (how many of them
-        # survive warmup trimming depends on the data, so that is not asserted).
-        for phase in ("solo", "shared"):
-            assert len(decode.samples.phase(phase)) >= kts.settings.iterations
-        # The decode step keeps its tail within 10x of solo under every mode we offer. On a
-        # shared 2-core CPU the streams mode's shared tail comes in runs (the threads share
-        # one GIL), and a p99 upper bound once needed more independent samples than these
-        # 600 iterations held (DF 1.45 [1.18, inf)): there the check is at p95, whose floor
-        # is 72 samples, against a bound far from the 4-5 seen.
-        p = 99 if kts.device == "cuda" else 95
-        assert assert_df(decode, p=p) < (10 if kts.device == "cuda" else 25)
+        assert assert_df(results[mode]["decode"], p=p) < bound
 
 
 @pytest.mark.gpu
-@pytest.mark.kts(iterations=300, round_iterations=100)
+@pytest.mark.kts(iterations=200, round_iterations=50)
 def test_four_tenant_contention_matrix(kts):
     decode_size, prefill_size, embed_size, fft_size = SIZES[kts.device]
     cpu = kts.device == "cpu"

@@ -28,25 +28,25 @@ def test_fft_next_to_gemm(kts):
     fft = kts.tenant("fft", size=size, sleep_ms=fft_sleep)
     gemm = kts.tenant("matmul", size=size, sleep_ms=gemm_sleep)
     slo = FFT_SLO[kts.device]
-    gemm_slo = 1.5 if kts.device == "cuda" else 3.0
-    # Adaptive: the runner stops as soon as both comparisons are decided. An undecided
-    # comparison holds with a KtsInconclusiveWarning (--kts-inconclusive=warn, the default).
-    kts.run(slo={fft: slo, gemm: gemm_slo})
-    # The big tenant keeps its tail next to the small one.
-    assert assert_df(gemm, p=99) < gemm_slo
     if kts.device == "cuda":
+        # Adaptive: the runner stops as soon as the FFT's comparison is decided (on an H200
+        # after about 30 s of phases). The GEMM runs beside it as background.
+        kts.run(slo={fft: slo})
         # On a time-sliced GPU the small tenant pays with its tail: with 95% confidence its
         # p99 grows by more than 30% (the study's SLO of 1.3 would fail) ...
         assert assert_df(fft, p=99) > 1.3
         # ... while the CUDA events around it see no such thing.
         assert assert_df(fft, p=99, clock="device") < 1.3
     else:
-        # Two cores for two single-threaded tenants: nothing to time-slice, and no device clock.
+        # Two cores for two single-threaded tenants: nothing to time-slice, and no device
+        # clock. Both tenants carry an SLO here: the big one keeps its tail next to the small.
+        kts.run(slo={fft: slo, gemm: 3.0})
+        assert assert_df(gemm, p=99) < 3.0
         assert assert_df(fft, p=99) < slo
 
 
 @pytest.mark.gpu
-@pytest.mark.kts(iterations=400)
+@pytest.mark.kts(iterations=600, round_iterations=100)
 def test_study_protocol_reports_both_clocks(kts):
     """The fixed protocol (no SLO): figures for the report, both clocks side by side."""
     size, fft_sleep, gemm_sleep = SIZES[kts.device]

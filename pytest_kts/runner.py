@@ -468,9 +468,11 @@ def _adaptive(run: _Scenario, states: list[_CheckState], p: float) -> str:
                 run, states, p, f"every SLO decided at look {looks} ({run.rounds} rounds)"
             )
         if final or all(s.test.exhausted for s in states if not s.decided):
+            # What ended it: the iteration cap (reached, or close enough that no further look
+            # was worth its share of the error budget), else the time.
             why = (
                 f"the budget of {settings.max_iterations} iterations per tenant and phase ran out"
-                if n_after >= settings.max_iterations
+                if max(n_after, n_reach) >= (1 - planner.MIN_LOOK_GAIN) * settings.max_iterations
                 else run.limit_reason()
             )
             return _finish(run, states, p, f"undecided: {why}")
