@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The GPU evidence, one part per call: bash benchmarks/gpu/run.sh OUT decisive|main|startup
+# The GPU evidence, one part per call: bash benchmarks/gpu/run.sh OUT decisive|main|explain|startup
 #   decisive: benchmarks/gpu/test_decisive.py and test_attribution.py with a report, then the
 #             fixed-cost benchmark;
-#   main:     the main job's example suite on CUDA (what scripts/main.sh runs), with a report;
+#   main:     the main job's example suite on CUDA (what scripts/main.sh runs), with a report,
+#             then the sharing environment a run records (sharing_env.sh);
+#   explain:  benchmarks/gpu/test_explain.py with a report: who took the tail by leaving each
+#             co-tenant out, eight tenants, and how many batch GEMMs a router tolerates;
 #   startup:  the fixed cost per test (same tenants, and tenants that all differ) and how fast
 #             a new tenant spec gets a worker (fresh process, fork server, resident reload).
 # Runs from a source tree with the machine's python3 (no install): the plugin is named with -p.
@@ -10,7 +13,7 @@
 # at most 8 files).
 set -uo pipefail
 OUT=${1:?OUT folder}
-PART=${2:?decisive, main or startup}
+PART=${2:?decisive, main, explain or startup}
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
@@ -39,10 +42,23 @@ startup)
     echo "worker_start exit $?" >> "$OUT/worker_start.log"
     ;;
 main)
-    (cd "$ROOT" && timeout 540 python3 -m pytest examples -p pytest_kts.plugin -p no:cacheprovider \
+    start=$(date +%s)
+    (cd "$ROOT" && timeout ${MAIN_TIMEOUT:-400} python3 -m pytest examples -p pytest_kts.plugin -p no:cacheprovider \
         --kts-device cuda --kts-report "$OUT/main" -rA --durations=0) > "$OUT/main.log" 2>&1
-    echo "pytest exit $?" >> "$OUT/main.log"
+    echo "pytest exit $? after $(($(date +%s) - start)) s" >> "$OUT/main.log"
     tar czf "$OUT/main.tgz" -C "$OUT" main && rm -rf "$OUT/main"
+    if [ -z "${SKIP_SHARING:-}" ]; then
+        timeout 150 bash "$ROOT/benchmarks/gpu/sharing_env.sh" "$OUT/sharing" cuda > /dev/null 2>&1
+        echo "sharing_env exit $?" >> "$OUT/main.log"
+        (cd "$OUT" && tar czf sharing.tgz sharing && rm -rf sharing)
+    fi
+    ;;
+explain)
+    (cd "$ROOT/benchmarks/gpu" && timeout ${EXPLAIN_TIMEOUT:-420} python3 -m pytest -p pytest_kts.plugin \
+        test_explain.py --kts-device cuda --kts-report "$OUT/explain" -v -s -rA \
+        -p no:cacheprovider --durations=0) > "$OUT/explain.log" 2>&1
+    echo "pytest exit $?" >> "$OUT/explain.log"
+    tar czf "$OUT/explain.tgz" -C "$OUT" explain && rm -rf "$OUT/explain"
     ;;
 esac
 echo "workers left: $(pgrep -fc 'pytest_kts.workers' || true)" >> "$OUT/machine-$PART.txt"
