@@ -33,10 +33,10 @@ def test_fft_next_to_gemm(kts):
         # after about 30 s of phases). The GEMM runs beside it as background.
         kts.run(slo={fft: slo})
         # On a time-sliced GPU the small tenant pays with its tail: with 95% confidence its
-        # p99 grows by more than 30% (the study's SLO of 1.3 would fail) ...
+        # p99 grows by more than 30% (the study's SLO of 1.3 would fail). What the CUDA
+        # events see is the next test's: this run stops as soon as the host clock decides,
+        # and on an H100 that left the device clock's interval open (0.97 [0.84, 7.90]).
         assert assert_df(fft, p=99) > 1.3
-        # ... while the CUDA events around it see no such thing.
-        assert assert_df(fft, p=99, clock="device") < 1.3
     else:
         # Two cores for two single-threaded tenants: nothing to time-slice, and no device
         # clock. Both tenants carry an SLO here: the big one keeps its tail next to the small.
@@ -63,3 +63,9 @@ def test_study_protocol_reports_both_clocks(kts):
     # The FFT's median survives co-location: the cost is in the tail. (On a shared CPU the
     # bound is loose: the claim is that the median does not blow up, whatever else runs.)
     assert assert_df(fft, p=50) < (1.3 if kts.device == "cuda" else 3.0)
+    if kts.device == "cuda":
+        # On a time-sliced GPU the FFT's p99 grows (3.44 [2.44, 4.84] on an H100) while the
+        # CUDA events around it see no such thing (0.99 [0.95, 1.03]): the wait for a time
+        # slice falls outside the event pair.
+        assert assert_df(fft, p=99) > 1.3
+        assert assert_df(fft, p=99, clock="device") < 1.3
