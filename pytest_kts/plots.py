@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pytest_kts import safefile
+from pytest_kts.attribution import Blame
+from pytest_kts.causal import CausalAttribution
 from pytest_kts.errors import KtsError
 from pytest_kts.samples import CLOCKS, PhaseSamples
 from pytest_kts.stats import trim_warmup
@@ -559,6 +561,8 @@ def _attribution_figure(result: ScenarioResult, tenant: str) -> Figure | None:
     a = t.overlap()
     if not a.grew:
         return None
+    answer = t.attribution()
+    causal = answer if isinstance(answer, CausalAttribution) else None
     data = t.samples.shared
     finite = np.isfinite(data.host_ms)
     tail = finite & (data.host_ms > a.threshold_ms)
@@ -599,17 +603,36 @@ def _attribution_figure(result: ScenarioResult, tenant: str) -> Figure | None:
             (k + 0.6, 0.8),
             facecolors=f"C{k % 10}",
         )
-        b = a[name]
-        lift = "inf" if math.isinf(b.lift) else f"{b.lift:.1f}x"
-        labels.append(f"{name}\n{100 * b.share:.0f}%, lift {lift}")
+        labels.append(f"{name}\n{_cotenant_label(a[name], causal, name)}")
     bottom.set_yticks([k + 1.0 for k in range(len(labels))], labels, fontsize=8)
     bottom.set_ylim(0.4, len(labels) + 0.6)
     bottom.invert_yaxis()
     bottom.set_xlabel("time (s) in the shared phase, around the slowest iteration")
-    top_b = a.top()
-    blamed = f"blamed on {top_b.cotenant}" if top_b else "no co-tenant stands out"
-    fig.suptitle(
-        f"{result.name}: {tenant}'s tail ({a.tail_n} iterations above the solo p99), {blamed}",
-        fontsize=11,
+    if causal is not None:
+        top_c = causal.top()
+        blamed = (
+            f"taken by {top_c.cotenant} (leave-one-out)" if top_c else "no decided cause by removal"
+        )
+    else:
+        top_b = a.top()
+        blamed = f"blamed on {top_b.cotenant} (overlap)" if top_b else "no co-tenant stands out"
+    _title(
+        fig, f"{result.name}: {tenant}'s tail ({a.tail_n} iterations above the solo p99), {blamed}"
     )
     return fig
+
+
+def _cotenant_label(b: Blame, causal: CausalAttribution | None, name: str) -> str:
+    """A co-tenant's row label: its causal share when it was left out, else what overlap can
+    say (never a NaN: a co-tenant overlap cannot judge is said to be so)."""
+    if causal is not None:
+        effect = next((e for e in causal.effects if e.cotenant == name), None)
+        if effect is not None:
+            lo, hi = effect.share_ci
+            if effect.decided:
+                return f"caused {100 * effect.share:.0f}% [{100 * lo:.0f}, {100 * hi:.0f}]"
+            return "no decided effect"
+    if not b.identifiable:
+        return "not identifiable\nby overlap"
+    lift = "inf" if math.isinf(b.lift) else f"{b.lift:.1f}x"
+    return f"{100 * b.share:.0f}%, lift {lift}"
