@@ -384,9 +384,12 @@ def _telemetry_panel(ax: Axes, result: ScenarioResult, panel: str, t0: int) -> N
 def _df_figure(
     result: ScenarioResult, dfs: dict[tuple[str, str], DegradationFactor]
 ) -> Figure | None:
+    # Background tenants (no SLO, a short solo profile only) carry no verdict: left out.
+    background = set(result.background)
+    tenants = [t for t in result.tenants if t not in background]
+    dfs = {key: df for key, df in dfs.items() if key[0] in tenants}
     if not dfs:
         return None
-    tenants = list(result.tenants)
     clocks = [c for c in CLOCKS if any(key[1] == c for key in dfs)]
     fig = _new_figure(max(8.0, 1.8 * len(tenants) + 6.0), 4.4)
     ax = fig.subplots()
@@ -396,6 +399,7 @@ def _df_figure(
     for clock in clocks:
         open_ended += _df_points(ax, tenants, clock, offsets[clock], dfs)
     _thresholds(ax, result, tenants)
+    _df_axis(ax, dfs, [float(c.threshold) for c in result.checks])
     _open_ends(ax, open_ended)
     ax.set_xticks(range(len(tenants)), labels=tenants)
     ax.set_xlim(-0.6, len(tenants) - 0.4)
@@ -404,6 +408,21 @@ def _df_figure(
     ax.grid(True, axis="y", alpha=0.3)
     _legend_outside(ax, fontsize=8)
     return fig
+
+
+def _df_axis(
+    ax: Axes, dfs: dict[tuple[str, str], DegradationFactor], thresholds: list[float]
+) -> None:
+    """A log axis around 1 and the thresholds: DF 0.8 and 1.25 are as far from 1, and the
+    1-1.3 region a gate decides is not squashed by a DF of 10 beside it."""
+    values = [1.0, *thresholds]
+    for df in dfs.values():
+        lo, hi = df.ci
+        values += [v for v in (df.value, lo, hi) if math.isfinite(v) and v > 0]
+    low, high = min(values) / 1.25, max(values) * 1.25
+    ax.set_yscale("log")
+    ax.set_ylim(low, high)
+    _plain_log_labels(ax.yaxis, high / low)
 
 
 def _df_points(
@@ -433,7 +452,7 @@ def _df_points(
         ys.append(df.value)
         lo.append(max(0.0, df.value - low) if has_low else 0.0)
         hi.append(max(0.0, high - df.value) if has_high else 0.0)
-        labels.append(f"p{df.p:g} {df.value:.2f}" + ("" if has_high else " (no upper bound)"))
+        labels.append(f"p{df.p:g} {df.value:.2f}" + ("" if has_high else " (no upper bound yet)"))
         if not (has_low and has_high):
             # From the point: the error bar already draws the end that exists.
             open_ended.append((k + offset, df.value, not has_low, not has_high, color))
@@ -459,11 +478,11 @@ def _open_ends(ax: Axes, ends: list[tuple[float, float, bool, bool, str]]) -> No
     if not ends:
         return
     bottom, top = ax.get_ylim()
-    # Room above the highest open-ended point, so its arrow and label show.
+    # Room above the highest open-ended point, so its arrow and label show (the axis is log:
+    # a missing lower end runs to the bottom edge, not to 0).
     rising = [start for _, start, _, up, _ in ends if up]
     if rising:
         top = max(top, max(rising) * 1.4)
-    bottom = min(bottom, 0.0)
     for x, start, down, up, color in ends:
         style = {"arrowstyle": "-|>", "linestyle": ":", "color": color, "lw": 1.2}
         if up:

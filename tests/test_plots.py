@@ -155,7 +155,7 @@ def test_unbounded_intervals_are_drawn_open_ended() -> None:
     from dfs import make_df
     from matplotlib.figure import Figure
 
-    from pytest_kts.plots import _df_points, _open_ends
+    from pytest_kts.plots import _df_axis, _df_points, _open_ends
     from pytest_kts.verdict import DegradationFactor
 
     def df(ci: tuple[float, float], reason: str | None) -> DegradationFactor:
@@ -173,11 +173,15 @@ def test_unbounded_intervals_are_drawn_open_ended() -> None:
         (1.0, 2.0, False, True),  # from the point up; the bar draws the lower bound
         (2.0, 2.0, True, True),
     ]
+    _df_axis(ax, dfs, [1.3])
     _open_ends(ax, ends)
     arrows = [a for a in ax.texts if getattr(a, "arrow_patch", None) is not None]
     assert len(arrows) == 3  # b up; c up and down
     bottom, top = ax.get_ylim()
-    assert bottom <= 0.0 and top >= 2.8  # room above the point: the arrows reach the edges
+    # A log axis around 1 and the threshold: 1 is inside, room above the point for the
+    # arrows, and a missing lower end runs to the bottom edge (not to 0, which has no place).
+    assert ax.get_yscale() == "log"
+    assert 0 < bottom < 1.0 and top >= 2.8
 
 
 def test_titles_wrap_at_test_id_boundaries() -> None:
