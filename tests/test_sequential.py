@@ -299,3 +299,22 @@ def test_sequential_aa_rarely_fails() -> None:
                 fails += v == "fail"
                 break
     assert fails <= 4  # P(>= 5 of 60 at 2.5%) = 0.02; a broken spending fails far more
+
+
+def test_power_hint_below_the_floor_says_what_a_fresh_run_needs() -> None:
+    # 80 samples per phase: no p99 bound at all, so there is no spread to project from. The
+    # hint gives the floor in raw samples (never "a pass against inf", never "0 more").
+    rng = np.random.default_rng(11)
+    solo, shared = rng.lognormal(0, 0.3, 80), 1.5 * rng.lognormal(0, 0.3, 80)
+    seg = np.repeat(np.arange(4), 20)
+    ev = evaluate(
+        Check("fft", 99.0, 1.0), solo, shared, solo_segments=seg, shared_segments=seg, level=0.05
+    ).evidence
+    assert ev.ci == (0.0, math.inf)
+    hint = power_hint(
+        ev, 1.0, budget_spent=False, n_budget=80, round_length=20, seconds_per_sample=0.01
+    )
+    assert "a fresh run needs at least" in hint and "s of phases" in hint
+    raw = int(hint.split("at least ")[1].split()[0])
+    assert raw >= 368  # the floor, in raw samples at this tail's dispersion
+    assert "inf" not in hint and not re.search(r"\babout 0 more", hint)
