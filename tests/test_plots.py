@@ -193,3 +193,15 @@ def test_titles_wrap_at_test_id_boundaries() -> None:
     assert all(len(line) <= 40 for line in lines)
     assert lines[0] == "examples/test_study.py::test_study_"  # broken after "_", not mid-word
     assert _wrap("x" * 50, 20) == ["x" * 20, "x" * 20, "x" * 10]
+
+
+def test_a_cdf_of_a_million_samples_draws_its_tails_whole_and_its_body_on_a_grid() -> None:
+    from pytest_kts.plots import CDF_TAIL_POINTS, _cdf_points
+
+    assert list(_cdf_points(10)) == list(range(10))  # few samples: every one
+    n = 1_000_000
+    keep = _cdf_points(n)
+    assert keep.size < 5000 and np.all(np.diff(keep) > 0)
+    assert keep[0] == 0 and keep[-1] == n - 1
+    # Every one of the top ranks (p99.8 and above here): the tail a verdict is about.
+    assert set(range(n - CDF_TAIL_POINTS, n)) <= set(keep.tolist())
