@@ -40,6 +40,7 @@ from typing import Any, Protocol
 from pytest_kts import planner, sequential
 from pytest_kts.backends import make_backend
 from pytest_kts.backends.base import Backend, PhaseOutput, PhasePlan, TenantSpec
+from pytest_kts.causal import measure as causal_measure
 from pytest_kts.config import RunSettings
 from pytest_kts.constants import PHASES
 from pytest_kts.errors import ConfigError
@@ -670,12 +671,32 @@ def _explain(run: _Scenario, states: list[_CheckState]) -> str | None:
     def have(arm: tuple[str, ...], tenant: str) -> int:
         return sum(1 for r in run.arms.get(arm, ()) if r.tenant == tenant)
 
+    def undecided() -> bool:
+        """Whether some focal tenant's tail grew and no co-tenant's removal decidedly lowers
+        it yet: then more rounds, up to the iteration cap, may decide who took it."""
+        for f in focal:
+            solo = PhaseSamples.from_records(f, "solo", col.records)
+            arms_f = {
+                arm: PhaseSamples.from_records(f, "shared", records)
+                for arm, records in run.arms.items()
+                if f in arm
+            }
+            answer = causal_measure(f, solo, arms_f, p=run.p, confidence=run.settings.confidence)
+            if answer is not None and answer.grew and answer.top() is None:
+                return True
+        return False
+
     while True:
         short = [
             (arm, f) for arm in (full, *arms) for f in focal if f in arm and have(arm, f) < target
         ]
         if not short:
-            break
+            # The planned samples are in. An effect not yet decided gets twice as many, as
+            # long as the cap and the budget allow: the question is worth the time left.
+            if target >= run.settings.max_iterations or not undecided():
+                break
+            target = min(run.settings.max_iterations, 2 * target)
+            continue
         plans, tags = [], []
         for arm in (full, *arms):
             measured = {t: (length if t in focal else 0) for t in arm}
