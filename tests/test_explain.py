@@ -85,10 +85,9 @@ def test_a_neighbour_that_never_lets_go_is_named_by_removal_and_in_the_failure(
     shares = answer["shares"]
     assert isinstance(shares, dict) and all(math.isfinite(v) for v in shares.values())
     assert shares["hog"] > 0.5 > shares["tiny"]
-    # Overlap cannot tell (the hog is busy during almost every iteration: not identifiable),
-    # or, when the machine's load gave the hog idle gaps, names the hog; never the tiny one.
-    assert "hog" in answer["hidden"] or answer["overlap_top"] == "hog"
-    assert answer["overlap_top"] != "tiny"
+    # What overlap says depends on the machine's load (the hog busy through the body: not
+    # identifiable; with idle gaps: the hog, or nobody clearly). It never names the tiny one.
+    assert answer["overlap_top"] in (None, "hog")
     assert "without hog the DF falls from" in str(answer["sentence"])
     _the_failure_says_what_happened(str(answer["stdout"]), pytester.path / "r")
 
