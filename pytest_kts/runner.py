@@ -188,6 +188,14 @@ class _Scenario:
         self.p = 99.0
         self.background: tuple[str, ...] = ()
 
+    def arm_samples(self, tenant: str) -> dict[tuple[str, ...], PhaseSamples]:
+        """``tenant``'s samples in each subset phase (experiment) it took part in."""
+        return {
+            arm: PhaseSamples.from_records(tenant, "shared", records)
+            for arm, records in self.arms.items()
+            if tenant in arm and any(r.tenant == tenant for r in records)
+        }
+
     # -- time ------------------------------------------------------------------------------
     def left(self) -> float:
         """Seconds of phases this test may still spend."""
@@ -339,11 +347,7 @@ def run_scenario(
             accounting=reader.accounting(),
             confidence=settings.confidence,
             on_inconclusive=settings.inconclusive,
-            arms={
-                arm: PhaseSamples.from_records(spec.name, "shared", records)
-                for arm, records in run.arms.items()
-                if spec.name in arm and any(r.tenant == spec.name for r in records)
-            },
+            arms=run.arm_samples(spec.name),
         )
     check_rows = []
     for state in states:
@@ -676,12 +680,9 @@ def _explain(run: _Scenario, states: list[_CheckState]) -> str | None:
         it yet: then more rounds, up to the iteration cap, may decide who took it."""
         for f in focal:
             solo = PhaseSamples.from_records(f, "solo", col.records)
-            arms_f = {
-                arm: PhaseSamples.from_records(f, "shared", records)
-                for arm, records in run.arms.items()
-                if f in arm
-            }
-            answer = causal_measure(f, solo, arms_f, p=run.p, confidence=run.settings.confidence)
+            answer = causal_measure(
+                f, solo, run.arm_samples(f), p=run.p, confidence=run.settings.confidence
+            )
             if answer is not None and answer.grew and answer.top() is None:
                 return True
         return False
