@@ -109,7 +109,7 @@ class KtsSession:
             result.backend["dcgm"] = dcgm
             result.warnings += [f"Prometheus: {e}" for e in dcgm.get("errors", [])]
         self.results.append(result)
-        self._baselines(result, settings, key or name)
+        self._baselines(result, settings, key or name, p)
         return result
 
     def _dry_run(
@@ -127,14 +127,18 @@ class KtsSession:
         self.dry_runs.append((name, documents))
         raise DryRun(f"dry run: {len(documents)} manifest(s) rendered, nothing sent to a cluster")
 
-    def _baselines(self, result: ScenarioResult, settings: RunSettings, key: str) -> None:
-        """Save this run as a baseline, and/or judge it against one.
+    def _baselines(
+        self, result: ScenarioResult, settings: RunSettings, key: str, p: float = 99
+    ) -> None:
+        """Save this run as a baseline, and/or judge it against one at the run's ``p``.
 
         Every comparison lands in ``result.comparisons`` (regression, no regression or
         undecided, with its estimate) for the terminal summary and ``results.md``; where a
         baseline was saved lands in ``result.baseline_saved``. A regression raises here,
         inside the test, so the test fails (in one headline: see ``plugin``) and the terminal
-        summary stays intact; a regressed run is not saved as the new baseline.
+        summary stays intact; a regressed run is not saved as the new baseline. An undecided
+        comparison follows ``--kts-inconclusive`` like an undecided SLO check: a gate that
+        cannot tell must not pass in silence.
         """
         if not (settings.save or settings.compare):
             return
@@ -163,7 +167,7 @@ class KtsSession:
                 unattributable = baseline.sharing_mismatch(result.sharing_env, before.sharing_env)
                 if unattributable:
                     result.warnings.append(unattributable)
-                comparisons = baseline.compare(result, before, threshold=settings.regression)
+                comparisons = baseline.compare(result, before, threshold=settings.regression, p=p)
                 result.comparisons = [
                     c.to_dict() | {"baseline": settings.compare, "gated": not unattributable}
                     for c in comparisons
@@ -172,6 +176,12 @@ class KtsSession:
                 if regressed and not unattributable:
                     raise RegressionError(
                         f"regression against baseline {settings.compare!r}: " + "; ".join(regressed)
+                    )
+                undecided = [c.describe() for c in comparisons if c.verdict == "inconclusive"]
+                if undecided and not unattributable:
+                    _undecided_comparison(
+                        f"undecided against baseline {settings.compare!r}: " + "; ".join(undecided),
+                        settings.inconclusive,
                     )
         if settings.save:
             saved_to = baseline.save_baseline(result, root, settings.save, key)
@@ -359,3 +369,24 @@ def _telemetry_factory(gpu_uuid: str) -> Any:
     if TelemetrySampler.unavailable_reason() is not None:
         return None
     return lambda: TelemetrySampler(uuid=gpu_uuid, interval_s=0.05)
+
+
+def _undecided_comparison(message: str, policy: str) -> None:
+    """An undecided baseline comparison under ``--kts-inconclusive``: ``warn`` lets the test
+    pass with a warning (the summary also lists it), ``fail`` fails it, ``skip`` skips it,
+    ``error`` raises :class:`InconclusiveError`."""
+    from pytest_kts.verdict import InconclusiveError, KtsInconclusiveWarning
+
+    hint = " (more iterations narrow the interval: --kts-iterations, or the adaptive runner)"
+    if policy == "warn":
+        import warnings
+
+        warnings.warn(message + hint, KtsInconclusiveWarning, stacklevel=2)
+    elif policy == "fail":
+        raise RegressionError(message + " (failed by --kts-inconclusive=fail)" + hint)
+    elif policy == "skip":
+        import pytest
+
+        pytest.skip(message + hint)
+    else:
+        raise InconclusiveError(message + hint)

@@ -154,7 +154,7 @@ def test_scenario(kts):
     size = int(os.environ["FFT_SIZE"])
     kts.tenant("fft", size=size, sleep_ms=0.2, warmup=2)
     kts.tenant("matmul", size=32, sleep_ms=0.2, warmup=2)
-    kts.run()
+    kts.run(p=float(os.environ.get("KTS_P", "99")))
 """
 
 
@@ -162,9 +162,12 @@ def test_baseline_regression_fails_the_test_not_the_summary(
     pytester: pytest.Pytester, env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytester.makepyfile(BASELINE_TEST)
-    # A p99 claim at 95% needs >= 368 independent samples per phase after warmup, and under
-    # load MSER-5 may trim up to a quarter of a round: 2000 iterations keep a wide margin, in
-    # ten rounds (the interval's units: two runs of two rounds each give a t with 3 df).
+    # The comparison is at the run's percentile: p50 here. On a loaded 2-core CI machine a
+    # p99 of either run is set by the few rounds the scheduler preempted (a CI run had one
+    # baseline round at 7x the others' p99), so a p99 ratio, however large, was honestly
+    # undecided; the median of 2000 iterations is not moved by that, and the test is about
+    # what a regression does to the test, not about the tail. 2000 iterations in ten rounds.
+    monkeypatch.setenv("KTS_P", "50")
     common = ["--kts-device", "cpu", "--kts-iterations", "2000", "--kts-round-iterations", "200",
               "--kts-baseline-dir", str(tmp_path / "baselines"),
               "--rootdir", str(pytester.path)]  # fmt: skip
@@ -181,19 +184,53 @@ def test_baseline_regression_fails_the_test_not_the_summary(
     # A short failure: the headline with the estimate, no traceback into the plugin.
     start = out.index("= FAILURES =")
     failure = out[start : out.index("\n=", start)]
-    assert "RegressionError: regression against baseline 'main': fft: shared p99" in failure
+    assert "RegressionError: regression against baseline 'main': fft: shared p50" in failure
     assert "pytest_kts/" not in failure and len(failure.splitlines()) < 12
     result.stdout.fnmatch_lines(["*kts: co-location latency*"])  # the summary is still printed
     # Every comparison, whatever it found, in the summary and in results.md.
     result.stdout.fnmatch_lines(
         [
             "kts: compared with baseline 'main':",
-            "*test_scenario fft: shared p99 (host) * ms = *x [*: REGRESSION (threshold 1.1x)",
-            "*test_scenario matmul: shared p99 (host) *: * (threshold 1.1x)*",
+            "*test_scenario fft: shared p50 (host) * ms = *x [*: REGRESSION (threshold 1.1x)",
+            "*test_scenario matmul: shared p50 (host) *: * (threshold 1.1x)*",
         ]
     )
     md = (pytester.path / "r" / "results.md").read_text()
     assert "Against baseline `main`:" in md and "REGRESSION" in md
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcome"), [("warn", "passed"), ("fail", "failed"), ("skip", "skipped")]
+)
+def test_undecided_comparison_follows_the_inconclusive_policy(
+    pytester: pytest.Pytester,
+    env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    policy: str,
+    outcome: str,
+) -> None:
+    """A comparison that cannot tell (80 samples a phase: far below what bounding a p99
+    needs) never passes in silence: it warns, fails or skips as ``--kts-inconclusive`` says."""
+    pytester.makepyfile(BASELINE_TEST)
+    monkeypatch.setenv("FFT_SIZE", "16")
+    common = ["--kts-device", "cpu", "--kts-iterations", "80", "--kts-round-iterations", "40",
+              "--kts-baseline-dir", str(tmp_path / "baselines"),
+              "-p", "no:cacheprovider"]  # fmt: skip
+    pytester.runpytest_subprocess(*common, "--kts-save", "main").assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess(
+        *common, "--kts-compare", "main", "--kts-inconclusive", policy, "-rs"
+    )
+    result.assert_outcomes(**{outcome: 1})
+    out = result.stdout.str()
+    said = "undecided against baseline 'main': fft: shared p99 (host)"
+    assert said in out, out
+    assert "more iterations narrow the interval" in out
+    if policy == "warn":
+        result.stdout.fnmatch_lines(["*KtsInconclusiveWarning: undecided against baseline*"])
+    if policy == "fail":
+        result.stdout.fnmatch_lines(["*RegressionError: undecided against baseline 'main'*"])
+        assert "failed by --kts-inconclusive=fail" in out
 
 
 def test_contention_matrix_in_table_and_report(
