@@ -122,17 +122,20 @@ def test_failed_df_assertion_is_explained(pytester: pytest.Pytester, env: None) 
             fft = kts.tenant("fft", size=32, sleep_ms=0.5, warmup=1)
             kts.tenant("matmul", size=32, sleep_ms=0.5, warmup=1)
             kts.run()
-            assert assert_df(fft, p=50) < 0.1  # far below any CPU-load swing: decided fail
+            assert assert_df(fft, p=50) < 0.05  # far below any CPU-load swing: decided fail
         """
     )
+    # Sixteen round pairs: the interval's units. On a loaded 2-core runner one round pair can
+    # sit at several times the others' level; with four pairs (a CI run) that one pair left
+    # the t on about one degree of freedom and the interval [0.02, 77]: honestly undecided.
     result = pytester.runpytest_subprocess(
-        "--kts-device", "cpu", "--kts-iterations", "120", "--kts-round-iterations", "30"
+        "--kts-device", "cpu", "--kts-iterations", "480", "--kts-round-iterations", "30"
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
         [
-            "E * DF p50 * > 0.1 at 95% confidence: fft's p50 * -> * ms (host clock)",
-            "*verdict: fail: the whole 95% interval lies above 0.1*",
+            "E * DF p50 * > 0.05 at 95% confidence: fft's p50 * -> * ms (host clock)",
+            "*verdict: fail: the whole 95% interval lies above 0.05*",
             "*samples per phase: solo * / shared * after warmup*",
         ]
     )
