@@ -1,7 +1,7 @@
 """The evidence behind a degradation factor: one record that every reader reads.
 
 One file on purpose: the record and the one function that fills it (each phase's counts and
-tail, the round-pair jackknife, the within-round bound, the floor and the reason) are read
+tail, the round-pair bootstrap, the within-round bound, the floor and the reason) are read
 together by everything downstream; split, the floor rule and the interval would live apart.
 
 :func:`df_evidence` turns a tenant's solo and shared latencies (with their round labels) into
@@ -16,13 +16,15 @@ The method (``docs/statistics.md`` has the evidence for each choice):
 * **Estimate.** ``DF = q_p(shared) / q_p(solo)``, nearest-rank percentiles of the samples kept
   after each round's warmup (MSER-5).
 * **Round pairs as the unit.** Solo round ``r`` and shared round ``r`` run next to each other
-  in time, so drift they share cancels in their ratio. The standard error of ``log DF`` is a
-  delete-one-pair jackknife: each round pair is left out in turn and the pooled ``log DF``
-  recomputed. A pair keeps its bursts whole, round-to-round drift that does not cancel shows
-  as spread between pairs, and drift that does cancel does not. A phase recorded as one long
-  run is cut into contiguous batches instead (unpaired). The critical value is Student's t
-  with ``pairs - 1`` degrees of freedom, so an early look with few pairs is wide, not wrong.
-* **Guarded by the tail itself.** With few pairs the jackknife can be small by chance (a pair
+  in time, so drift they share cancels in their ratio. The standard error of ``log DF`` comes
+  from a bootstrap over round pairs, each pair drawn whole (``stats.unit_bootstrap_variance``):
+  a pair keeps its bursts whole, round-to-round drift that does not cancel shows as spread
+  between pairs, and drift that does cancel does not. (A delete-one-pair jackknife, used
+  before, is biased upward for a percentile: 15-45% above the true spread on smooth models.)
+  A phase recorded as one long run is cut into contiguous batches instead (unpaired). The
+  critical value is Student's t on the units' degrees of freedom (``pairs - 1``, fewer when
+  few pairs carry the spread), so an early look with few pairs is wide, not wrong.
+* **Guarded by the tail itself.** With few pairs the bootstrap can be small by chance (a pair
   without a burst looks like every other). Each side of the interval is at least as wide as a
   within-round bound from the order statistics around the percentile, inflated by how the
   exceedances cluster (``stats.tail_clusters``), with t degrees of freedom from the number of
@@ -57,6 +59,7 @@ from pytest_kts.stats import (
     tail_clusters,
     tail_halfwidths,
     trim_warmup,
+    unit_bootstrap_variance,
 )
 
 __all__ = [
@@ -68,7 +71,7 @@ __all__ = [
     "prepare",
 ]
 
-# Round pairs below which the jackknife's spread is not reported as round-to-round drift.
+# Round pairs below which the between-unit spread is not reported as round-to-round drift.
 DRIFT_MIN_PAIRS = 4
 
 
@@ -161,13 +164,13 @@ class Evidence:
     se_upper: float  # ... for the upper end
     critical_lower: float  # multiplier of se_lower (t quantile at level)
     critical_upper: float
-    units: int  # independent units the jackknife left out (round pairs, rounds or batches)
+    units: int  # independent units the bootstrap draws (round pairs, rounds or batches)
     unit_kind: str  # "round pairs" | "rounds" | "batches"
-    jackknife_dof: float  # degrees of freedom of the jackknife variance (units - 1 at most)
+    jackknife_dof: float  # degrees of freedom of the between-unit variance (units - 1 at most)
     floor: int | None  # independent samples per phase a bound needs at ``level``
     solo: PhaseEvidence
     shared: PhaseEvidence
-    drift_share: float  # share of the jackknife variance the within-round tail does not explain
+    drift_share: float  # share of the between-unit variance the within-round tail does not explain
     limited_by: str  # what sets the width: "pairs" | "drift" | "tail" | "floor"
     reason: str | None  # why an end is missing, when one is
 
@@ -201,7 +204,7 @@ class Evidence:
     def method(self) -> str:
         """How the interval was made, in one line (the report's detail, not its headline)."""
         return (
-            f"delete-one jackknife over {self.units} {self.unit_kind} (t, "
+            f"bootstrap over {self.units} {self.unit_kind}, each drawn whole (t, "
             f"{self.jackknife_dof:.0f} df), each end at least the within-round range of the "
             f"order statistics around p{self.p:g} widened for tail clustering (solo "
             f"{self.solo.clusters} clusters of {self.solo.exceedances} exceedances, shared "
@@ -261,7 +264,7 @@ def _phase_evidence(
 
 
 def _units(solo: Prepared, shared: Prepared, paired: bool) -> tuple[np.ndarray, np.ndarray, str]:
-    """The jackknife's units for each phase's samples, and what they are.
+    """The resampling units for each phase's samples, and what they are.
 
     Rounds, paired by label when ``paired`` (solo round r with shared round r, next to each
     other in time); a phase with a single round is cut into contiguous batches, unpaired.
@@ -301,28 +304,36 @@ class _Width:
     se_upper: float
     critical_lower: float
     critical_upper: float
-    jackknife: bool  # whether the jackknife (not the tail bound) set both ends
+    jackknife: bool  # whether the between-unit spread (not the tail bound) set both ends
 
 
 def _width(
     level: float,
-    jack: tuple[float, float],
+    between: tuple[float, float],
     so: tuple[float, float, float],
     sh: tuple[float, float, float],
 ) -> _Width:
-    """Each end's half-width: the wider of the round-pair jackknife's (t on its degrees of
-    freedom) and the within-round tail bound's (the two phases' plausible ranges at their own
-    t critical values, in quadrature: the lower end reads the solo phase's upper range and the
-    shared phase's lower one, the upper end the other two)."""
-    variance, dof = jack
-    t_jack = t_ppf(1.0 - level / 2.0, dof) if dof > 0 and level > 0 else math.inf
-    se_jack = math.sqrt(variance) if math.isfinite(variance) else math.inf
-    jack_half = t_jack * se_jack
+    """Each end's half-width: the wider of the between-unit one and the within-round tail
+    bound (the two phases' plausible ranges at the look's normal critical value, in
+    quadrature: the lower end reads the solo phase's upper range and the shared phase's lower
+    one, the upper end the other two).
+
+    The between-unit half-width is ``t * se``: the unit bootstrap's standard error, Student's
+    t on the units' degrees of freedom (``g - 1``, fewer when few units carry the spread).
+    The units are all that estimates drift between rounds, so no more degrees of freedom are
+    claimed than they hold: a Satterthwaite split that counted the within-round part as known
+    narrowed the interval on drifting models and false-failed bursty ones (3.0% on bursts of
+    3.3 with independent drift, ``docs/statistics.md`` section 5).
+    """
+    variance, dof = between
+    se_b = math.sqrt(variance) if math.isfinite(variance) and variance >= 0 else math.inf
+    t_b = t_ppf(1.0 - level / 2.0, dof) if dof > 0 and level > 0 else math.inf
+    half_b = t_b * se_b
 
     def side(a: float, b: float, crit: float) -> tuple[float, float, float, bool]:
         tail_half = math.hypot(a, b)
-        if jack_half >= tail_half:
-            return jack_half, se_jack, t_jack, True
+        if half_b >= tail_half:
+            return half_b, se_b, t_b, True
         return tail_half, tail_half / crit, crit, False
 
     crit = max(so[0], sh[0])
@@ -376,6 +387,12 @@ def df_evidence(
     count_sh = dict(zip(*np.unique(units_sh, return_counts=True), strict=True))
     sizes = np.array([count_so.get(u, 0) + count_sh.get(u, 0) for u in labels], dtype=float)
     jack = grouped_jackknife_variance(centre, leave, sizes)
+    # The variance between units is the unit bootstrap's (the jackknife's is biased upward
+    # for a percentile); its degrees of freedom are the jackknife's (how many units carry it).
+    boot = unit_bootstrap_variance(
+        solo.values, units_so, shared.values, units_sh, p, paired=paired and kind != "batches"
+    )
+    between = (boot, jack[1]) if math.isfinite(boot) else jack
 
     def at(
         a: float, phases: tuple[PhaseEvidence, PhaseEvidence] | None = None
@@ -388,14 +405,14 @@ def df_evidence(
                 _halfwidths(prep, p, a, ph.inflation, ph.inflation_up)
                 for prep, ph in ((solo, so), (shared, sh))
             ]
-        w = _width(a, jack, tails[0], tails[1])
+        w = _width(a, between, tails[0], tails[1])
         return _interval(centre, w, so.bounded(floor), sh.bounded(floor)), w, floor
 
     ci, width, floor = at(level, (so, sh))
     overall = 1.0 - confidence
     ci_single = ci if math.isclose(overall, level) else at(overall)[0]
 
-    # How much of the jackknife's spread the within-round tail bound does not explain: the
+    # How much of the between-unit spread the within-round tail bound does not explain: the
     # share of round-to-round variability (drift that the pairing did not cancel).
     within = 0.5 * (
         (so.half_up / so.critical) ** 2
@@ -403,7 +420,7 @@ def df_evidence(
         + (so.half_down / so.critical) ** 2
         + (sh.half_up / sh.critical) ** 2
     )
-    variance = jack[0]
+    variance = between[0]
     drift = (
         max(0.0, 1.0 - within / variance)
         if math.isfinite(variance) and variance > 0 and math.isfinite(within)

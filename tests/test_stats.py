@@ -16,6 +16,7 @@ from pytest_kts.stats import (
     RUN_LENGTH,
     Summary,
     _clusters_above,
+    _UnitTail,
     batch_labels,
     chance_dispersion,
     grouped_jackknife_variance,
@@ -29,6 +30,7 @@ from pytest_kts.stats import (
     tail_clusters,
     tail_halfwidths,
     trim_warmup,
+    unit_bootstrap_variance,
     warmup_length,
 )
 
@@ -353,6 +355,80 @@ def test_grouped_jackknife_unequal_groups_is_the_weighted_one() -> None:
     pseudo = h * allx.mean() - (h - 1) * leave
     centre = g * allx.mean() - np.sum((1 - sizes / n) * leave)
     assert var == pytest.approx(np.sum((pseudo - centre) ** 2 / (h - 1)) / g, rel=1e-12)
+
+
+def test_unit_bootstrap_percentile_is_the_percentile_of_the_units_drawn() -> None:
+    # Each replicate's weighted percentile equals the nearest-rank percentile of the drawn
+    # units' samples concatenated (each unit as often as drawn), including replicates that
+    # drop the units holding the tail, whose percentile lies below the top slice searched
+    # first.
+    rng = np.random.default_rng(11)
+    units = np.repeat(np.arange(8), 150)
+    x = rng.lognormal(0.0, 0.2, units.size)
+    x[units == 3] *= 5.0  # one unit holds nearly the whole tail
+    x[units == 6] *= 3.0
+    tail = _UnitTail(x, units, list(range(8)), 99.0)
+    weights = rng.integers(0, 3, size=(60, 8)).astype(float)
+    weights[:20, 3] = weights[:20, 6] = 0.0  # the tail's units left out
+    weights[20] = 0.0  # a replicate that draws nothing
+    got = tail.quantiles(weights)
+    for row, q in zip(weights, got, strict=True):
+        if not row.any():
+            assert math.isnan(q)
+            continue
+        drawn = np.concatenate([np.repeat(x[units == g], int(row[g])) for g in range(8)])
+        assert q == percentile(drawn, 99.0)
+
+
+def test_unit_bootstrap_variance_matches_the_sampling_variance() -> None:
+    # Independent rounds of i.i.d. samples: the bootstrap's variance of log DF at p99 is close
+    # to the spread of log DF over repeated experiments (the delete-one jackknife of a
+    # percentile is not: it overstates it).
+    rng = np.random.default_rng(12)
+    g, m, p = 16, 150, 99.0
+    units = np.repeat(np.arange(g), m)
+
+    def experiment() -> tuple[np.ndarray, np.ndarray]:
+        return rng.lognormal(0.0, 0.3, g * m), 1.5 * rng.lognormal(0.0, 0.3, g * m)
+
+    truth = np.var(
+        [
+            np.log(percentile(sh, p) / percentile(so, p))
+            for so, sh in (experiment() for _ in range(400))
+        ]
+    )
+    boot = np.mean(
+        [
+            unit_bootstrap_variance(so, units, sh, units, p, paired=True)
+            for so, sh in (experiment() for _ in range(30))
+        ]
+    )
+    assert 0.7 * truth < boot < 1.5 * truth
+
+
+def test_unit_bootstrap_pairs_cancel_drift_the_two_phases_share() -> None:
+    # Each round pair sits at its own level, shared by solo and shared round: drawn as pairs,
+    # the level cancels in the ratio; drawn phase by phase it does not.
+    rng = np.random.default_rng(13)
+    g, m = 12, 200
+    units = np.repeat(np.arange(g), m)
+    level = np.repeat(rng.lognormal(0.0, 0.4, g), m)
+    solo = level * rng.lognormal(0.0, 0.1, g * m)
+    shared = 1.3 * level * rng.lognormal(0.0, 0.1, g * m)
+    paired = unit_bootstrap_variance(solo, units, shared, units, 99.0, paired=True)
+    apart = unit_bootstrap_variance(solo, units, shared, units, 99.0, paired=False)
+    assert 0 < paired < apart / 5
+    # Deterministic: the same data give the same variance.
+    assert paired == unit_bootstrap_variance(solo, units, shared, units, 99.0, paired=True)
+
+
+def test_unit_bootstrap_needs_two_units() -> None:
+    x = np.linspace(1.0, 2.0, 300)
+    one = np.zeros(300, dtype=int)
+    two = np.arange(300) % 2
+    assert unit_bootstrap_variance(x, one, x, one, 99.0, paired=True) == math.inf
+    assert unit_bootstrap_variance(x, two, x, one, 99.0, paired=False) == math.inf
+    assert math.isfinite(unit_bootstrap_variance(x, two, 2 * x, two, 99.0, paired=True))
 
 
 def test_batch_labels_cut_long_runs_into_contiguous_batches() -> None:

@@ -135,7 +135,7 @@ def test_explain_lines_put_the_verdict_and_the_cause_first() -> None:
     assert "98.9" not in "\n".join(lines) and "method:" not in "\n".join(lines)
     verbose = "\n".join(df.explain("<", 1.3, verbose=True))
     assert "sequential: this look's interval is at 98.88%" in verbose
-    assert "method: delete-one jackknife over 10 round pairs" in verbose
+    assert "method: bootstrap over 10 round pairs, each drawn whole" in verbose
     assert "missing end: need more" in "\n".join(
         make_df((1.0, math.inf), reason="need more").explain("<", 1.3)
     )
@@ -199,7 +199,7 @@ def test_degradation_clear_cases() -> None:
     assert worse.verdict(1.3) == "fail"
     assert worse.value == pytest.approx(2.0 * same.value)
     assert worse.n_solo == same.n_solo
-    assert "jackknife over 20 round pairs" in worse.method
+    assert "bootstrap over 20 round pairs" in worse.method
     assert worse.evidence.unit_kind == "round pairs"
 
 
