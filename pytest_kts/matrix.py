@@ -3,6 +3,10 @@
 Every tenant runs solo; then every pair shares the GPU; then (with three or more) all of them
 at once. Rounds repeat that with the order reversed every other round, as in a scenario. The
 cell (row A, column B) is A's degradation factor while B was its only co-tenant.
+
+A matrix is one user of the scenario runner's subset phases (the phases leave-one-out
+attribution runs): each group is an experiment whose samples are filed under its tenants, run
+by the same code, with the same time shares, stop margins and budget accounting.
 """
 
 from __future__ import annotations
@@ -19,10 +23,9 @@ from tabulate import tabulate
 from pytest_kts.backends.base import Backend, PhasePlan, TenantSpec
 from pytest_kts.config import RunSettings
 from pytest_kts.errors import ConfigError
-from pytest_kts.protocol import Sample
 from pytest_kts.results import PhaseWindow
-from pytest_kts.runner import STOP_MARGIN_S, Budget
-from pytest_kts.samples import PhaseSamples
+from pytest_kts.runner import Budget, _Scenario
+from pytest_kts.samples import PhaseSamples, group
 from pytest_kts.verdict import DegradationFactor, degradation
 
 ALL = "all"
@@ -129,58 +132,42 @@ def run_matrix(
     groups: list[tuple[str, ...]] = [tuple(pair) for pair in itertools.combinations(names, 2)]
     if include_all and len(names) > 2:
         groups.append(tuple(names))
-    solo_records: dict[str, list[Sample]] = {t: [] for t in names}
-    shared_records: dict[tuple[str, tuple[str, ...]], list[Sample]] = {}
-    windows: list[PhaseWindow] = []
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    seconds = 0.0
-    budget = budget or Budget()
-    phases_left = rounds * (len(names) + len(groups))
+    # The scenario runner's phases: solo phases are its own, each group a subset phase
+    # (experiment) with its samples filed under the group, the same time shares and limits.
+    run = _Scenario(names, settings, backend, budget or Budget(), progress)
+    order: list[tuple[PhasePlan, tuple[str, ...] | None]] = []
+    for rnd in range(rounds):
+        plans: list[tuple[PhasePlan, tuple[str, ...] | None]] = [
+            (PhasePlan("solo", rnd, {t: per_round}), None) for t in names
+        ]
+        plans += [(PhasePlan("shared", rnd, dict.fromkeys(g, per_round)), g) for g in groups]
+        order += plans[::-1] if rnd % 2 else plans  # ABBA: drift cancels across rounds
     with backend:
         backend.start(tenants, device)
-        for rnd in range(rounds):
-            plans = [PhasePlan("solo", rnd, {t: per_round}) for t in names]
-            plans += [PhasePlan("shared", rnd, dict.fromkeys(g, per_round)) for g in groups]
-            if rnd % 2:
-                plans.reverse()
-            for plan in plans:
-                left = min(settings.max_seconds - seconds, budget.left)
-                if left <= STOP_MARGIN_S:
-                    break
-                share = left / phases_left
-                phases_left -= 1
-                plan = PhasePlan(plan.phase, plan.round, plan.iterations, max_seconds=share)
-                if progress:
-                    progress.phase_started(plan.phase, rnd, plan.tenants)
-                out = backend.run_phase(plan, settings.timeout)
-                budget.spent += out.wall_seconds
-                windows.append(
-                    PhaseWindow(plan.phase, rnd, plan.tenants, out.started_ns, out.ended_ns)
-                )
-                seconds += out.wall_seconds
-                for tenant, reader in out.readers.items():
-                    if progress:
-                        progress.samples(tenant, plan.phase, len(reader.samples))
-                    if plan.phase == "solo":
-                        solo_records[tenant] += reader.samples
-                    else:
-                        co = tuple(sorted(t for t in plan.tenants if t != tenant))
-                        shared_records.setdefault((tenant, co), []).extend(reader.samples)
+        for i, (plan, arm) in enumerate(order):
+            share = run.left() / (len(order) - i)  # an equal share of what is left
+            timed = PhasePlan(plan.phase, plan.round, plan.iterations, max_seconds=share)
+            if run.run(timed, arm) is None:
+                break
         facts = backend.facts()
     if progress:
         progress.finished()
+    solo = group(run.collected.records, names)
+    shared: dict[tuple[str, tuple[str, ...]], PhaseSamples] = {}
+    for t in names:
+        for arm, samples in run.arm_samples(t).items():
+            shared[(t, tuple(sorted(x for x in arm if x != t)))] = samples
     return MatrixResult(
         name=name,
         device=device,
         tenants=names,
-        solo={t: PhaseSamples.from_records(t, "solo", r) for t, r in solo_records.items()},
-        shared={
-            key: PhaseSamples.from_records(key[0], "shared", r) for key, r in shared_records.items()
-        },
-        windows=windows,
+        solo={t: solo[t].solo for t in names},
+        shared=shared,
+        windows=run.collected.windows,
         machine=dict(machine or {}),
         backend=facts,
-        gpu_seconds=seconds,
+        gpu_seconds=run.spent,
         started_at=started_at,
         confidence=settings.confidence,
     )

@@ -227,6 +227,9 @@ class _Scenario:
         else:
             for reader in output.readers.values():
                 self.arms.setdefault(arm, []).extend(reader.samples)
+                if reader.samples:
+                    longest = max(s.host_ms for s in reader.samples)
+                    self.collected.longest_ms = max(self.collected.longest_ms, longest)
         if self.progress:
             for tenant, reader in output.readers.items():
                 self.progress.samples(tenant, plan.phase, len(reader.samples))

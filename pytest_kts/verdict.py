@@ -377,12 +377,12 @@ def degradation(
     ``solo``/``shared`` are per-iteration latencies (ms) in time order; ``*_segments`` their
     round labels. Each round's warmup is trimmed by MSER-5 (``trim=False`` keeps it). With
     ``paired`` (the default), solo and shared rounds of the same label ran next to each other
-    in time and are left out together by the jackknife, so drift they share cancels; pass
+    in time and are drawn together by the pair bootstrap, so drift they share cancels; pass
     ``paired=False`` for phases from separate runs (a baseline against today's run).
     Without labels, each phase is one run and is cut into contiguous batches.
 
     The two-sided interval at level ``1 - alpha`` (``alpha`` defaults to ``1 - confidence``)
-    is on ``log DF``: a delete-one-round-pair jackknife with Student's t, each end at least a
+    is on ``log DF``: a bootstrap over whole round pairs with Student's t, each end at least a
     within-round bound from the order statistics inflated for how the tail's exceedances
     cluster. Below a phase's sample floor (independent samples, counted with the extremal
     index of its exceedances) the end that needs it is missing and ``reason`` says how many

@@ -323,3 +323,40 @@ def test_no_experiment_for_a_passing_check_unless_asked() -> None:
     )  # fmt: skip
     assert asked["slow"].arms
     assert asked["slow"].attribution().method.startswith("leave-one-out")
+
+
+def test_a_matrix_runs_on_the_scenario_runner_s_subset_phases() -> None:
+    from pytest_kts.matrix import run_matrix
+
+    backend = CulpritBackend()
+    settings = RunSettings(iterations=800, round_iterations=400, max_seconds=1e6)
+    m = run_matrix("t::m", THREE, settings, backend, device="cpu")
+    assert backend.started and backend.closed
+    # Solo phases, every pair and all three, in rounds whose order reverses (ABBA).
+    round0 = [(p.phase, tuple(sorted(p.tenants))) for p in backend.plans[:7]]
+    round1 = [(p.phase, tuple(sorted(p.tenants))) for p in backend.plans[7:]]
+    assert round1 == round0[::-1]
+    assert {t for ph, t in round0 if ph == "shared"} == {
+        ("hog", "slow"), ("slow", "tiny"), ("hog", "tiny"), ("hog", "slow", "tiny")
+    }  # fmt: skip
+    # Each cell reads only the phases with exactly that co-tenant.
+    assert m.df("slow", "hog").verdict(1.3) == "fail"  # type: ignore[union-attr]
+    assert m.df("slow", "tiny").value == pytest.approx(1.0, rel=0.15)  # type: ignore[union-attr]
+    assert m.df("slow", "all").value == pytest.approx(3.0, rel=0.2)  # type: ignore[union-attr]
+    assert m.df("hog", "slow").value == pytest.approx(1.0, rel=0.2)  # type: ignore[union-attr]
+    assert len(m.solo["slow"]) == 800 and len(m.shared[("slow", ("hog",))]) == 800
+    assert len(m.windows) == len(backend.plans) == 14
+    assert m.gpu_seconds == pytest.approx(wall(backend))
+
+
+def test_a_matrix_stays_inside_its_budget_and_keeps_what_it_measured() -> None:
+    from pytest_kts.matrix import run_matrix
+
+    backend = CulpritBackend()
+    budget = Budget(seconds=20.0)
+    settings = RunSettings(iterations=10_000, round_iterations=1000, max_seconds=1e6)
+    m = run_matrix("t::m", THREE, settings, backend, device="cpu", budget=budget)
+    assert wall(backend) <= 20.0
+    assert budget.spent == pytest.approx(wall(backend))
+    assert 0 < len(m.solo["slow"]) < 10_000
+    assert m.df("slow", "hog") is not None
