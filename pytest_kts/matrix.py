@@ -45,6 +45,7 @@ class MatrixResult:
     gpu_seconds: float = 0.0
     started_at: str = ""
     confidence: float = 0.95
+    cut_phases: int = 0  # phases ended by their time share before their targets
 
     def co_tenants(self, tenant: str, column: str) -> tuple[str, ...]:
         if column == ALL:
@@ -170,4 +171,5 @@ def run_matrix(
         gpu_seconds=run.spent,
         started_at=started_at,
         confidence=settings.confidence,
+        cut_phases=run.cut_phases,
     )

@@ -651,6 +651,7 @@ def matrix_dict(m: MatrixResult) -> dict[str, Any]:
         "device": m.device,
         "started_at": m.started_at,
         "gpu_seconds": round(m.gpu_seconds, 3),
+        "cut_phases": m.cut_phases,
         "rows": m.tenants,
         "columns": m.columns(),
         "df_p99": {c: [[_json_num(v) for v in row] for row in m.values(99, c)] for c in clocks},

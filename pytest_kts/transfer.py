@@ -150,6 +150,7 @@ def matrix_to_dict(m: MatrixResult) -> dict[str, Any]:
         "gpu_seconds": m.gpu_seconds,
         "started_at": m.started_at,
         "confidence": m.confidence,
+        "cut_phases": m.cut_phases,
     }
 
 
@@ -166,6 +167,7 @@ def matrix_from_dict(data: dict[str, Any]) -> MatrixResult:
         gpu_seconds=data["gpu_seconds"],
         started_at=data["started_at"],
         confidence=data["confidence"],
+        cut_phases=int(data.get("cut_phases", 0)),
     )
 
 

@@ -346,7 +346,7 @@ def test_a_matrix_runs_on_the_scenario_runner_s_subset_phases() -> None:
     assert m.df("hog", "slow").value == pytest.approx(1.0, rel=0.2)  # type: ignore[union-attr]
     assert len(m.solo["slow"]) == 800 and len(m.shared[("slow", ("hog",))]) == 800
     assert len(m.windows) == len(backend.plans) == 14
-    assert m.gpu_seconds == pytest.approx(wall(backend))
+    assert m.gpu_seconds == pytest.approx(wall(backend)) and m.cut_phases == 0
 
 
 def test_a_matrix_stays_inside_its_budget_and_keeps_what_it_measured() -> None:
@@ -358,5 +358,5 @@ def test_a_matrix_stays_inside_its_budget_and_keeps_what_it_measured() -> None:
     m = run_matrix("t::m", THREE, settings, backend, device="cpu", budget=budget)
     assert wall(backend) <= 20.0
     assert budget.spent == pytest.approx(wall(backend))
-    assert 0 < len(m.solo["slow"]) < 10_000
+    assert 0 < len(m.solo["slow"]) < 10_000 and m.cut_phases >= 1
     assert m.df("slow", "hog") is not None
