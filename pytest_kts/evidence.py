@@ -103,7 +103,7 @@ def upper_dispersion(solo: TailClusters, shared: TailClusters) -> float:
 
     Without them the runner passed such a regression (DF 1.5 and 1.66 against 1.3, the effect
     in the top 2%) in 2.0-2.5% of runs, with the prior alone in 0.8-2.2%, with both in
-    0.25% (``docs/statistics.md`` section 4). The prior fades as exceedances accumulate (10 of
+    0.2% (``docs/statistics.md`` sections 4 and 8). The prior fades as exceedances accumulate (10 of
     them, 1000 samples at p99, halve it) and the margin as clusters do. Both widen only the
     upper end: false fails and detection do not change; clean runs pass later.
     """
@@ -117,6 +117,39 @@ def upper_dispersion(solo: TailClusters, shared: TailClusters) -> float:
         return max(t.inflation, shrunk(t)) * margin
 
     return max(bound(solo), bound(shared), 1.0)
+
+
+def raw_floor(p: float, solo: PhaseEvidence, shared: PhaseEvidence, floor: int, phase: str) -> int:
+    """Raw samples the ``phase`` ("solo" or "shared") needs for ``floor`` independent ones.
+
+    The solo phase counts at its own dispersion. The shared phase counts at
+    ``upper_dispersion``, whose prior and margin fade as exceedances and clusters accumulate,
+    so the count is projected: both phases' clusters and exceedances grow with their samples
+    (at ``100 - p`` percent when a phase has none yet), and the answer is the smallest count
+    whose projected dispersion leaves ``floor`` independent samples.
+    """
+    if phase == "solo":
+        return math.ceil(floor * max(solo.inflation, 1.0))
+
+    def projected(ph: PhaseEvidence, n: float) -> TailClusters:
+        grow = n / max(ph.kept, 1)
+        exceed = ph.exceedances * grow if ph.exceedances else n * (100.0 - p) / 100.0
+        clusters = ph.clusters * grow if ph.clusters else exceed
+        return TailClusters(ph.quantile, round(exceed), round(clusters), ph.theta, ph.inflation)
+
+    def enough(n: int) -> bool:
+        return n >= floor * upper_dispersion(projected(solo, n), projected(shared, n))
+
+    lo, hi = floor, max(floor, math.ceil(floor * max(shared.inflation_up, 1.0)))
+    while not enough(hi):  # the projection can only fade, but stay safe
+        hi *= 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if enough(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def floor_samples(p: float, level: float) -> int | None:
@@ -532,7 +565,8 @@ def _reason(
         )
 
     def more(ph: PhaseEvidence) -> int:
-        return max(1, math.ceil(floor * max(ph.inflation_up, 1.0) - ph.kept))
+        phase = "solo" if ph is so else "shared"
+        return max(1, raw_floor(p, so, sh, floor, phase) - ph.kept)
 
     need = f"bounding a p{p:g} at one-sided {one_sided} needs {floor} independent samples"
     solo_ok, shared_ok = so.bounded(floor), sh.bounded(floor)
@@ -558,8 +592,8 @@ def _reason(
         )
     if ci[0] <= 0:
         return (
-            f"no lower bound: the solo p{p:g}'s rank interval reaches past its largest sample "
-            f"solo has {short(so)}; more samples are needed"
+            f"no lower bound: the solo p{p:g}'s rank interval reaches past its largest "
+            f"sample: solo has {short(so)}; more samples are needed"
         )
     return None
 

@@ -17,7 +17,7 @@ import functools
 import math
 from dataclasses import dataclass
 
-from pytest_kts.evidence import Evidence, floor_samples
+from pytest_kts.evidence import Evidence, floor_samples, raw_floor
 from pytest_kts.sequential import DEFAULT_RHO, SequentialTest, plan_looks
 from pytest_kts.stats import t_ppf
 
@@ -258,8 +258,7 @@ def power_hint(
         # No spread to project from: below the floor the interval has no end to scale. The
         # floor (in raw samples, at this tail's clustering) comes first.
         floor = floor_samples(ev.p, level) or 0
-        inflation = max(ev.solo.inflation_up, ev.shared.inflation_up, 1.0)
-        raw = math.ceil(floor * inflation)
+        raw = max(raw_floor(ev.p, ev.solo, ev.shared, floor, ph) for ph in ("solo", "shared"))
         return (
             f"too few independent samples to project from: a fresh run needs at least {raw} "
             f"samples per phase{seconds(raw)} before its interval has both ends (a p{ev.p:g} "

@@ -252,3 +252,20 @@ def test_interval_holds_under_strong_autocorrelation() -> None:
     # are about 400 independent ones: around the 368 a p99 bound needs, often short of it.
     assert decided >= runs // 3
     assert false_fail <= 5  # nominal 2.5% = 1.5 of 60
+
+
+def test_more_samples_for_a_pass_count_the_prior_fading() -> None:
+    # The pass side's prior clustering fades as exceedances come, so the samples a bound
+    # needs are fewer than today's dispersion times the floor, and about that many suffice.
+    from pytest_kts.evidence import floor_samples, raw_floor
+
+    solo = np.random.default_rng(1).lognormal(0, 0.3, 2000)
+    shared = np.random.default_rng(2).lognormal(0, 0.3, 3000)
+    ev = degradation(solo, shared[:500], trim=False).evidence
+    floor = floor_samples(99, ev.level)
+    assert floor is not None and not ev.shared_bounded
+    need = raw_floor(ev.p, ev.solo, ev.shared, floor, "shared")
+    assert ev.shared.kept < need < math.ceil(floor * ev.shared.inflation_up)
+    assert f"a pass needs about {need - ev.shared.kept} more shared samples" in str(ev.reason)
+    later = degradation(solo, shared[: round(need * 1.15)], trim=False).evidence
+    assert later.shared_bounded
