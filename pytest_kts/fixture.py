@@ -223,10 +223,18 @@ class Kts:
             self._progress, key=self.key,
         )  # fmt: skip
 
-    def matrix(self, include_all: bool = True) -> MatrixResult:
-        """Each tenant's DF next to each co-tenant alone (and next to all of them)."""
+    def matrix(
+        self, include_all: bool = True, rows: Sequence[Tenant | str] | None = None
+    ) -> MatrixResult:
+        """Each tenant's DF next to each co-tenant alone (and next to all of them).
+
+        ``rows`` (tenants or names) limits the rows to those tenants: only they run solo, and
+        only pairs holding one of them run, e.g. ``kts.matrix(rows=[router])`` for what each
+        neighbour costs the router on its own.
+        """
+        names = None if rows is None else [r.name if isinstance(r, Tenant) else r for r in rows]
         return self._runs.run_matrix(
-            self.name, self._specs(), self._settings(), include_all, self._progress
+            self.name, self._specs(), self._settings(), include_all, self._progress, rows=names
         )
 
     def _specs(self) -> list[TenantSpec]:

@@ -4,6 +4,10 @@ Every tenant runs solo; then every pair shares the GPU; then (with three or more
 at once. Rounds repeat that with the order reversed every other round, as in a scenario. The
 cell (row A, column B) is A's degradation factor while B was its only co-tenant.
 
+With ``rows`` (``kts.matrix(rows=[router])``) only those tenants get rows: they run solo, and
+only the pairs that hold one of them run, so "what does each neighbour cost my SLO tenant on
+its own" takes one solo phase and one pair per co-tenant a round instead of every pair.
+
 A matrix is one user of the scenario runner's subset phases (the phases leave-one-out
 attribution runs): each group is an experiment whose samples are filed under its tenants, run
 by the same code, with the same time shares, stop margins and budget accounting.
@@ -46,6 +50,11 @@ class MatrixResult:
     started_at: str = ""
     confidence: float = 0.95
     cut_phases: int = 0  # phases ended by their time share before their targets
+    rows: list[str] = field(default_factory=list)  # the tenants with a row; empty: all
+
+    def __post_init__(self) -> None:
+        if not self.rows:
+            self.rows = list(self.tenants)
 
     def co_tenants(self, tenant: str, column: str) -> tuple[str, ...]:
         if column == ALL:
@@ -57,9 +66,10 @@ class MatrixResult:
     ) -> DegradationFactor | None:
         """``tenant``'s DF with ``column`` (a tenant, or ``"all"``) as its co-tenants."""
         shared = self.shared.get((tenant, self.co_tenants(tenant, column)))
-        solo = self.solo[tenant]
+        solo = self.solo.get(tenant)
         if (
             shared is None
+            or solo is None
             or tenant == column
             or not (solo.has_clock(clock) and shared.has_clock(clock))
         ):
@@ -76,14 +86,15 @@ class MatrixResult:
 
     def columns(self) -> list[str]:
         cols = list(self.tenants)
-        if len(self.tenants) > 2:
-            cols.append(ALL)
+        if len(self.tenants) > 2 and any(len(co) == len(self.tenants) - 1 for _, co in self.shared):
+            cols.append(ALL)  # only where all of them ran at once (include_all)
         return cols
 
     def values(self, p: float = 99, clock: str = "host") -> list[list[float]]:
-        """DF point estimates, rows = tenants, columns = :meth:`columns` (nan on the diagonal)."""
+        """DF point estimates, rows = :attr:`rows`, columns = :meth:`columns` (nan on the
+        diagonal)."""
         out = []
-        for row in self.tenants:
+        for row in self.rows:
             line = []
             for col in self.columns():
                 df = self.df(row, col, p, clock)
@@ -93,7 +104,7 @@ class MatrixResult:
 
     def table(self, p: float = 99, clock: str = "host", fmt: str = "simple") -> str:
         rows = []
-        for row in self.tenants:
+        for row in self.rows:
             cells: list[str] = [row]
             for col in self.columns():
                 df = self.df(row, col, p, clock)
@@ -115,6 +126,7 @@ def run_matrix(
     *,
     device: str,
     include_all: bool = True,
+    rows: Sequence[str] | None = None,
     machine: dict[str, Any] | None = None,
     budget: Budget | None = None,
     progress: Any = None,  # a runner.ProgressSink: the same status line as a scenario's
@@ -124,13 +136,19 @@ def run_matrix(
     Each phase gets an equal share of the time left (``--kts-max-seconds`` for the test, the
     session's ``budget``); a phase whose share ends is cut and keeps its samples, and the
     rounds stop when no time is left, so a matrix stays inside its budget like a scenario.
+    ``rows`` limits the rows (and so the solo phases and pairs) to those tenants.
     """
     if len(tenants) < 2:
         raise ConfigError("a contention matrix needs at least 2 tenants")
     names = [t.name for t in tenants]
+    row_names = matrix_rows(names, rows)
     per_round = settings.round_iterations
     rounds = max(1, math.ceil(settings.iterations / per_round))
-    groups: list[tuple[str, ...]] = [tuple(pair) for pair in itertools.combinations(names, 2)]
+    groups: list[tuple[str, ...]] = [
+        tuple(pair)
+        for pair in itertools.combinations(names, 2)
+        if any(t in row_names for t in pair)
+    ]
     if include_all and len(names) > 2:
         groups.append(tuple(names))
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -140,7 +158,7 @@ def run_matrix(
     order: list[tuple[PhasePlan, tuple[str, ...] | None]] = []
     for rnd in range(rounds):
         plans: list[tuple[PhasePlan, tuple[str, ...] | None]] = [
-            (PhasePlan("solo", rnd, {t: per_round}), None) for t in names
+            (PhasePlan("solo", rnd, {t: per_round}), None) for t in row_names
         ]
         plans += [(PhasePlan("shared", rnd, dict.fromkeys(g, per_round)), g) for g in groups]
         order += plans[::-1] if rnd % 2 else plans  # ABBA: drift cancels across rounds
@@ -156,14 +174,14 @@ def run_matrix(
         progress.finished()
     solo = group(run.collected.records, names)
     shared: dict[tuple[str, tuple[str, ...]], PhaseSamples] = {}
-    for t in names:
+    for t in row_names:
         for arm, samples in run.arm_samples(t).items():
             shared[(t, tuple(sorted(x for x in arm if x != t)))] = samples
     return MatrixResult(
         name=name,
         device=device,
         tenants=names,
-        solo={t: solo[t].solo for t in names},
+        solo={t: solo[t].solo for t in row_names},
         shared=shared,
         windows=run.collected.windows,
         machine=dict(machine or {}),
@@ -172,4 +190,28 @@ def run_matrix(
         started_at=started_at,
         confidence=settings.confidence,
         cut_phases=run.cut_phases,
+        rows=row_names,
     )
+
+
+def matrix_rows(names: Sequence[str], rows: Sequence[str] | None) -> list[str]:
+    """The tenants that get a row (all without ``rows``), in declaration order."""
+    if rows is None:
+        return list(names)
+    unknown = sorted(set(rows) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"matrix rows name tenant {unknown[0]!r}, which the scenario does not declare"
+        )
+    if not rows:
+        raise ConfigError(
+            "matrix rows= is empty: name at least one tenant, or leave it out for all"
+        )
+    return [t for t in names if t in rows]
+
+
+def matrix_phases(n: int, rows: int, include_all: bool) -> int:
+    """Phases a round runs: a solo phase per row, each pair holding a row, and all at once."""
+    others = n - rows
+    pairs = rows * (rows - 1) // 2 + rows * others
+    return rows + pairs + (1 if include_all and n > 2 else 0)

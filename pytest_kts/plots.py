@@ -535,7 +535,7 @@ def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     clocks = [c for c in CLOCKS if any(s.has_clock(c) for s in matrix.solo.values())]
-    figure = _new_figure(4.2 * len(clocks) + 1.0, 0.6 * len(matrix.tenants) + 2.2)
+    figure = _new_figure(4.2 * len(clocks) + 1.0, 0.6 * len(matrix.rows) + 2.2)
     columns = matrix.columns()
     values = {c: np.array(matrix.values(99, c), dtype=float) for c in clocks}
     finite = np.concatenate([v[np.isfinite(v)] for v in values.values()] or [np.array([1.0])])
@@ -550,7 +550,7 @@ def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
         data = values[clock]
         image = ax.imshow(np.ma.masked_invalid(data), cmap="RdBu_r", norm=norm)
         ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
-        ax.set_yticks(range(len(matrix.tenants)), matrix.tenants)
+        ax.set_yticks(range(len(matrix.rows)), matrix.rows)
         ax.set_xlabel("co-tenant")
         ax.set_ylabel("tenant")
         ax.set_title(f"DF p99 ({clock} clock)")

@@ -652,11 +652,11 @@ def matrix_dict(m: MatrixResult) -> dict[str, Any]:
         "started_at": m.started_at,
         "gpu_seconds": round(m.gpu_seconds, 3),
         "cut_phases": m.cut_phases,
-        "rows": m.tenants,
+        "rows": m.rows,
         "columns": m.columns(),
         "df_p99": {c: [[_json_num(v) for v in row] for row in m.values(99, c)] for c in clocks},
         "cells_p99": {
-            c: [[cell(row, col, c) for col in m.columns()] for row in m.tenants] for c in clocks
+            c: [[cell(row, col, c) for col in m.columns()] for row in m.rows] for c in clocks
         },
         "machine": m.machine,
     }

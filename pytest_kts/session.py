@@ -17,7 +17,7 @@ from pytest_kts.backends import make_backend
 from pytest_kts.backends.base import Backend, TenantSpec
 from pytest_kts.config import RunSettings, check_plan
 from pytest_kts.errors import ConfigError, DryRun, RegressionError
-from pytest_kts.matrix import MatrixResult, run_matrix
+from pytest_kts.matrix import MatrixResult, matrix_phases, matrix_rows, run_matrix
 from pytest_kts.packing import PackingResult, run_packing
 from pytest_kts.results import ScenarioResult
 from pytest_kts.runner import Budget, ProgressSink, run_scenario
@@ -236,17 +236,18 @@ class KtsSession:
         settings: RunSettings,
         include_all: bool = True,
         progress: ProgressSink | None = None,
+        rows: Sequence[str] | None = None,
     ) -> MatrixResult:
         if settings.cluster and settings.dry_run:
             # A matrix runs each pair as a scenario runs all of them: the same objects.
             self._dry_run(name, tenants, settings, None, 99)
-        n = len(tenants)
-        pairs = n * (n - 1) // 2 + (1 if include_all and n > 2 else 0)
-        check_plan(settings, n + pairs)
+        row_names = matrix_rows([t.name for t in tenants], rows)
+        check_plan(settings, matrix_phases(len(tenants), len(row_names), include_all))
         with self._gpu(settings, pool=False, progress=progress) as (backend, _, _):
             result = run_matrix(
                 name, tenants, settings, backend, device=self.device, include_all=include_all,
-                machine=machine.facts(self.device), budget=self.budget, progress=progress,
+                rows=row_names, machine=machine.facts(self.device), budget=self.budget,
+                progress=progress,
             )  # fmt: skip
         self.matrices.append(result)
         return result

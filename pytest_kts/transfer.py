@@ -151,6 +151,7 @@ def matrix_to_dict(m: MatrixResult) -> dict[str, Any]:
         "started_at": m.started_at,
         "confidence": m.confidence,
         "cut_phases": m.cut_phases,
+        "rows": m.rows,
     }
 
 
@@ -168,6 +169,7 @@ def matrix_from_dict(data: dict[str, Any]) -> MatrixResult:
         started_at=data["started_at"],
         confidence=data["confidence"],
         cut_phases=int(data.get("cut_phases", 0)),
+        rows=list(data.get("rows", [])),
     )
 
 

@@ -349,6 +349,44 @@ def test_a_matrix_runs_on_the_scenario_runner_s_subset_phases() -> None:
     assert m.gpu_seconds == pytest.approx(wall(backend)) and m.cut_phases == 0
 
 
+def test_a_matrix_with_rows_runs_only_the_pairs_that_hold_them() -> None:
+    from pytest_kts.matrix import run_matrix
+    from pytest_kts.transfer import matrix_from_dict, matrix_to_dict
+
+    backend = CulpritBackend()
+    settings = RunSettings(iterations=800, round_iterations=400, max_seconds=1e6)
+    m = run_matrix("t::m", THREE, settings, backend, device="cpu", rows=["slow"])
+    without_all = run_matrix(
+        "t::m", THREE, settings, CulpritBackend(), device="cpu", rows=["slow"], include_all=False
+    )
+    assert without_all.columns() == ["slow", "hog", "tiny"]
+    # One solo phase (the row's), its two pairs and all three, each round; no hog-tiny pair.
+    round0 = [(p.phase, tuple(sorted(p.tenants))) for p in backend.plans[:4]]
+    assert sorted(round0) == sorted([
+        ("solo", ("slow",)), ("shared", ("hog", "slow")), ("shared", ("slow", "tiny")),
+        ("shared", ("hog", "slow", "tiny")),
+    ])  # fmt: skip
+    assert len(backend.plans) == 8
+    assert m.rows == ["slow"] and m.columns() == ["slow", "hog", "tiny", "all"]
+    assert m.df("slow", "hog").verdict(1.3) == "fail"  # type: ignore[union-attr]
+    assert m.df("slow", "tiny").value == pytest.approx(1.0, rel=0.15)  # type: ignore[union-attr]
+    assert m.df("hog", "slow") is None  # no row, no solo phase: no DF
+    assert len(m.values()) == 1 and m.table().count("\n") == 2  # header, rule, one row
+    assert matrix_from_dict(matrix_to_dict(m)).rows == ["slow"]
+
+
+def test_matrix_rows_must_name_declared_tenants() -> None:
+    from pytest_kts.matrix import matrix_phases, matrix_rows
+
+    with pytest.raises(ConfigError, match="'nope'"):
+        matrix_rows(["a", "b"], ["nope"])
+    with pytest.raises(ConfigError, match="empty"):
+        matrix_rows(["a", "b"], [])
+    assert matrix_rows(["a", "b", "c"], ["c", "a"]) == ["a", "c"]
+    # Eight tenants: all rows run 8 solo + 28 pairs + all; one row 1 + 7 + 1.
+    assert matrix_phases(8, 8, True) == 37 and matrix_phases(8, 1, True) == 9
+
+
 def test_a_matrix_stays_inside_its_budget_and_keeps_what_it_measured() -> None:
     from pytest_kts.matrix import run_matrix
 
