@@ -539,8 +539,11 @@ def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
     columns = matrix.columns()
     values = {c: np.array(matrix.values(99, c), dtype=float) for c in clocks}
     finite = np.concatenate([v[np.isfinite(v)] for v in values.values()] or [np.array([1.0])])
-    # Centre the colour scale on DF 1 (no change): blue below, red above, equally far.
-    spread = max(float(np.max(np.abs(np.log(finite[finite > 0])))) if finite.size else 0.1, 0.1)
+    # Centre the colour scale on DF 1 (no change): blue below, red above, equally far, and at
+    # least 0.5-2, so a matrix of small DFs (1.2 at most) is not painted as alarming as a 5.
+    spread = max(
+        float(np.max(np.abs(np.log(finite[finite > 0])))) if finite.size else 0.0, math.log(2)
+    )
     from matplotlib.colors import LogNorm
 
     norm = LogNorm(vmin=math.exp(-spread), vmax=math.exp(spread))
