@@ -5,7 +5,8 @@
 #   main:     the main job's example suite on CUDA (what scripts/main.sh runs), with a report,
 #             then the sharing environment a run records (sharing_env.sh);
 #   explain:  benchmarks/gpu/test_explain.py with a report: who took the tail by leaving each
-#             co-tenant out, eight tenants, and how many batch GEMMs a router tolerates;
+#             co-tenant out, eight tenants, and how many batch GEMMs a router tolerates
+#             (EXPLAIN_K: a pytest -k expression to run some of them);
 #   startup:  the fixed cost per test (same tenants, and tenants that all differ) and how fast
 #             a new tenant spec gets a worker (fresh process, fork server, resident reload).
 # Runs from a source tree with the machine's python3 (no install): the plugin is named with -p.
@@ -55,7 +56,7 @@ main)
     ;;
 explain)
     (cd "$ROOT/benchmarks/gpu" && timeout ${EXPLAIN_TIMEOUT:-420} python3 -m pytest -p pytest_kts.plugin \
-        test_explain.py --kts-device cuda --kts-report "$OUT/explain" -v -s -rA \
+        test_explain.py ${EXPLAIN_K:+-k "$EXPLAIN_K"} --kts-device cuda --kts-report "$OUT/explain" -v -s -rA \
         -p no:cacheprovider --durations=0) > "$OUT/explain.log" 2>&1
     echo "pytest exit $?" >> "$OUT/explain.log"
     tar czf "$OUT/explain.tgz" -C "$OUT" explain && rm -rf "$OUT/explain"
