@@ -191,7 +191,8 @@ OPTIONS: tuple[Option, ...] = (
            "an undecided comparison: warn (holds, with a warning), fail, skip, error",
            choices=INCONCLUSIVE_POLICIES),
     Option("timeout", _seconds, 300.0,
-           "seconds one phase may take before its workers count as hung"),
+           "seconds one phase, or a tenant's start (import, CUDA context, build, warmup), may "
+           "take before its workers count as hung"),
     Option("report", _optional_str, None,
            "write summary.json, samples/*.csv, results.md (and plots) here"),
     Option("sharing", _choice(*SHARING_MODES), "timeslice",

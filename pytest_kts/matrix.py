@@ -163,6 +163,7 @@ def run_matrix(
         plans += [(PhasePlan("shared", rnd, dict.fromkeys(g, per_round)), g) for g in groups]
         order += plans[::-1] if rnd % 2 else plans  # ABBA: drift cancels across rounds
     with backend:
+        backend.start_timeout_s = settings.timeout
         backend.start(tenants, device)
         for i, (plan, arm) in enumerate(order):
             share = run.left() / (len(order) - i)  # an equal share of what is left

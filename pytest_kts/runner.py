@@ -321,6 +321,7 @@ def run_scenario(
     run.explain, run.p = explain, p
 
     def body() -> str:
+        backend.start_timeout_s = settings.timeout
         backend.start(tenants, device)
         if sampler is not None:
             sampler.start()

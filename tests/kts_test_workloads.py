@@ -87,6 +87,21 @@ def threaded(device: torch.device, size: int, seed: int, **params: str) -> Calla
     return lambda: torch.zeros(4).sum()
 
 
+def clock_patcher(
+    device: torch.device, size: int, seed: int, **params: str
+) -> Callable[[], object]:
+    """Replaces ``time.perf_counter_ns`` for the whole process (5 ms more per reading), as a
+    profiler or a monkeypatching library would."""
+    real, readings = time.perf_counter_ns, [0]
+
+    def slow_clock() -> int:
+        readings[0] += 1
+        return real() + readings[0] * 5_000_000
+
+    time.perf_counter_ns = slow_clock
+    return lambda: torch.zeros(4).sum()
+
+
 def meddler(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
     """Changes torch's process-wide settings, as some model code does."""
     torch.set_num_threads(2)

@@ -233,7 +233,11 @@ def test_a_pooled_backend_keeps_unchanged_workers_and_reloads_processes_for_new_
 
 @pytest.mark.parametrize(
     ("leaving", "counter"),
-    [("kts_test_workloads:leaky", "tensors"), ("kts_test_workloads:threaded", "threads")],
+    [
+        ("kts_test_workloads:leaky", "tensors"),
+        ("kts_test_workloads:threaded", "threads"),
+        ("kts_test_workloads:clock_patcher", "process_state"),
+    ],
 )
 def test_a_process_that_keeps_something_of_its_tenant_is_retired_not_reused(
     leaving: str, counter: str
@@ -252,6 +256,18 @@ def test_a_process_that_keeps_something_of_its_tenant_is_retired_not_reused(
         assert any(f"{counter} " in n and "'old'" in n for n in facts["notes"])
         out = backend.run_phase(PhasePlan("solo", 0, {"new": 5}), timeout_s=60)
         assert len(out.readers["new"].samples) == 5
+        pids = [w.process.pid for w in backend._workers.values()]
+    assert wait_dead(pids) == []
+
+
+def test_a_workload_that_replaces_the_clock_does_not_change_the_harness_s_readings() -> None:
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start([spec("patcher", "kts_test_workloads:clock_patcher")], "cpu")
+        out = backend.run_phase(PhasePlan("solo", 0, {"patcher": 20}), timeout_s=60)
+        host_ms = [s.host_ms for s in out.readers["patcher"].samples]
+        # Its step is a 4-element sum; read through the patched clock each would be >= 5 ms.
+        assert len(host_ms) == 20 and max(host_ms) < 5.0
         pids = [w.process.pid for w in backend._workers.values()]
     assert wait_dead(pids) == []
 

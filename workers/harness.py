@@ -32,6 +32,12 @@ from pytest_kts.protocol import Sample, format_event, format_meta, format_sample
 _FLUSH_EVERY_LINES = 64
 _FLUSH_EVERY_NS = 200_000_000
 
+# The clocks, bound once at import: a workload that replaces ``time.perf_counter_ns`` (a
+# profiler, gevent, a test double) changes its own readings, never the harness's.
+_perf_counter = time.perf_counter
+_perf_counter_ns = time.perf_counter_ns
+_time_ns = time.time_ns
+
 
 # How the device clock brackets a step (KTS_DEVICE_TIMING; docs/launch-gap.md says why):
 #   graph  the step captured once in a CUDA graph and replayed: one launch, so the event pair
@@ -216,14 +222,14 @@ class Clock:
         watchdog = threading.Timer(_GATE_PROBE_S, gate.release)
         gate.hold()
         watchdog.start()
-        started = time.perf_counter()
+        started = _perf_counter()
         try:
             step()
         finally:
             watchdog.cancel()
             gate.release()
         self._torch.cuda.synchronize()
-        if time.perf_counter() - started >= _GATE_PROBE_S:
+        if _perf_counter() - started >= _GATE_PROBE_S:
             raise RuntimeError("the step synchronizes inside: a held stream would deadlock it")
         return gate
 
@@ -232,10 +238,10 @@ class Clock:
         if step is not self._prepared_for:
             self.prepare(step)
             # Capture and probing are set-up, not the iteration: time from here.
-            intended_ns = max(intended_ns, time.perf_counter_ns())
+            intended_ns = max(intended_ns, _perf_counter_ns())
         if not self.cuda:
             step()
-            end = time.perf_counter_ns()
+            end = _perf_counter_ns()
             return end, (end - intended_ns) / 1e6, math.nan
         gate = self._gate
         if gate is not None:
@@ -252,7 +258,7 @@ class Clock:
             if gate is not None:
                 gate.release()
         self._end.synchronize()
-        end = time.perf_counter_ns()
+        end = _perf_counter_ns()
         return end, (end - intended_ns) / 1e6, self._start.elapsed_time(self._end)
 
 
@@ -263,14 +269,14 @@ class Emitter:
         self.stream = stream
         self.tenant = tenant
         self._buffer: list[str] = []
-        self._last_flush = time.perf_counter_ns()
+        self._last_flush = _perf_counter_ns()
         self._lock = threading.Lock()
 
     def sample(self, s: Sample) -> None:
         self._buffer.append(format_sample(s))
         if (
             len(self._buffer) >= _FLUSH_EVERY_LINES
-            or time.perf_counter_ns() - self._last_flush > _FLUSH_EVERY_NS
+            or _perf_counter_ns() - self._last_flush > _FLUSH_EVERY_NS
         ):
             self.flush()
 
@@ -290,7 +296,7 @@ class Emitter:
                 self.stream.write("\n".join(self._buffer) + "\n")
                 self._buffer.clear()
             self.stream.flush()
-            self._last_flush = time.perf_counter_ns()
+            self._last_flush = _perf_counter_ns()
 
 
 @dataclass(frozen=True)
@@ -420,12 +426,12 @@ def run_phase(
     """
     control = control or PhaseControl()
     if start_at_ns is not None:
-        delay = (start_at_ns - time.time_ns()) / 1e9
+        delay = (start_at_ns - _time_ns()) / 1e9
         if delay > 0:
             control.sleep(delay)
     emit.event("phase_start", {"phase": phase, "round": round, "iterations": iterations})
     # Epoch and monotonic clocks are read once; per-iteration stamps derive from the monotonic one.
-    epoch0, mono0 = time.time_ns(), time.perf_counter_ns()
+    epoch0, mono0 = _time_ns(), _perf_counter_ns()
     keep_until = mono0 + int(min_duration_s * 1e9)
     cut_at = None if max_duration_s is None else mono0 + int(max_duration_s * 1e9)
     open_loop = arrival.kind != "closed"
@@ -434,7 +440,7 @@ def run_phase(
     i = 0
     announced = False
     while not control.stopped(seq):
-        now = time.perf_counter_ns()
+        now = _perf_counter_ns()
         if cut_at is not None and now >= cut_at:
             break
         if i >= iterations:
@@ -449,7 +455,7 @@ def run_phase(
                 if control.stopped(seq):
                     break
         else:
-            intended = time.perf_counter_ns()
+            intended = _perf_counter_ns()
         end, host_ms, device_ms = clock.time(step, intended)
         emit.sample(
             Sample(

@@ -15,6 +15,9 @@ What is checked, against the counters read while the process was blank:
 - everywhere, the torch tensors the Python heap still reaches (``gc``; the objects of the
   torch import are frozen out of the scan, which makes it take microseconds) and the Python
   threads alive;
+- the process-wide Python state a tenant could change for the next one: the ``time``
+  module's clocks and sleep, a profile or trace hook, the collector switched off, the thread
+  switch interval, the environment (any change makes the release unclean);
 - restored rather than checked: torch's process-wide settings a factory may change (CPU
   threads, default dtype, float32 matmul precision, TF32 and cuDNN flags, grad mode, RNG
   states, the current CUDA stream), so the next tenant starts from a fresh process's values.
@@ -119,6 +122,24 @@ class TorchSettings:
             torch.cuda.set_stream(torch.cuda.default_stream())
 
 
+# The process-wide Python state a tenant could change and the next one would measure through:
+# the clocks and sleep (replaced by profilers, gevent, test doubles), a profile or trace hook,
+# the collector, the thread switch interval, the environment.
+_CLOCKS = ("perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns", "time", "time_ns", "sleep")
+
+
+def process_state() -> dict[str, object]:
+    """A fingerprint of the process-wide Python state a release must find as it was blank."""
+    return {
+        "clocks": tuple(id(getattr(time, name, None)) for name in _CLOCKS),
+        "profile_hook": sys.getprofile() is not None,
+        "trace_hook": sys.gettrace() is not None,
+        "gc_enabled": gc.isenabled(),
+        "switch_interval": sys.getswitchinterval(),
+        "environ": hash(frozenset(os.environ.items())),
+    }
+
+
 def counters(torch: Any, cuda: bool) -> dict[str, int]:
     """What the process holds now: live tensors and threads; on CUDA the allocator's counters."""
     gc.collect()
@@ -154,6 +175,7 @@ class Blank:
         gc.freeze()
         self._free()
         self.counters = counters(torch, cuda)
+        self.state = process_state()
 
     def _free(self) -> None:
         """Give back what no tenant holds any more, torch's per-process caches included."""
@@ -178,7 +200,15 @@ class Blank:
         self.settings.restore(self._torch, self.cuda)
         now = counters(self._torch, self.cuda)
         # More than when blank is a leftover (fewer is not: a thread that was there has ended).
-        leftover = {k: [self.counters[k], v] for k, v in now.items() if v > self.counters.get(k, 0)}
+        leftover: dict[str, Any] = {
+            k: [self.counters[k], v] for k, v in now.items() if v > self.counters.get(k, 0)
+        }
+        # Changed process-wide state (a replaced clock, a hook, the environment) cannot be
+        # given back safely: the process is not clean, and the backend starts a fresh one.
+        state = process_state()
+        changed = sorted(k for k, v in state.items() if v != self.state[k])
+        if changed:
+            leftover["process_state"] = ["as blank", "changed: " + " ".join(changed)]
         return {"clean": not leftover, "leftover": leftover}
 
 

@@ -199,6 +199,9 @@ class Backend(abc.ABC):
     name: str = "abstract"
     #: Whether :meth:`check_colocated` verifies anything (by the GPU UUID each worker prints).
     checks_colocation: ClassVar[bool] = False
+    #: Seconds a tenant's start (interpreter, import, CUDA context, build, warmup) may take
+    #: before it counts as hung; the runner sets it from ``--kts-timeout`` before ``start``.
+    start_timeout_s: float = 300.0
 
     @abc.abstractmethod
     def start(self, tenants: Sequence[TenantSpec], device: str) -> None:

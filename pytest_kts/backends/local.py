@@ -132,7 +132,7 @@ class LocalBackend(Backend):
         max_idle: int = 8,
         spares: int = 0,
     ) -> None:
-        self.startup_timeout_s = startup_timeout_s
+        self.start_timeout_s = startup_timeout_s
         self.env = dict(env or {})
         self.python = python or sys.executable
         self._workers: dict[str, _Worker] = {}
@@ -340,7 +340,7 @@ class LocalBackend(Backend):
         spare that fails or hangs is dropped (no tenant waits for it), with a note.
         """
         how = {} if how is None else how
-        deadline = time.monotonic() + self.startup_timeout_s
+        deadline = time.monotonic() + self.start_timeout_s
         # One reader per worker, bound to the tenant it is loading: no line sets another
         # tenant's facts or errors. Spares hold no tenant yet: theirs is unbound.
         readers: dict[str, LineReader] = {}
@@ -350,8 +350,9 @@ class LocalBackend(Backend):
             if not waiting and all(w.ready for w in self._spares.values()):
                 return
             got = self._next_line(
-                deadline, "to start (import, CUDA init, build, warmup)", among=waiting,
-                quiet=not waiting,
+                deadline,
+                f"to start (import, CUDA init, build, warmup) within {self.start_timeout_s:g} s",
+                among=waiting, quiet=not waiting,
             )  # fmt: skip
             if got is None:  # only spares left, and their time is up
                 for label in [k for k, w in self._spares.items() if not w.ready]:
