@@ -8,6 +8,8 @@ at ``summary.json`` must not make us overwrite what it points to. So:
   symlink itself, never its target, and a reader never sees half a file;
 - files that must be opened in place (locks) are opened with ``O_NOFOLLOW``
   (:func:`open_nofollow`);
+- a single file the user named (``--benchmark-json /dev/stdout``) is the exception: a link,
+  a character device or a FIFO there is written into, not replaced (:func:`write_named_text`);
 - private folders (:func:`private_dir`) are created 0700 and refused when they are a symlink,
   belong to another user or are open to others.
 """
@@ -61,6 +63,35 @@ def write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8")
     write_bytes(path, text.encode(encoding))
 
 
+def write_named_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to a file the user named on the command line (``--benchmark-json``).
+
+    A regular file (or a new one) is written whole through a temp file and a rename, as
+    :func:`write_text` does. A symlink, a character device or a FIFO the user named is written
+    into, as every Unix tool does (``/dev/stdout``, a pipe, ``/dev/null``): renaming over it
+    would replace ``/dev/stdout`` with a regular file for every later process. A block device
+    or a folder is refused. A failed write (``/dev/full``) raises ``OSError``.
+    """
+    target = Path(path)
+    try:
+        link = target.lstat()
+    except FileNotFoundError:
+        write_text(target, text, encoding)
+        return
+    if stat.S_ISREG(link.st_mode):
+        write_text(target, text, encoding)
+        return
+    try:
+        mode = target.stat().st_mode  # what the name leads to, through links
+    except FileNotFoundError:
+        mode = 0  # a dangling link: open() creates what it points to
+    if stat.S_ISDIR(mode) or stat.S_ISBLK(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a block device"
+        raise IsADirectoryError(errno.EISDIR, f"{kind}, not a file to write", str(target))
+    with open(target, "w", encoding=encoding) as handle:  # O_TRUNC is ignored on a FIFO or tty
+        handle.write(text)
+
+
 _PLAIN = re.compile(r"[a-z0-9_-]+")
 
 
@@ -89,6 +120,15 @@ def check_writable(path: str | os.PathLike[str], *, folder: bool = True) -> None
         raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(target))
     if not folder and target.is_dir():
         raise IsADirectoryError(errno.EISDIR, "a folder, not a file", str(target))
+    if not folder and (target.is_symlink() or target.is_char_device() or target.is_fifo()):
+        # Written into, not replaced (write_named_text): it is the name itself that must
+        # take a write (/dev/stdout), not its folder.
+        if target.is_block_device():
+            raise IsADirectoryError(errno.EISDIR, "a block device, not a file", str(target))
+        if target.exists() and not os.access(target, os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied", str(target))
+        if target.exists():
+            return
     base = target if folder else target.parent
     while not base.exists() and base != base.parent:
         base = base.parent

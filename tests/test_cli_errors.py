@@ -156,3 +156,45 @@ def test_two_csvs_of_one_name_keep_their_own_report_files(
     )  # fmt: skip
     assert code == 0, err
     assert len(list((tmp_path / "both" / "samples").glob("*.csv"))) == 2
+
+
+def test_benchmark_json_into_a_fifo_a_link_or_a_device_writes_into_it_and_leaves_it_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import stat
+    import threading
+
+    # A FIFO: its reader gets the JSON, and the FIFO is still a FIFO afterwards.
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    code, _, err = run(capsys, "report", str(DATA), "--benchmark-json", str(fifo))
+    reader.join(timeout=30)
+    assert code in (0, 1), err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert json.loads(got[0])[0]["unit"]
+    # A link (as /dev/stdout is one): its target is written, the link stays a link.
+    target, link = tmp_path / "target.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    code, _, err = run(capsys, "report", str(DATA), "--benchmark-json", str(link))
+    assert code in (0, 1), err
+    assert link.is_symlink() and json.loads(target.read_text())[0]["unit"]
+    # /dev/null stays the device it is.
+    code, _, err = run(capsys, "report", str(DATA), "--benchmark-json", "/dev/null")
+    assert code in (0, 1), err
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_benchmark_json_to_a_full_device_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    code, _, err = run(capsys, "report", str(DATA), "--benchmark-json", "/dev/full")
+    assert code == 2
+    assert_one_line_error(err, "--benchmark-json /dev/full: not written")
+    assert Path("/dev/full").is_char_device()

@@ -86,7 +86,7 @@ def finish(results: Any, args: argparse.Namespace, out: IO[str], command: str) -
 
         entries = github_benchmark_json(results)
         try:
-            safefile.write_text(args.benchmark_json, json.dumps(entries, indent=2) + "\n")
+            safefile.write_named_text(args.benchmark_json, json.dumps(entries, indent=2) + "\n")
         except OSError as exc:
             raise UsageError(
                 f"--benchmark-json {args.benchmark_json}: not written ({exc})"
