@@ -166,13 +166,17 @@ def load_baseline(root: Path, name: str, scenario: str, key: str | None = None) 
     """
     for candidate in dict.fromkeys([key or scenario, scenario]):
         directory = baseline_path(root, name, candidate)
-        if (directory / SAMPLES_FILE).is_file():
+        if (directory / SAMPLES_FILE).exists() or (directory / FACTS_FILE).exists():
             break
     else:
         return None
     samples_file, facts_file = directory / SAMPLES_FILE, directory / FACTS_FILE
     try:
+        if not samples_file.is_file():  # saved (its facts are there), but its samples are not
+            raise ValueError(f"{SAMPLES_FILE} is missing")
         samples = from_csv(samples_file.read_text())
+        if not any(len(t.shared) for t in samples.values()):
+            raise ValueError(f"{SAMPLES_FILE} holds no shared-phase samples")
         facts = json.loads(facts_file.read_text()) if facts_file.is_file() else {}
         if not isinstance(facts, dict):
             raise ValueError(f"{FACTS_FILE} holds a {type(facts).__name__}, not an object")
@@ -220,6 +224,8 @@ class Comparison:
         return self.ci[1] < 1.0 / self.threshold
 
     def describe(self) -> str:
+        if self.n_baseline == 0 and self.n_current == 0 and self.reason:
+            return f"{self.tenant}: {self.reason}"  # nothing to estimate (_not_compared)
         lo, hi = self.ci
         text = (
             f"{self.tenant}: shared p{self.p:g} ({self.clock}) {self.current_ms:.3f} ms vs "
@@ -271,7 +277,9 @@ def compare(
     """Compare each tenant's shared phase with the baseline's; one :class:`Comparison` each.
 
     ``clock`` is used where both runs have it, else the other clock (v1 logs and old baselines
-    carry only the device clock). Tenants missing on either side are skipped.
+    carry only the device clock). A tenant of this run that the baseline lacks is not compared
+    (the caller says so); one that cannot be compared (no shared samples on a side, no clock
+    in common) gets an undecided comparison that says why, never a silent skip.
     """
     if not threshold > 0:
         raise ConfigError(f"regression threshold must be positive, got {threshold}")
@@ -284,6 +292,12 @@ def compare(
             continue
         used = _pick_clock(before, now, clock)
         if used is None:
+            why = (
+                "no shared-phase samples on one side"
+                if not (len(before.shared) and len(now.shared))
+                else "no clock in common"
+            )
+            out.append(_not_compared(result.name, name, clock, p, threshold, why))
             continue
         b, c = before.shared, now.shared
         try:
@@ -297,8 +311,9 @@ def compare(
                 shared_segments=c.segments(),
                 paired=False,  # two runs at different times: their rounds are not pairs
             )
-        except KtsError:
-            continue  # nothing finite on one side: no comparison to make
+        except KtsError as exc:  # nothing finite on one side
+            out.append(_not_compared(result.name, name, used, p, threshold, str(exc)))
+            continue
         out.append(
             Comparison(
                 scenario=result.name,
@@ -317,6 +332,33 @@ def compare(
             )
         )
     return out
+
+
+def _not_compared(
+    scenario: str, tenant: str, clock: str, p: float, threshold: float, why: str
+) -> Comparison:
+    nan = math.nan
+    return Comparison(
+        scenario,
+        tenant,
+        clock,
+        p,
+        nan,
+        nan,
+        nan,
+        (nan, nan),
+        threshold,
+        "inconclusive",
+        0,
+        0,
+        reason=f"not compared: {why}",
+    )
+
+
+def missing_tenants(result: ScenarioResult, baseline: Baseline) -> tuple[list[str], list[str]]:
+    """(tenants the baseline has and this run lacks, tenants this run has and it lacks)."""
+    saved, now = set(baseline.samples), set(result.tenants)
+    return sorted(saved - now), sorted(now - saved)
 
 
 def sharing_mismatch(current: Mapping[str, Any], baseline: Mapping[str, Any]) -> str | None:

@@ -86,6 +86,15 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"--kts-report {settings.report}: cannot write there ({exc.strerror or exc}); "
                 "choose a folder you can write"
             ) from None
+    if settings.save:
+        root = Path(settings.baseline_dir or ".kts-baselines")
+        try:  # now, not after every test has spent its budget
+            safefile.check_writable(root)
+        except OSError as exc:
+            raise pytest.UsageError(
+                f"--kts-save {settings.save}: cannot write the baseline folder {root} "
+                f"({exc.strerror or exc}); choose a --kts-baseline-dir you can write"
+            ) from None
     if settings.compare and settings.compare != settings.save:
         _check_baseline_exists(settings)
     if settings.cluster and not settings.dry_run:

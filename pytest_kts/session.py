@@ -161,6 +161,21 @@ class KtsSession:
                     "test?): not compared"
                 )
             else:
+                lost, new = baseline.missing_tenants(result, before)
+                if lost:
+                    # A tenant the baseline gated is gone (renamed?): its gate would be off.
+                    raise ConfigError(
+                        f"baseline {settings.compare!r} has tenant(s) {', '.join(lost)}, which "
+                        f"this run lacks"
+                        + (f" (this run's {', '.join(new)} are not in it: renamed?)" if new else "")
+                        + f": not compared. Save it again with "
+                        f"--kts-save {settings.compare}"
+                    )
+                if new:
+                    result.warnings.append(
+                        f"baseline {settings.compare!r} has no tenant(s) {', '.join(new)}: "
+                        "those are not compared"
+                    )
                 mismatches = baseline.machine_mismatches(result.machine, before.machine)
                 result.warnings += [f"baseline machine differs: {m}" for m in mismatches]
                 # Another sharing setting moves the tail by itself: say so, do not gate on it.

@@ -21,7 +21,7 @@ from pytest_kts.baseline import (
 from pytest_kts.errors import ConfigError
 from pytest_kts.protocol import Sample
 from pytest_kts.results import ScenarioResult, TenantResult
-from pytest_kts.samples import group
+from pytest_kts.samples import PhaseSamples, TenantSamples, group
 
 SCENARIO = "tests/test_gpu.py::test_fft_next_to_gemm[4096]"
 MACHINE = {
@@ -102,6 +102,41 @@ def test_corrupt_baseline_is_an_error(tmp_path: Path) -> None:
     (folder / "samples.csv").write_text("not,a,samples,file\n1,2,3,4\n")
     with pytest.raises(ConfigError, match="unreadable"):
         load_baseline(tmp_path, "main", SCENARIO)
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        ("samples_gone", "samples.csv is missing"),
+        ("samples_a_folder", "samples.csv is missing"),
+        ("header_only", "no shared-phase samples"),
+    ],
+)
+def test_a_saved_baseline_without_its_samples_is_an_error_not_a_new_test(
+    tmp_path: Path, damage: str, says: str
+) -> None:
+    folder = save_baseline(make_result(1), tmp_path, "main")
+    samples = folder / "samples.csv"
+    if damage == "header_only":
+        samples.write_text(samples.read_text().splitlines()[0] + "\n")
+    else:
+        samples.unlink()
+        if damage == "samples_a_folder":
+            samples.mkdir()
+    with pytest.raises(ConfigError, match=f"unreadable baseline 'main'.*{says}"):
+        load_baseline(tmp_path, "main", SCENARIO)
+
+
+def test_a_tenant_that_cannot_be_compared_is_an_undecided_comparison_that_says_why() -> None:
+    before = {n: t.samples for n, t in make_result(1).tenants.items()}
+    # The baseline's gemm has no shared phase: its comparison is undecided, with the reason.
+    before["gemm"] = TenantSamples(
+        "gemm", before["gemm"].solo, PhaseSamples.empty("gemm", "shared")
+    )
+    found = {c.tenant: c for c in compare(make_result(2), before)}
+    assert found["fft"].n_baseline > 0 and math.isfinite(found["fft"].ratio)
+    assert found["gemm"].verdict == "inconclusive" and not found["gemm"].regressed
+    assert found["gemm"].describe() == "gemm: not compared: no shared-phase samples on one side"
 
 
 @pytest.mark.parametrize("name", ["../up", "a/b", "", ".hidden", "x" * 101])

@@ -135,3 +135,33 @@ def test_a_baseline_that_is_not_text_is_unreadable(tmp_path: Path) -> None:
     (folder / "samples.csv").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(ConfigError, match="unreadable baseline"):
         load_baseline(tmp_path, "main", SCENARIO)
+
+
+def test_a_tenant_the_baseline_gated_cannot_vanish_by_a_rename(
+    pytester: pytest.Pytester, env: None, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_gate=SAVE_TEST)
+    folder = f"--kts-baseline-dir={tmp_path / 'baselines'}"
+    common = ["--kts-device", "cpu", "--kts-iterations", "40", "--kts-round-iterations", "40"]
+    pytester.runpytest_subprocess(*common, "--kts-save", "b1", folder).assert_outcomes(passed=1)
+    pytester.makepyfile(test_gate=SAVE_TEST.replace('tenant("fft"', 'tenant("fft2", "fft"'))
+    result = pytester.runpytest_subprocess(*common, "--kts-compare", "b1", folder)
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "baseline 'b1' has tenant(s) fft, which this run lacks" in out, out
+    assert "this run's fft2 are not in it: renamed?" in out
+
+
+def test_a_baseline_folder_that_cannot_be_written_is_refused_before_anything_runs(
+    pytester: pytest.Pytester, env: None, tmp_path: Path
+) -> None:
+    pytester.makepyfile(test_gate=SAVE_TEST)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    result = pytester.runpytest_subprocess(
+        "--kts-device", "cpu", "--kts-save", "b1", f"--kts-baseline-dir={a_file}"
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    err = result.stderr.str()
+    assert f"--kts-save b1: cannot write the baseline folder {a_file}" in err, err
+    assert "passed" not in result.stdout.str() and "failed" not in result.stdout.str()
