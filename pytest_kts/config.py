@@ -37,7 +37,7 @@ MAX_SECONDS = 7 * 24 * 3600.0
 MIN_SECONDS = 1.0
 MIN_PHASE_SECONDS = 0.5
 MAX_REGRESSION = 100.0
-_BASELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+_BASELINE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def _iterations(text: str) -> int:
@@ -84,7 +84,7 @@ def _regression(text: str) -> float:
 
 def check_baseline_name(name: str) -> str:
     """A baseline name, which becomes a folder name: refused before anything runs."""
-    if not _BASELINE_NAME.match(name):
+    if not _BASELINE_NAME.fullmatch(name):
         raise ValueError(
             f"baseline name {name!r} is not allowed: use letters, digits, '_', '-' or '.', "
             "starting with a letter or digit (it becomes a directory name)"

@@ -68,7 +68,7 @@ MAX_LINE_BYTES = 64 * 1024
 # for a complete one.
 ABSENT = "-"
 # Tenant names travel in a comma-separated line and in Kubernetes object names.
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 _EXAMPLES_KEPT = 5
 # Every integer field is stored as int64 (numpy columns); a larger one is malformed, not a crash.
 MAX_INT = 2**63 - 1
@@ -85,7 +85,7 @@ class ClockWentBackwards(ProtocolError):
 
 
 def check_tenant_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise ValueError(
             f"tenant name {name!r} is not allowed: use 1-63 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"
@@ -198,7 +198,7 @@ def _phase(text: str) -> str:
 
 
 def _tenant(text: str) -> str:
-    if not _NAME.match(text):
+    if not _NAME.fullmatch(text):
         raise ProtocolError(f"bad tenant name {text!r}")
     return text
 

@@ -139,7 +139,7 @@ def test_a_tenant_that_cannot_be_compared_is_an_undecided_comparison_that_says_w
     assert found["gemm"].describe() == "gemm: not compared: no shared-phase samples on one side"
 
 
-@pytest.mark.parametrize("name", ["../up", "a/b", "", ".hidden", "x" * 101])
+@pytest.mark.parametrize("name", ["../up", "a/b", "", ".hidden", "x" * 101, "nl\n"])
 def test_baseline_names_are_checked(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="baseline name"):
         save_baseline(make_result(1, n=30), tmp_path, name)

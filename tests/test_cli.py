@@ -236,6 +236,17 @@ def test_parse_tenant() -> None:
         cli.parse_tenant("fft:arrival=poisson")
 
 
+def test_names_the_user_gives_are_kept_and_a_name_given_twice_is_an_error() -> None:
+    from pytest_kts.cli.run import parse_tenants
+
+    names = [t.name for t in parse_tenants(["fft:size=16", "fft:size=32", "fft:name=fft-2"])]
+    assert names == ["fft", "fft-3", "fft-2"]  # the unnamed copy is numbered around fft-2
+    with pytest.raises(cli.UsageError, match="tenant name 'b' is given twice"):
+        parse_tenants(["fft:name=b", "matmul:name=b"])
+    with pytest.raises(cli.UsageError, match="not allowed"):
+        parse_tenants(["fft:name=a\n", "matmul"])  # a trailing newline is no name
+
+
 def fake_result(name: str, specs: list[TenantSpec], verdict: str) -> ScenarioResult:
     rng = np.random.default_rng(0)
     records = [

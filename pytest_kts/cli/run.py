@@ -7,7 +7,7 @@ import dataclasses
 import math
 import shlex
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
 from pytest_kts.backends.base import TenantSpec
@@ -77,9 +77,12 @@ def parse_tenant(text: str, taken: Iterable[str] = ()) -> TenantSpec:
             params[key] = value
     if fields.get("arrival") not in (None, *ARRIVALS):
         raise UsageError(f"--tenant {text!r}: arrival must be one of {', '.join(ARRIVALS)}")
-    base = fields.pop("name", None) or workload.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
+    given = fields.pop("name", None)
+    if given is not None and given in set(taken):
+        raise UsageError(f"--tenant {text!r}: tenant name {given!r} is given twice")
+    base = given or workload.rsplit(".", 1)[-1].rsplit(":", 1)[-1]
     name, k = base, 2
-    while name in set(taken):
+    while name in set(taken):  # an unnamed workload's second copy: fft-2, fft-3, ...
         name, k = f"{base}-{k}", k + 1
     try:
         check_tenant_name(name)
@@ -88,6 +91,31 @@ def parse_tenant(text: str, taken: Iterable[str] = ()) -> TenantSpec:
         )
     except ValueError as exc:
         raise UsageError(f"--tenant {text!r}: {exc}") from None
+
+
+def parse_tenants(texts: Sequence[str]) -> list[TenantSpec]:
+    """Every ``--tenant``, named. Names the user gave are theirs: an unnamed copy of a
+    workload is numbered around them (fft, fft-2, ...), and a name given twice is an error
+    (a silently renamed tenant would take another's ``--slo``)."""
+    given = [n for n in map(_given_name, texts) if n is not None]
+    tenants: list[TenantSpec] = []
+    for text in texts:
+        own = _given_name(text)
+        reserved = [] if own is not None else given
+        tenants.append(parse_tenant(text, [t.name for t in tenants] + reserved))
+    return tenants
+
+
+def _given_name(text: str) -> str | None:
+    """The ``name=`` a ``--tenant`` text gives, if any."""
+    _, sep, options = text.rpartition(":")
+    if not sep:
+        return None
+    for item in options.split(","):
+        key, eq, value = item.partition("=")
+        if eq and key == "name":
+            return value
+    return None
 
 
 def _settings(args: argparse.Namespace, slo: dict[str, float], tenants: int) -> RunSettings:
@@ -123,15 +151,13 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
 
     slo = parse_slo(args.slo)
     check_outputs(args)
-    tenants: list[TenantSpec] = []
-    for text in args.tenant:
-        spec = parse_tenant(text, [t.name for t in tenants])
+    tenants = parse_tenants(args.tenant)
+    for text, spec in zip(args.tenant, tenants, strict=True):
         try:
             # Before anything spawns: an unknown workload or param, with what is allowed.
             check_workload(spec.workload, spec.params)
         except ValueError as exc:
             raise UsageError(f"--tenant {text!r}: {exc}") from None
-        tenants.append(spec)
     if len(tenants) < 2:
         raise UsageError("kts run needs at least two --tenant options (co-location needs two)")
     settings = _settings(args, slo, len(tenants))
