@@ -103,6 +103,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[session_key] = KtsSession.create(settings)
     except NoDeviceError as exc:
         raise pytest.UsageError(str(exc)) from None
+    _xdist_cleanup(config)
+
+
+def _xdist_cleanup(config: pytest.Config) -> None:
+    """Under pytest-xdist, a SIGTERM to the controller must not leave its workers measuring
+    (they went on for half a minute, starting the next test's tenants): the controller turns
+    SIGTERM into an interrupt from the start (it runs no test, so the first-test install
+    never happens there), and xdist then tears its workers down as on Ctrl-C. (A controller
+    killed outright closes the workers' channel, which ends them: tests/test_signals.py.)"""
+    option = config.option
+    if not _is_xdist_worker(config) and (
+        getattr(option, "numprocesses", None) or getattr(option, "dist", "no") != "no"
+    ):
+        _handle_sigterm(config)
 
 
 def _check_baseline_exists(settings: RunSettings) -> None:

@@ -179,3 +179,54 @@ def test_sigkill_of_pytest_leaves_no_worker(scratch: Path) -> None:
     # Each worker set PR_SET_PDEATHSIG: the kernel ends it with its parent.
     assert _wait_for(lambda: _alive(workers) == [], 15), "workers outlived a killed pytest"
     assert sorted(p.name for p in scratch.glob("kts-*")) == []
+
+
+def _child_pids(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _xdist_run(scratch: Path) -> tuple[subprocess.Popen[str], list[int], list[int]]:
+    """pytest -n 1 on the endless scenario: (controller, its xdist worker, kts workers)."""
+    pytest.importorskip("xdist")
+    process = _start(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kts-device", "cpu", "-q",
+         "-n", "1"],
+        scratch,
+    )  # fmt: skip
+
+    def kts_workers() -> list[int]:
+        return [w for x in _child_pids(process.pid) for w in _children_of(x)]
+
+    assert _wait_for(lambda: len(kts_workers()) >= 2 or process.poll() is not None, 120)
+    if process.poll() is not None:
+        pytest.fail(f"the run ended early:\n{process.communicate()[0][-3000:]}")
+    time.sleep(1.0)
+    xdist_workers = [x for x in _child_pids(process.pid) if _children_of(x)]
+    return process, xdist_workers, kts_workers()
+
+
+def test_sigterm_to_an_xdist_controller_stops_its_workers_and_their_tenants(
+    scratch: Path,
+) -> None:
+    process, xdist_workers, workers = _xdist_run(scratch)
+    process.send_signal(signal.SIGTERM)
+    out = process.communicate(timeout=60)[0]
+    assert process.returncode == pytest.ExitCode.INTERRUPTED, out[-3000:]
+    assert _wait_for(lambda: _alive(xdist_workers + workers) == [], 15), out[-3000:]
+
+
+def test_an_xdist_worker_whose_controller_was_killed_ends_with_its_tenants(scratch: Path) -> None:
+    process, xdist_workers, workers = _xdist_run(scratch)
+    process.kill()
+    process.communicate(timeout=30)
+    # Its channel closed, each xdist worker ends, and its tenants with it (PR_SET_PDEATHSIG).
+    assert _wait_for(lambda: _alive(xdist_workers + workers) == [], 20)
