@@ -7,6 +7,7 @@ directory and the project root on the worker's path; the tests add this folder).
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -38,6 +39,21 @@ def crash(device: torch.device, size: int, seed: int, **params: str) -> Callable
 def hang(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
     after = int(params.get("after", "10"))
     return _counter(after, lambda: time.sleep(3600))
+
+
+def hang_build(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Never finishes building (a download, a lock that is never released)."""
+    time.sleep(3600)
+    return lambda: torch.zeros(4).sum()
+
+
+def spawner(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Starts a helper process of its own (a server, a sidecar) and never stops it."""
+    import subprocess
+
+    helper = subprocess.Popen(["sleep", "300"])
+    print(f"helper pid {helper.pid}", file=sys.stderr, flush=True)
+    return lambda: torch.zeros(4).sum()
 
 
 def oom(device: torch.device, size: int, seed: int, **params: str) -> Callable[[], object]:

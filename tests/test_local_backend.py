@@ -108,6 +108,38 @@ def test_hung_worker_is_stopped_after_timeout() -> None:
     assert wait_dead(pids) == []
 
 
+def test_a_hung_start_is_bounded_by_the_start_timeout() -> None:
+    backend = LocalBackend(env=ENV)
+    backend.start_timeout_s = 3.0  # the runner sets it from --kts-timeout
+    started = time.monotonic()
+    with pytest.raises(WorkerError, match=r"did not manage to start .* within 3 s"), backend:
+        backend.start([spec("stuck", "kts_test_workloads:hang_build")], "cpu")
+    assert time.monotonic() - started < 30
+
+
+def test_a_reused_process_s_error_shows_only_its_own_tenant_s_stderr() -> None:
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start([spec("noisy", "kts_test_workloads:noisy")], "cpu")
+        backend.run_phase(PhasePlan("solo", 0, {"noisy": 8}), timeout_s=60)
+        backend.start([spec("bad", "kts_test_workloads:crash", params={"after": "3"})], "cpu")
+        assert backend.startup["tenants"]["bad"]["how"] == "reloaded"
+        with pytest.raises(WorkerError) as info:
+            backend.run_phase(PhasePlan("solo", 0, {"bad": 10}), timeout_s=60)
+    assert "simulated worker crash" in info.value.stderr_tail
+    assert "a framework warning that is not ours" not in info.value.stderr_tail
+
+
+def test_what_a_workload_started_ends_with_its_worker() -> None:
+    backend = LocalBackend(env=ENV)
+    with backend:
+        backend.start([spec("spawner", "kts_test_workloads:spawner")], "cpu")
+        backend.run_phase(PhasePlan("solo", 0, {"spawner": 5}), timeout_s=60)
+        tail = backend._workers["spawner"].stderr_tail()
+    helper = int(tail.split("helper pid ")[1].split()[0])
+    assert wait_dead([helper]) == []
+
+
 def test_bad_workload_fails_at_start_with_a_clear_message() -> None:
     backend = LocalBackend(env=ENV)
     with pytest.raises(WorkerError, match=r"unknown workload|cannot import"), backend:

@@ -93,6 +93,7 @@ class _Worker:
     env_key: tuple[tuple[str, str], ...] = ()  # the tenant environment it was started with
     sent_ns: int = 0  # when its spawn or its last load was sent
     startup: dict[str, Any] = field(default_factory=dict)  # where that start went
+    stderr_from: int = 0  # where the tenant it holds began in its stderr file (a reused one)
 
     @property
     def name(self) -> str:
@@ -105,7 +106,8 @@ class _Worker:
             self.stderr_file.flush()
             fd = self.stderr_file.fileno()
             size = os.fstat(fd).st_size
-            start = max(0, size - _STDERR_TAIL_BYTES)
+            # Only the tenant it holds now: a reused process's earlier tenants wrote above.
+            start = max(self.stderr_from, size - _STDERR_TAIL_BYTES)
             text = os.pread(fd, size - start, start).decode("utf-8", errors="replace")
         except (OSError, ValueError):
             return ""
@@ -258,6 +260,9 @@ class LocalBackend(Backend):
         worker.spec, worker.label = spec, spec.name
         worker.meta, worker.ready, worker.startup = {}, False, {}
         worker.sent_ns = time.time_ns()
+        with contextlib.suppress(OSError, ValueError):
+            worker.stderr_file.flush()
+            worker.stderr_from = os.fstat(worker.stderr_file.fileno()).st_size
         self._workers[spec.name] = worker
         self._send(worker, {"cmd": "load", "argv": spec.worker_argv(device)})
 
@@ -460,9 +465,14 @@ class LocalBackend(Backend):
         process = worker.process
         try:
             process.wait(timeout=grace_s)
-            return
         except subprocess.TimeoutExpired:
             pass
+        else:
+            # What its workload started (a server, a `sleep`) is in its process group: end
+            # that too, or it outlives the run with init as its parent.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            return
         for sig, wait_s in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(process.pid, sig)
