@@ -3,6 +3,7 @@ as ``kts_fault_workloads:NAME`` (tests/ is on the worker's PYTHONPATH in those t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -101,3 +102,21 @@ def native_forger(
         return torch.zeros(4).sum()
 
     return step
+
+
+def raw_protocol_writer(
+    device: torch.device, size: int, seed: int, **params: str
+) -> Callable[[], object]:
+    """Writes bytes that are not UTF-8, and a 1 MiB line, straight into the protocol pipe
+    (the pipe among its descriptors that is not its command pipe) while it builds."""
+    commands = os.readlink("/proc/self/fd/0")
+    pipes = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{name}")
+            if int(name) > 2 and link.startswith("pipe:") and link != commands:
+                pipes.append(int(name))
+    for fd in pipes:
+        os.write(fd, b"\xff\xfe not utf-8 \x80\n")
+        os.write(fd, b"x" * (1 << 20) + b"\n")
+    return lambda: torch.zeros(4).sum()

@@ -152,3 +152,15 @@ def test_output_below_python_reaches_nobody_either() -> None:
     assert len(shared.readers["forger"].samples) >= 30  # it kept reporting after closing fd 1
     assert all(r.foreign == r.misaddressed == 0 for r in shared.readers.values())
     assert tail.count("KTS_APP,v2,victim,shared,0,500") == 4
+
+
+def test_bytes_that_are_not_utf8_and_a_huge_line_on_the_protocol_pipe_are_not_fatal() -> None:
+    here = Path(__file__).resolve().parent
+    backend = LocalBackend(env={"PYTHONPATH": str(here)})
+    with backend:
+        backend.start(
+            [TenantSpec("raw", "kts_fault_workloads:raw_protocol_writer", 8, warmup=1)], "cpu"
+        )
+        out = backend.run_phase(PhasePlan("solo", 0, {"raw": 20}), timeout_s=60)
+    reader = out.readers["raw"]
+    assert len(reader.samples) == 20  # the stream went on after both

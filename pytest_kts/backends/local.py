@@ -43,7 +43,7 @@ from pytest_kts.backends.base import Backend, PhaseOutput, PhasePlan, TenantSpec
 from pytest_kts.constants import WORKER_MODULE
 from pytest_kts.errors import ConfigError, WorkerError
 from pytest_kts.mps import MpsDaemon
-from pytest_kts.protocol import Event, LineReader, Meta
+from pytest_kts.protocol import MAX_LINE_BYTES, Event, LineReader, Meta
 
 # Time between sending a phase and its common start: enough for every worker to read it.
 _BARRIER_MARGIN_S = 0.1
@@ -73,6 +73,10 @@ def spawn_worker(
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
+        # Protocol lines are ASCII; a stray byte that is not UTF-8 is one malformed line, not
+        # the end of the stream.
+        encoding="utf-8",
+        errors="replace",
         bufsize=1,
         env=dict(env),
         # Its own session: Ctrl-C reaches pytest alone, and close() stops the whole group.
@@ -331,7 +335,12 @@ class LocalBackend(Backend):
     def _pump(self, worker: _Worker, stream: IO[str] | None) -> None:
         assert stream is not None
         try:
-            for line in stream:
+            while line := stream.readline(MAX_LINE_BYTES + 1):
+                if len(line) > MAX_LINE_BYTES and not line.endswith("\n"):
+                    # Longer than any protocol line: keep its start (a malformed or foreign
+                    # line) and skip the rest, never holding it whole.
+                    while (rest := stream.readline(MAX_LINE_BYTES + 1)) and not rest.endswith("\n"):
+                        pass
                 self._lines.put((worker.label, line, worker.process))
         except (OSError, ValueError):
             pass
