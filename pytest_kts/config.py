@@ -184,7 +184,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_seconds", _seconds, 900.0,
            "adaptive runs: most seconds of phases per test before giving up undecided"),
     Option("budget_seconds", _seconds, 7200.0,
-           "most seconds of phases for the whole session; later tests then stop undecided"),
+           "most seconds of phases for the whole session; once spent, a test stops where it "
+           "is: undecided, or an error where it measured nothing"),
     Option("confidence", _confidence, 0.95,
            "confidence of every verdict (two-sided; a false fail has probability <= (1-c)/2)"),
     Option("inconclusive", _choice(*INCONCLUSIVE_POLICIES), "warn",

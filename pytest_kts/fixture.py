@@ -290,8 +290,9 @@ def assert_df(
         if empty:
             raise ConfigError(
                 f"tenant {result.name!r} has no samples in its {' or '.join(empty)} phase: "
-                "nothing was measured there (the kts table's stop reason says why; a phase cut "
-                "by its time share needs a larger --kts-max-seconds)"
+                "nothing was measured there (the kts table's stop reason says why: a phase cut "
+                "by its time share needs a larger --kts-max-seconds, a session whose budget was "
+                "spent before this test a larger --kts-budget-seconds)"
             )
         available = ", ".join(result.clocks()) or "none"
         why = "the device clock exists only on CUDA" if clock == "device" else "unmeasured"

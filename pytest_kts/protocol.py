@@ -85,7 +85,7 @@ class ClockWentBackwards(ProtocolError):
 
 
 def check_tenant_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
             f"tenant name {name!r} is not allowed: use 1-63 letters, digits, '_', '-' or '.', "
             "starting with a letter or digit"

@@ -198,3 +198,11 @@ def test_oversized_lines_are_accounted_without_their_text() -> None:
     reader.feed_oversized("KTS_APP,v1," + "9" * 150)
     assert (reader.lines, reader.malformed, reader.oversized) == (1, 1, 1)
     assert len(reader.malformed_examples[0]) < 150
+
+
+@pytest.mark.parametrize("name", [5, None, "a\n", "", "a b", "-a", "x" * 64])
+def test_a_tenant_name_that_is_not_one_is_a_value_error(name: object) -> None:
+    from pytest_kts.protocol import check_tenant_name
+
+    with pytest.raises(ValueError, match=r"tenant name .* is not allowed"):
+        check_tenant_name(name)  # type: ignore[arg-type]
