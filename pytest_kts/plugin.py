@@ -178,9 +178,14 @@ def kts(request: pytest.FixtureRequest) -> Iterator[Kts]:
     settings = session.settings
     for marker in reversed(list(request.node.iter_markers("kts"))):
         try:
+            if marker.args:
+                raise ConfigError(
+                    f"@pytest.mark.kts takes keywords only, got {marker.args!r}: name each "
+                    "setting, e.g. @pytest.mark.kts(max_seconds=50)"
+                )
             settings = settings.with_marker(marker.kwargs)
-        except ConfigError as exc:
-            raise pytest.UsageError(str(exc)) from None
+        except ConfigError as exc:  # one line at the test, not a fixture traceback
+            pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
     device = session.device
     if settings.device != session.settings.device and not settings.cluster:
         device = machine.resolve_device(settings.device)

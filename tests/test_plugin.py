@@ -359,3 +359,25 @@ def test_typed_ini_values_resolve_and_bad_ones_are_one_line(
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     assert "Traceback" not in bad.stderr.str()
     bad.stderr.fnmatch_lines(["ERROR: *'many'*"])  # pytest's own one-line parse error
+
+
+def test_a_bad_marker_is_one_line_at_the_test(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.kts(iteratons=100)
+        def test_typo(kts):
+            pass
+
+        @pytest.mark.kts(50)
+        def test_positional(kts):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--kts-device", "cpu", "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    out = result.stdout.str()
+    assert "ConfigError: @pytest.mark.kts got unknown settings ['iteratons']" in out
+    assert "@pytest.mark.kts takes keywords only, got (50,)" in out
+    assert "Traceback" not in out and "plugin.py" not in out
