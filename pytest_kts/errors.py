@@ -51,3 +51,7 @@ class RegressionError(KtsError, AssertionError):
 class DryRun(KtsError):
     """``--kts-dry-run``: the scenario's manifests were rendered instead of run; the test stops
     here and is reported as skipped."""
+
+
+class KtsNotRunWarning(UserWarning):
+    """A test declared tenants and never ran them: it measured nothing."""

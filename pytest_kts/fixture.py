@@ -88,6 +88,7 @@ class Kts:
         self._progress = progress
         self._tenants: dict[str, Tenant] = {}
         self._result: ScenarioResult | None = None
+        self.ran = False  # whether a scenario, matrix or packing ran (or was attempted)
 
     def tenant(
         self,
@@ -162,6 +163,7 @@ class Kts:
             return self._result
         if explain and not slo:
             raise ConfigError("explain=True needs slo=: it explains the SLO tenants' tails")
+        self.ran = True
         result = self._runs.run(
             self.name, self._specs(), self._settings(), self._slo(slo, p), p, self._progress,
             key=self.key, explain=explain,
@@ -189,6 +191,7 @@ class Kts:
                 if unknown
                 else f"run_modes needs at least one sharing mode: {', '.join(SHARING_MODES)}"
             )
+        self.ran = True
         results = self._runs.run_modes(
             self.name, self._specs(), self._settings(), modes, self._slo(slo, p), p,
             self._progress, key=self.key,
@@ -218,6 +221,7 @@ class Kts:
         others = [t.spec for t in self.tenants if t.name != cotenant.name]
         if not others:
             raise ConfigError("packing needs at least one other tenant (the one with the SLO)")
+        self.ran = True
         return self._runs.packing(
             self.name, others, cotenant.spec, self._settings(), self._slo(slo, p), p, up_to,
             self._progress, key=self.key,
@@ -233,6 +237,7 @@ class Kts:
         neighbour costs the router on its own.
         """
         names = None if rows is None else [r.name if isinstance(r, Tenant) else r for r in rows]
+        self.ran = True
         return self._runs.run_matrix(
             self.name, self._specs(), self._settings(), include_all, self._progress, rows=names
         )

@@ -14,7 +14,7 @@ import pytest
 
 from pytest_kts import machine, safefile
 from pytest_kts.config import OPTIONS, Option, RunSettings, resolve
-from pytest_kts.errors import ConfigError, DryRun, KtsError, NoDeviceError
+from pytest_kts.errors import ConfigError, DryRun, KtsError, KtsNotRunWarning, NoDeviceError
 from pytest_kts.fixture import Kts
 from pytest_kts.session import KtsSession
 from pytest_kts.verdict import DegradationFactor
@@ -197,6 +197,15 @@ def kts(request: pytest.FixtureRequest) -> Iterator[Kts]:
         key = scenario_key(request.node.path, request.node.nodeid, root)
     handle = Kts(request.node.nodeid, settings, device, session, _progress(request.config), key=key)
     yield handle
+    if handle.tenants and not handle.ran:
+        # Declared and never run: the test measured nothing, and a gate that did not run
+        # must not pass unremarked.
+        request.node.warn(
+            KtsNotRunWarning(
+                f"{len(handle.tenants)} tenant(s) declared but no kts.run(), run_modes(), "
+                "matrix() or packing(): nothing was measured"
+            )
+        )
     result = handle.result
     if result is None:
         return

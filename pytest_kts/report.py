@@ -662,12 +662,18 @@ def matrix_dict(m: MatrixResult) -> dict[str, Any]:
     }
 
 
+def _md_text(text: str) -> str:
+    """A test id as Markdown text: its ``<``, ``>`` and ``&`` (a parametrized id can hold any)
+    escaped, so no renderer takes them for HTML."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def render_matrices_markdown(
     matrices: Sequence[MatrixResult], heatmaps: dict[str, list[Path]], root: Path
 ) -> str:
     out = []
     for m in matrices:
-        out += [f"## Contention matrix: {m.name}", ""]
+        out += [f"## Contention matrix: {_md_text(m.name)}", ""]
         out += [
             f"{len(m.tenants)} tenants on {m.device}, {m.gpu_seconds:.1f} s of phases. A cell is "
             "the row tenant's DF while the column tenant was its only co-tenant ('all': every "
@@ -722,7 +728,7 @@ def render_markdown(
 
 
 def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path | None) -> list[str]:
-    out = [f"## {result.name}", ""]
+    out = [f"## {_md_text(result.name)}", ""]
     out.append(
         f"{len(result.tenants)} tenants on {result.device}; "
         f"{result.gpu_seconds:.1f} s of phases in {len(result.windows)} phases; "

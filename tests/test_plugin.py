@@ -381,3 +381,16 @@ def test_a_bad_marker_is_one_line_at_the_test(pytester: pytest.Pytester) -> None
     assert "ConfigError: @pytest.mark.kts got unknown settings ['iteratons']" in out
     assert "@pytest.mark.kts takes keywords only, got (50,)" in out
     assert "Traceback" not in out and "plugin.py" not in out
+
+
+def test_tenants_declared_and_never_run_are_a_warning(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        def test_forgot_to_run(kts):
+            kts.tenant("fft", size=16)
+            kts.tenant("matmul", size=16)
+        """
+    )
+    result = pytester.runpytest_subprocess("--kts-device", "cpu", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, warnings=1)
+    assert "KtsNotRunWarning: 2 tenant(s) declared but no kts.run()" in result.stdout.str()

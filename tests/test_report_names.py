@@ -137,3 +137,11 @@ def test_a_folder_with_someone_elses_plots_is_not_emptied(tmp_path: Path) -> Non
         write_report([scenario("x")], tmp_path, plots=False)
     assert sorted(os.listdir(tmp_path)) == ["plots"]
     assert (tmp_path / "plots" / "mine.png").read_bytes() == b"not ours"
+
+
+def test_a_test_id_with_html_in_it_is_text_in_results_md() -> None:
+    from pytest_kts.report import _md_text
+
+    assert _md_text("t.py::test[<img src=x onerror=alert(1)>&]") == (
+        "t.py::test[&lt;img src=x onerror=alert(1)&gt;&amp;]"
+    )
