@@ -83,6 +83,7 @@ def test_the_marker_is_bounded_too() -> None:
         ({"iterations": 10**9}, "iterations must be an integer from 1 to 1000000"),
         ({"iterations": 0}, "iterations must be an integer from 1 to 1000000"),
         ({"env": {"X": 1}}, "env must map names to strings"),
+        ({"env": {"A": "x\x00y"}}, "env must map names to strings"),
         ({"workload": "decode", "params": {"layers": "0"}}, "param 'layers': expected an integer"),
         ({"workload": "decode", "params": {"graph": "maybe"}}, "param 'graph': expected one of"),
         ({"workload": "decode", "params": {"dtype": "fp8"}}, "param 'dtype': expected one of"),

@@ -101,3 +101,9 @@ def test_kts_refuses_a_percentile_outside_0_100(
 ) -> None:
     assert main(["run", "--tenant", "fft", "--tenant", "matmul", "--p", value]) == 2
     assert_one_line_error(capsys.readouterr().err, "not a percentile")
+
+
+def test_an_slo_given_twice_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["run", "--tenant", "fft", "--tenant", "matmul", "--slo", "fft=1.3", "--slo", "fft=1.5"]
+    assert main(argv) == 2
+    assert_one_line_error(capsys.readouterr().err, "--slo 'fft=1.5': 'fft' has an SLO already")

@@ -90,7 +90,12 @@ class TenantSpec:
             if not isinstance(key, str) or not key or "=" in key or "\0" in f"{key}{value}":
                 raise ValueError(f"tenant {self.name!r}: param {key!r} is not a usable name")
         for key, value in self.env.items():
-            if not (isinstance(key, str) and isinstance(value, str)) or "=" in key or not key:
+            if (
+                not (isinstance(key, str) and isinstance(value, str))
+                or "=" in key
+                or not key
+                or "\0" in f"{key}{value}"  # no process can be given it
+            ):
                 raise ValueError(
                     f"tenant {self.name!r}: env must map names to strings, got {key!r}: {value!r}"
                 )

@@ -32,6 +32,8 @@ def parse_slo(items: Sequence[str]) -> dict[str, float]:
         tenant, sep, value = item.partition("=")
         if not sep or not tenant:
             raise UsageError(f"--slo {item!r}: expected TENANT=THRESHOLD, e.g. fft=1.3")
+        if tenant in slo:
+            raise UsageError(f"--slo {item!r}: {tenant!r} has an SLO already (give one each)")
         try:
             slo[tenant] = check_threshold(_float(value), f"--slo {item!r}: threshold")
         except ConfigError as exc:
