@@ -125,7 +125,15 @@ class TorchSettings:
 # The process-wide Python state a tenant could change and the next one would measure through:
 # the clocks and sleep (replaced by profilers, gevent, test doubles), a profile or trace hook,
 # the collector, the thread switch interval, the environment.
-_CLOCKS = ("perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns", "time", "time_ns", "sleep")
+_CLOCKS = (
+    "perf_counter",
+    "perf_counter_ns",
+    "monotonic",
+    "monotonic_ns",
+    "time",
+    "time_ns",
+    "sleep",
+)
 
 
 def process_state() -> dict[str, object]:
