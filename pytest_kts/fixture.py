@@ -30,6 +30,7 @@ from pytest_kts.packing import PackingResult
 from pytest_kts.results import ScenarioResult, TenantResult
 from pytest_kts.thresholds import check_percentile, check_threshold
 from pytest_kts.verdict import POLICIES, DegradationFactor
+from pytest_kts.workers.harness import requested_timing
 from pytest_kts.workers.process import cpu_threads
 from pytest_kts.workers.workloads import check as check_workload
 
@@ -131,6 +132,7 @@ class Kts:
             # Before anything spawns; a cluster's workers import from their image, not here.
             check_workload(spec.workload, spec.params, importable=not self.settings.cluster)
             cpu_threads({**os.environ, **spec.env})
+            requested_timing({**os.environ, **spec.env})  # KTS_DEVICE_TIMING, named if bad
         except ValueError as exc:
             msg = str(exc)
             raise ConfigError(
@@ -253,6 +255,11 @@ class Kts:
             name = key.name if isinstance(key, Tenant) else key
             if name not in self._tenants:
                 raise ConfigError(f"SLO names tenant {name!r}, which the scenario does not declare")
+            if isinstance(key, Tenant) and self._tenants[name] is not key:
+                raise ConfigError(
+                    f"SLO names a tenant {name!r} that another test declared: use this test's "
+                    "handle (or the name)"
+                )
             out[name] = check_threshold(value, f"SLO threshold for {name!r}")
         return out
 

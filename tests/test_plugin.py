@@ -394,3 +394,32 @@ def test_tenants_declared_and_never_run_are_a_warning(pytester: pytest.Pytester)
     result = pytester.runpytest_subprocess("--kts-device", "cpu", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, warnings=1)
     assert "KtsNotRunWarning: 2 tenant(s) declared but no kts.run()" in result.stdout.str()
+
+
+def test_a_bad_device_timing_and_another_test_s_tenant_are_refused_before_anything_runs(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile(
+        """
+        import pytest
+        from pytest_kts.errors import ConfigError
+
+        HANDLES = {}
+
+        def test_timing(kts, monkeypatch):
+            monkeypatch.setenv("KTS_DEVICE_TIMING", "bogus")
+            with pytest.raises(ConfigError, match="KTS_DEVICE_TIMING='bogus': use one of auto"):
+                kts.tenant("fft", size=16)
+
+        def test_declares(kts):
+            HANDLES["a"] = kts.tenant("a", "fft", size=16)
+
+        def test_borrows(kts):
+            kts.tenant("a", "fft", size=16)
+            kts.tenant("b", "matmul", size=16)
+            with pytest.raises(ConfigError, match="another test declared"):
+                kts.run(slo={HANDLES["a"]: 1.3})
+        """
+    )
+    result = pytester.runpytest_subprocess("--kts-device", "cpu", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3, warnings=1)  # test_declares declares and never runs
