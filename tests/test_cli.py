@@ -486,3 +486,10 @@ def test_report_bounds_long_lines_and_gz_bombs(
     code, _, err = run(capsys, "report", str(bomb), "--max-bytes", "100000")
     assert code == 2
     assert_one_line_error(err, "expands past 100000 bytes")
+    # A corrupt .gz, alone, is named in the error rather than counted as "0 file(s)".
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "fft.log.gz").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
+    code, _, err = run(capsys, "report", str(corrupt))
+    assert code == 2
+    assert "fft.log.gz" in err

@@ -8,6 +8,7 @@ import fnmatch
 import gzip
 import io
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -238,7 +239,7 @@ def read_logs(
                     if len(reader.samples) >= _DRAIN_EVERY:
                         _drain(reader, columns)
                 _drain(reader, columns)
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, zlib.error) as exc:  # a .gz that is not whole
             logs.skipped.append(f"{path} ({exc})")
             continue
         logs.readers[path] = reader
@@ -377,9 +378,10 @@ def build_result(name: str, logs: LogSet, *, confidence: float = 0.95) -> Any:
     merged = logs.merged
     grouped = group_columns(logs.columns.values())
     if not grouped:
+        skipped = f"; skipped {'; '.join(logs.skipped)}" if logs.skipped else ""
         raise UsageError(
             f"no KTS_APP sample lines in {len(logs.readers)} file(s) ({merged.lines} lines: "
-            f"{merged.foreign} foreign, {merged.malformed} malformed)"
+            f"{merged.foreign} foreign, {merged.malformed} malformed){skipped}"
         )
     tenants = {}
     for tenant, samples in grouped.items():
