@@ -144,13 +144,7 @@ def run_matrix(
     row_names = matrix_rows(names, rows)
     per_round = settings.round_iterations
     rounds = max(1, math.ceil(settings.iterations / per_round))
-    groups: list[tuple[str, ...]] = [
-        tuple(pair)
-        for pair in itertools.combinations(names, 2)
-        if any(t in row_names for t in pair)
-    ]
-    if include_all and len(names) > 2:
-        groups.append(tuple(names))
+    groups = matrix_groups(names, row_names, include_all)
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     # The scenario runner's phases: solo phases are its own, each group a subset phase
     # (experiment) with its samples filed under the group, the same time shares and limits.
@@ -211,8 +205,14 @@ def matrix_rows(names: Sequence[str], rows: Sequence[str] | None) -> list[str]:
     return [t for t in names if t in rows]
 
 
-def matrix_phases(n: int, rows: int, include_all: bool) -> int:
-    """Phases a round runs: a solo phase per row, each pair holding a row, and all at once."""
-    others = n - rows
-    pairs = rows * (rows - 1) // 2 + rows * others
-    return rows + pairs + (1 if include_all and n > 2 else 0)
+def matrix_groups(
+    names: Sequence[str], rows: Sequence[str], include_all: bool
+) -> list[tuple[str, ...]]:
+    """The shared phases of a round: each pair holding a row tenant, then (with three or more
+    tenants and ``include_all``) all of them at once. A round adds one solo phase per row."""
+    groups: list[tuple[str, ...]] = [
+        pair for pair in itertools.combinations(names, 2) if any(t in rows for t in pair)
+    ]
+    if include_all and len(names) > 2:
+        groups.append(tuple(names))
+    return groups

@@ -17,7 +17,7 @@ from pytest_kts.backends import make_backend
 from pytest_kts.backends.base import Backend, TenantSpec
 from pytest_kts.config import RunSettings, check_plan
 from pytest_kts.errors import ConfigError, DryRun, RegressionError
-from pytest_kts.matrix import MatrixResult, matrix_phases, matrix_rows, run_matrix
+from pytest_kts.matrix import MatrixResult, matrix_groups, matrix_rows, run_matrix
 from pytest_kts.packing import PackingResult, run_packing
 from pytest_kts.results import ScenarioResult
 from pytest_kts.runner import Budget, ProgressSink, run_scenario
@@ -256,8 +256,9 @@ class KtsSession:
         if settings.cluster and settings.dry_run:
             # A matrix runs each pair as a scenario runs all of them: the same objects.
             self._dry_run(name, tenants, settings, None, 99)
-        row_names = matrix_rows([t.name for t in tenants], rows)
-        check_plan(settings, matrix_phases(len(tenants), len(row_names), include_all))
+        names = [t.name for t in tenants]
+        row_names = matrix_rows(names, rows)
+        check_plan(settings, len(row_names) + len(matrix_groups(names, row_names, include_all)))
         with self._gpu(settings, pool=False, progress=progress) as (backend, _, _):
             result = run_matrix(
                 name, tenants, settings, backend, device=self.device, include_all=include_all,

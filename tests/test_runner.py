@@ -376,7 +376,7 @@ def test_a_matrix_with_rows_runs_only_the_pairs_that_hold_them() -> None:
 
 
 def test_matrix_rows_must_name_declared_tenants() -> None:
-    from pytest_kts.matrix import matrix_phases, matrix_rows
+    from pytest_kts.matrix import matrix_groups, matrix_rows
 
     with pytest.raises(ConfigError, match="'nope'"):
         matrix_rows(["a", "b"], ["nope"])
@@ -384,7 +384,9 @@ def test_matrix_rows_must_name_declared_tenants() -> None:
         matrix_rows(["a", "b"], [])
     assert matrix_rows(["a", "b", "c"], ["c", "a"]) == ["a", "c"]
     # Eight tenants: all rows run 8 solo + 28 pairs + all; one row 1 + 7 + 1.
-    assert matrix_phases(8, 8, True) == 37 and matrix_phases(8, 1, True) == 9
+    eight = [f"t{i}" for i in range(8)]
+    assert 8 + len(matrix_groups(eight, eight, True)) == 37
+    assert 1 + len(matrix_groups(eight, ["t0"], True)) == 9
 
 
 def test_a_matrix_stays_inside_its_budget_and_keeps_what_it_measured() -> None:

@@ -131,14 +131,12 @@ class LocalBackend(Backend):
     def __init__(
         self,
         *,
-        startup_timeout_s: float = 300.0,
         env: Mapping[str, str] | None = None,
         python: str | None = None,
         sharing: str = "timeslice",
         max_idle: int = 8,
         spares: int = 0,
     ) -> None:
-        self.start_timeout_s = startup_timeout_s
         self.env = dict(env or {})
         self.python = python or sys.executable
         self._workers: dict[str, _Worker] = {}

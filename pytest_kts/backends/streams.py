@@ -79,13 +79,10 @@ class StreamsBackend(LocalBackend):
         *,
         priorities: Mapping[str, int] | None = None,
         switch_interval_ms: float | None = None,
-        startup_timeout_s: float = 300.0,
         env: Mapping[str, str] | None = None,
         python: str | None = None,
     ) -> None:
-        super().__init__(
-            startup_timeout_s=startup_timeout_s, env=env, python=python, sharing="streams"
-        )
+        super().__init__(env=env, python=python, sharing="streams")
         self.priorities: dict[str, int] = {}
         for tenant, priority in (priorities or {}).items():
             if isinstance(priority, bool) or not isinstance(priority, int):
