@@ -33,7 +33,8 @@ def test_fft_next_to_gemm(kts):
         # after about 30 s of phases). The GEMM runs beside it as background.
         kts.run(slo={fft: slo})
         # On a time-sliced GPU the small tenant pays with its tail: with 95% confidence its
-        # p99 grows by more than 30% (the study's SLO of 1.3 would fail). What the CUDA
+        # p99 grows by more than 30% (the study's SLO of 1.3 would fail; on two H100s 4.46
+        # [2.31, 8.62] and 2.38 (>= 1.94), each decided at the first look). What the CUDA
         # events see is the next test's: this run stops as soon as the host clock decides,
         # and on an H100 that left the device clock's interval open (0.97 [0.84, 7.90]).
         assert assert_df(fft, p=99) > 1.3
@@ -64,8 +65,9 @@ def test_study_protocol_reports_both_clocks(kts):
     # bound is loose: the claim is that the median does not blow up, whatever else runs.)
     assert assert_df(fft, p=50) < (1.3 if kts.device == "cuda" else 3.0)
     if kts.device == "cuda":
-        # On a time-sliced GPU the FFT's p99 grows (3.44 [2.44, 4.84] on an H100) while the
-        # CUDA events around it see no such thing (0.99 [0.95, 1.03]): the wait for a time
-        # slice falls outside the event pair.
-        assert assert_df(fft, p=99) > 1.3
-        assert assert_df(fft, p=99, clock="device") < 1.3
+        # What the CUDA events around the FFT see: no growth (p95 0.94 [0.74, 1.01] on an
+        # H100), while the host clock's tail grew (the previous test's gate). At p95: 600
+        # iterations hold six p99 exceedances, too few to bound a p99 from above at 95%
+        # (a bound needs some 370 independent samples, counted in the tail's clusters), so a
+        # p99 claim from this protocol stays undecided; its p99 figures are in the report.
+        assert assert_df(fft, p=95, clock="device") < 1.3

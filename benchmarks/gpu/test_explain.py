@@ -71,7 +71,7 @@ def test_eight_tenants_the_heavy_ones_are_named_and_the_tiny_ones_never(kts):
     alone = {c: df.value for c, df in pairs.items() if df is not None}
     print(
         "router next to each co-tenant alone:",
-        {c: f"{df.value:.2f} {df.interval()}" for c, df in pairs.items() if df},
+        {c: f"{df.value:.2f} {df.interval()}" for c, df in pairs.items() if df is not None},
     )
     ranked = sorted(alone, key=alone.__getitem__, reverse=True)
     print(
