@@ -528,6 +528,16 @@ def _thresholds(ax: Axes, result: ScenarioResult, tenants: list[str]) -> None:
         )
 
 
+# A cell whose DF has no interval with both ends is a point estimate, not a finding: a pair
+# measured within what was left of a budget often has too few samples for a p99 bound.
+UNBOUNDED_NOTE = "* point estimate only: too few samples for an interval with both ends"
+
+
+def heatmap_label(df: DegradationFactor) -> str:
+    """A heatmap cell's text: the DF, starred when its interval lacks an end."""
+    return f"{df.value:.2f}" + ("" if df.bounded else "*")
+
+
 def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
     """The contention matrix as heatmaps of DF p99, one per clock; returns the PNG paths."""
     if unavailable_reason() is not None:
@@ -537,7 +547,13 @@ def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
     clocks = [c for c in CLOCKS if any(s.has_clock(c) for s in matrix.solo.values())]
     figure = _new_figure(4.2 * len(clocks) + 1.0, 0.6 * len(matrix.rows) + 2.2)
     columns = matrix.columns()
-    values = {c: np.array(matrix.values(99, c), dtype=float) for c in clocks}
+    cells = {
+        c: [[matrix.df(r, col, 99, c) for col in columns] for r in matrix.rows] for c in clocks
+    }
+    values = {
+        c: np.array([[math.nan if d is None else float(d.value) for d in row] for row in cells[c]])
+        for c in clocks
+    }
     finite = np.concatenate([v[np.isfinite(v)] for v in values.values()] or [np.array([1.0])])
     # Centre the colour scale on DF 1 (no change): blue below, red above, equally far, and at
     # least 0.5-2, so a matrix of small DFs (1.2 at most) is not painted as alarming as a 5.
@@ -558,13 +574,18 @@ def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
         ax.set_ylabel("tenant")
         ax.set_title(f"DF p99 ({clock} clock)")
         for (i, j), v in np.ndenumerate(data):
-            if math.isfinite(v):
+            df = cells[clock][i][j]
+            if df is not None and math.isfinite(v):
                 dark = v > 0 and abs(math.log(v)) > 0.6 * spread  # light text on dark cells
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=9,
+                ax.text(j, i, heatmap_label(df), ha="center", va="center", fontsize=9,
                         color="white" if dark else "black")  # fmt: skip
     if image is not None:
         bar = figure.colorbar(image, ax=list(axes), label="DF = shared p99 / solo p99")
         _plain_log_labels(bar.ax.yaxis, math.exp(2 * spread))
+    if any(d is not None and not d.bounded for c in clocks for row in cells[c] for d in row):
+        figure.text(
+            0.01, 0.01, UNBOUNDED_NOTE, fontsize=8, ha="left", va="bottom", color="0.3"
+        )  # fmt: skip
     _title(figure, f"Contention matrix: {matrix.name}", fontsize=10)
     return [_save(figure, directory / "contention_matrix.png")]
 

@@ -10,9 +10,10 @@ from dfs import make_df
 
 from pytest_kts import plots
 from pytest_kts.backends.base import TenantSpec
+from pytest_kts.matrix import MatrixResult
 from pytest_kts.protocol import Sample
 from pytest_kts.results import CheckOutcome, PhaseWindow, ScenarioResult, TenantResult
-from pytest_kts.samples import group
+from pytest_kts.samples import PhaseSamples, group
 from pytest_kts.telemetry import METRICS, Telemetry
 
 pytest.importorskip("matplotlib")
@@ -205,3 +206,31 @@ def test_a_cdf_of_a_million_samples_draws_its_tails_whole_and_its_body_on_a_grid
     assert keep[0] == 0 and keep[-1] == n - 1
     # Every one of the top ranks (p99.8 and above here): the tail a verdict is about.
     assert set(range(n - CDF_TAIL_POINTS, n)) <= set(keep.tolist())
+
+
+def _phase(tenant: str, phase: str, scale: float, n: int, seed: int) -> PhaseSamples:
+    rng = np.random.default_rng(seed)
+    ms = scale * rng.lognormal(0, 0.2, n)
+    records = [
+        Sample(tenant, phase, i // 100, i % 100, T0 + i * S, T0 + i * S + 1, ms[i], math.nan)
+        for i in range(n)
+    ]
+    return PhaseSamples.from_records(tenant, phase, records)
+
+
+def test_heatmap_stars_the_cells_that_are_point_estimates_only(tmp_path: Path) -> None:
+    # The router next to b has thousands of samples (an interval with both ends); next to c
+    # only a few dozen, too few to bound a p99: that cell is a point estimate, and says so.
+    solo = {"r": _phase("r", "solo", 1.0, 3000, 1)}
+    shared = {
+        ("r", ("b",)): _phase("r", "shared", 2.0, 3000, 2),
+        ("r", ("c",)): _phase("r", "shared", 0.5, 40, 3),
+    }
+    matrix = MatrixResult("m", "cpu", ["r", "b", "c"], solo, shared, rows=["r"])
+    with_b, with_c = matrix.df("r", "b"), matrix.df("r", "c")
+    assert with_b is not None and with_c is not None
+    assert with_b.bounded and not with_c.bounded
+    assert plots.heatmap_label(with_b) == f"{with_b.value:.2f}"
+    assert plots.heatmap_label(with_c) == f"{with_c.value:.2f}*"
+    (png,) = plots.write_heatmap(matrix, tmp_path)
+    assert png.name == "contention_matrix.png" and imread(png).shape[0] > 100
