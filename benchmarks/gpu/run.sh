@@ -3,7 +3,8 @@
 #   decisive: benchmarks/gpu/test_decisive.py and test_attribution.py with a report, then the
 #             fixed-cost benchmark;
 #   main:     the main job's example suite on CUDA (what scripts/main.sh runs), with a report,
-#             then the sharing environment a run records (sharing_env.sh);
+#             then the sharing environment a run records (sharing_env.sh; SKIP_SHARING=1 skips
+#             it; MAIN_K: a pytest -k expression to run some of the suite);
 #   explain:  benchmarks/gpu/test_explain.py with a report: who took the tail by leaving each
 #             co-tenant out, eight tenants, and how many batch GEMMs a router tolerates
 #             (EXPLAIN_K: a pytest -k expression to run some of them);
@@ -45,7 +46,7 @@ startup)
 main)
     start=$(date +%s)
     (cd "$ROOT" && timeout ${MAIN_TIMEOUT:-400} python3 -m pytest examples -p pytest_kts.plugin -p no:cacheprovider \
-        --kts-device cuda --kts-report "$OUT/main" -rA --durations=0) > "$OUT/main.log" 2>&1
+        ${MAIN_K:+-k "$MAIN_K"} --kts-device cuda --kts-report "$OUT/main" -rA --durations=0) > "$OUT/main.log" 2>&1
     echo "pytest exit $? after $(($(date +%s) - start)) s" >> "$OUT/main.log"
     tar czf "$OUT/main.tgz" -C "$OUT" main && rm -rf "$OUT/main"
     if [ -z "${SKIP_SHARING:-}" ]; then
