@@ -278,3 +278,35 @@ def test_a_pooled_streams_process_takes_the_next_scenarios_tenants() -> None:
         assert all(len(out.readers[t].samples) >= 5 for t in ("i", "j"))
         last = pid_of(backend)
     assert wait_dead(last)
+
+
+def slow_build(device: Any, size: int, seed: int, **params: str) -> Callable[[], object]:
+    """Takes 0.4 s to build and writes when it did to ``params["log"]`` (one line per build)."""
+    began = time.time()
+    time.sleep(0.4)
+    with open(params["log"], "a") as f:
+        f.write(f"{began} {time.time()}\n")
+    return lambda: None
+
+
+def test_tenants_build_one_at_a_time(tmp_path: Path) -> None:
+    # A CUDA graph capture that overlaps another thread's build can fail outright (an H100
+    # decode built beside a prefill: cudaErrorIllegalState), so the tenants of one process
+    # build in turn. Two tenants that each take 0.4 s to build: their builds do not overlap,
+    # and the one that waited says so in its start-up record.
+    log = tmp_path / "builds.txt"
+    backend = StreamsBackend(env=ENV)
+    with backend:
+        backend.start(
+            [
+                spec(n, "test_streams_backend:slow_build", params={"log": str(log)})
+                for n in ("a", "b")
+            ],
+            "cpu",
+        )
+        waits = [float(e.get("build_wait_s", 0.0)) for e in backend.startup["tenants"].values()]
+    (_, first_end), (second_start, _) = sorted(
+        tuple(map(float, line.split())) for line in log.read_text().splitlines()
+    )
+    assert second_start >= first_end - 0.01, "the second build began before the first had ended"
+    assert max(waits) >= 0.3 and min(waits) < 0.1

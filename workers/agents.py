@@ -276,7 +276,9 @@ class DecodeStep:
                 self._eager()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: under the streams backend co-tenants in other threads of this process
+        # keep launching while this one captures; their calls must not void the capture.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._graph_logits = self._eager()
         self._graph = graph
 

@@ -287,6 +287,10 @@ class _Process:
         self.tenants: dict[str, _Tenant] = {}
         self.blank = blank
         self.startup = startup  # before the tenants' build: the process's start, or a release
+        # One tenant builds (and captures its CUDA graphs) at a time: a capture that overlaps
+        # another thread's build or capture can fail outright (cudaErrorIllegalState, seen on
+        # an H100 when a graphed decode built beside a prefill), whatever its error mode.
+        self.build_lock = threading.Lock()
 
     def start(self, tenants: Sequence[TenantArgs]) -> None:
         for a in tenants:
@@ -372,28 +376,31 @@ class _Process:
                 # No streams on the CPU, so no priority takes effect.
                 facts.update(priority=None, priority_requested=a.priority)
             timings = dict(self.startup)
-            began = time.perf_counter()
             factory = resolve(a.workload)
             # inference_mode and the current stream are per thread: enter both here.
             with torch.inference_mode(), stream_ctx:
-                step = factory(torch.device(self.device), a.size, a.seed, **a.params)
-                if stream is not None:
-                    # The build's copies ran on this stream; be sure they are done before timing.
-                    stream.synchronize()
-                built = time.perf_counter()
-                clock = Clock(cuda=cuda, step=step)
-                prepared = time.perf_counter()
-                base = machine_facts(self.device)
-                tenant.emit.meta(
-                    base | clock.facts() | facts | {"workload": a.workload, "size": a.size}
-                )
-                for _ in range(a.warmup):
-                    clock.time(step, 0)
+                waited = time.perf_counter()
+                with self.build_lock:
+                    began = time.perf_counter()
+                    step = factory(torch.device(self.device), a.size, a.seed, **a.params)
+                    if stream is not None:
+                        # The build's copies ran on this stream: done before timing.
+                        stream.synchronize()
+                    built = time.perf_counter()
+                    clock = Clock(cuda=cuda, step=step)
+                    prepared = time.perf_counter()
+                    base = machine_facts(self.device)
+                    tenant.emit.meta(
+                        base | clock.facts() | facts | {"workload": a.workload, "size": a.size}
+                    )
+                    for _ in range(a.warmup):
+                        clock.time(step, 0)
                 sleep_ms = a.sleep_ms
                 if sleep_ms is None:
                     sleep_ms = DEFAULT_SLEEP_MS.get(a.workload, 0.0)
                 arrival = Arrival(a.arrival, sleep_ms / 1000.0, a.rate_hz, a.seed)
                 timings.update(
+                    build_wait_s=began - waited,
                     build_s=built - began,
                     prepare_s=prepared - built,
                     warmup_s=time.perf_counter() - prepared,

@@ -18,6 +18,7 @@ STAGES = {
     "import_s": "import torch",
     "cuda_s": "CUDA context",
     "release_s": "release",
+    "build_wait_s": "waiting for another tenant's build",
     "build_s": "build",
     "prepare_s": "device timing",
     "warmup_s": "warmup",
