@@ -61,7 +61,9 @@ EXPLAIN_HINT = (
     "(done by itself when an SLO check fails)"
 )
 # A tail is only a tail when it outgrew what the solo percentile lets through by definition
-# (1% of iterations above the p99): at least this many times that, and this many iterations.
+# (1% of iterations above the p99): at least this many times the odds of that (about twice
+# the share at p99 and p95; two in three iterations above the solo median at p50, which twice
+# the share, 100%, could never reach), and this many iterations.
 TAIL_EXCESS = 2.0
 MIN_TAIL = 5
 # Below this fraction of the solo execution median, the solo wait is zero for a DF's purpose.
@@ -93,8 +95,13 @@ def wait_exec(
 
 
 def tail_grew(tail_n: int, n: int, p: float) -> bool:
-    """More shared iterations above the solo ``p``-th percentile than chance puts there."""
-    return tail_n >= MIN_TAIL and tail_n > TAIL_EXCESS * (100.0 - p) / 100.0 * n
+    """More shared iterations above the solo ``p``-th percentile than chance puts there: the
+    odds of being above it at least ``TAIL_EXCESS`` times the ``(100 - p) / p`` of no change."""
+    if tail_n < MIN_TAIL or n <= 0:
+        return False
+    if tail_n >= n:
+        return True
+    return tail_n / (n - tail_n) > TAIL_EXCESS * (100.0 - p) / p
 
 
 def _pct(x: np.ndarray, p: float) -> float:
@@ -121,19 +128,20 @@ class WaitSplit:
     launch_source: str
     solo: PartStats
     shared: PartStats
-    threshold_ms: float  # solo host p99: shared iterations above it are the tail
+    threshold_ms: float  # solo host p-th percentile: shared iterations above it are the tail
     tail_n: int
     grew: bool  # the tail outgrew chance (see tail_grew); no split is claimed otherwise
     wait_share: float  # of the tail's growth over the solo medians; nan without growth
     exec_share: float
     df_wait: float  # shared p99 / solo p99 of the part (point estimates)
     df_exec: float
+    p: float = 99.0  # the percentile whose solo value draws the tail's line
 
     def sentence(self) -> str:
         if not self.grew:
             return (
-                f"no tail growth to split ({self.tail_n} shared iterations above the solo p99, "
-                "no more than chance puts there)"
+                f"no tail growth to split ({self.tail_n} shared iterations above the solo "
+                f"p{self.p:g}, no more than chance puts there)"
             )
         if not math.isfinite(self.wait_share):
             return f"{self.tail_n} tail iteration(s), but neither part grew over its solo median"
@@ -215,6 +223,7 @@ def split_wait(samples: TenantSamples, p: float = 99, launch_ms: float | None = 
         if s_stats.wait_p99 > WAIT_FLOOR * s_stats.exec_p50
         else math.nan,
         df_exec=_ratio(h_stats.exec_p99, s_stats.exec_p99),
+        p=float(p),
     )
 
 
@@ -351,7 +360,7 @@ class Attribution:
 
     tenant: str
     clock: str
-    threshold_ms: float  # solo host p99 of the tenant
+    threshold_ms: float  # solo host p-th percentile of the tenant
     tail_n: int
     body_n: int
     grew: bool  # the tail outgrew chance: nobody is blamed otherwise
@@ -359,6 +368,7 @@ class Attribution:
     # Per tail iteration, for plots: start/end ns and which co-tenants overlapped it.
     tail_start_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
     tail_end_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    p: float = 99.0  # the percentile whose solo value draws the tail's line
 
     method = "overlap"
 
@@ -403,12 +413,12 @@ class Attribution:
     def sentence(self) -> str:
         if not self.grew:
             return (
-                f"{self.tenant}: {self.tail_n} shared iteration(s) above the solo p99 "
+                f"{self.tenant}: {self.tail_n} shared iteration(s) above the solo p{self.p:g} "
                 f"({self.threshold_ms:.4g} ms), no more than chance: no tail to attribute"
             )
         head = (
-            f"{self.tenant}'s tail ({self.tail_n} shared iterations above the solo p99 "
-            f"{self.threshold_ms:.4g} ms) overlapped"
+            f"{self.tenant}'s tail ({self.tail_n} shared iterations above the solo "
+            f"p{self.p:g} {self.threshold_ms:.4g} ms) overlapped"
         )
         parts = []
         for b in self.blames:
@@ -496,6 +506,7 @@ def attribute(
         blames=tuple(blames),
         tail_start_ns=shared.start_ns[tail],
         tail_end_ns=shared.end_ns[tail],
+        p=float(p),
     )
 
 

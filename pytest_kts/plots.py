@@ -642,7 +642,7 @@ def _attribution_figure(result: ScenarioResult, tenant: str) -> Figure | None:
     slow = inside & tail
     top.scatter(sec(data.start_ns[body]), data.host_ms[body], s=10, color="0.55", label="ordinary")
     top.scatter(sec(data.start_ns[slow]), data.host_ms[slow], s=16, color="#d62728", label="tail")
-    top.axhline(a.threshold_ms, color="k", lw=0.8, ls="--", label="solo p99")
+    top.axhline(a.threshold_ms, color="k", lw=0.8, ls="--", label=f"solo p{a.p:g}")
     top.set_ylabel(f"{tenant} host (ms)")
     top.grid(True, alpha=0.3)
     top.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -677,7 +677,8 @@ def _attribution_figure(result: ScenarioResult, tenant: str) -> Figure | None:
         top_b = a.top()
         blamed = f"blamed on {top_b.cotenant} (overlap)" if top_b else "no co-tenant stands out"
     _title(
-        fig, f"{result.name}: {tenant}'s tail ({a.tail_n} iterations above the solo p99), {blamed}"
+        fig,
+        f"{result.name}: {tenant}'s tail ({a.tail_n} iterations above the solo p{a.p:g}), {blamed}",
     )
     return fig
 

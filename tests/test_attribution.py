@@ -17,11 +17,13 @@ from pytest_kts.attribution import (
     launch_cost,
     overlaps,
     split_wait,
+    tail_grew,
     wait_exec,
 )
 from pytest_kts.backends.base import TenantSpec
+from pytest_kts.protocol import Sample
 from pytest_kts.results import ScenarioResult, TenantResult
-from pytest_kts.samples import group
+from pytest_kts.samples import PhaseSamples, TenantSamples, group
 
 
 def _result(samples) -> ScenarioResult:
@@ -269,3 +271,49 @@ def test_an_almost_idle_co_tenant_is_never_blamed() -> None:
     a = _result(samples)["router"].attribution()
     assert a["tiny"].identifiable
     assert not a["tiny"].blamed and a.top() is None
+
+
+@pytest.mark.parametrize(
+    ("tail_n", "n", "p", "grew"),
+    [
+        # At p50 chance puts half above the solo median; twice that share could never be
+        # reached, so a median that moved wholly (958 of 962 above, an H100 FFT next to a
+        # GEMM) read as "no more than chance". Twice the odds: two in three.
+        (958, 962, 50, True),
+        (700, 1000, 50, True),
+        (600, 1000, 50, False),
+        # At p99 and p95 twice the odds is about twice the share, as before.
+        (25, 1000, 99, True),
+        (15, 1000, 99, False),
+        (120, 1000, 95, True),
+        (80, 1000, 95, False),
+        (4, 4, 99, False),  # too few to call a tail
+    ],
+)
+def test_tail_grows_against_the_odds_the_percentile_leaves(
+    tail_n: int, n: int, p: float, grew: bool
+) -> None:
+    assert tail_grew(tail_n, n, p) is grew
+
+
+def _phase(tenant: str, phase: str, host_ms: np.ndarray) -> PhaseSamples:
+    """One phase, an iteration every 10 ms, the device clock 0.1 ms under the host's."""
+    records = [
+        Sample(tenant, phase, 0, i, i * 10_000_000, i * 10_000_000 + int(ms * 1e6), ms, ms - 0.1)
+        for i, ms in enumerate(host_ms.tolist())
+    ]
+    return PhaseSamples.from_records(tenant, phase, records)
+
+
+def test_a_median_check_says_which_percentile_drew_its_tail() -> None:
+    # A p50 check whose every shared iteration sits above the solo median: the tail grew, and
+    # the sentences name the p50 line, not a p99 they did not use.
+    rng = np.random.default_rng(3)
+    solo = rng.lognormal(0.0, 0.05, 600)
+    shared = 1.5 * rng.lognormal(0.0, 0.05, 600)
+    tenant = TenantSamples("fft", _phase("fft", "solo", solo), _phase("fft", "shared", shared))
+    answer = attribute(tenant, {}, p=50)
+    split = split_wait(tenant, p=50)
+    assert answer.grew and split.grew
+    assert "solo p50" in answer.sentence() and "p99" not in answer.sentence()
+    assert "p99" not in split.sentence()
