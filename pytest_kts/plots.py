@@ -526,6 +526,12 @@ def _thresholds(ax: Axes, result: ScenarioResult, tenants: list[str]) -> None:
             label=f"SLO {check.tenant} p{check.p:g} < {check.threshold:g} ({check.clock}): "
             f"{verdict}",
         )
+        # The threshold's value beside its line: a log axis labels 1, 2 and 5, not a 1.3 or 3.
+        ax.annotate(
+            f"{check.threshold:g}", (k + 0.45, float(check.threshold)), xytext=(3, 0),
+            textcoords="offset points", va="center", fontsize=8,
+            color=colors.get(verdict, "0.3"),
+        )  # fmt: skip
 
 
 # A cell whose DF has no interval with both ends is a point estimate, not a finding: a pair

@@ -234,3 +234,12 @@ def test_heatmap_stars_the_cells_that_are_point_estimates_only(tmp_path: Path) -
     assert plots.heatmap_label(with_c) == f"{with_c.value:.2f}*"
     (png,) = plots.write_heatmap(matrix, tmp_path)
     assert png.name == "contention_matrix.png" and imread(png).shape[0] > 100
+
+
+def test_the_threshold_is_written_beside_its_line() -> None:
+    # A log axis labels 1, 2 and 5: an SLO of 1.3 or 3 would be a line without a number.
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    plots._thresholds(ax, make_result(telemetry=False), ["fft", "gemm"])
+    assert [t.get_text() for t in ax.texts] == ["1.3"]
