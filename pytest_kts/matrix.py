@@ -51,6 +51,11 @@ class MatrixResult:
     confidence: float = 0.95
     cut_phases: int = 0  # phases ended by their time share before their targets
     rows: list[str] = field(default_factory=list)  # the tenants with a row; empty: all
+    # Each cell's DF, computed once: the terminal, results.md, summary.json and the heatmap
+    # all read the same cells (a bootstrap each).
+    _dfs: dict[tuple[str, str, float, str], DegradationFactor | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not self.rows:
@@ -65,6 +70,12 @@ class MatrixResult:
         self, tenant: str, column: str, p: float = 99, clock: str = "host"
     ) -> DegradationFactor | None:
         """``tenant``'s DF with ``column`` (a tenant, or ``"all"``) as its co-tenants."""
+        key = (tenant, column, float(p), clock)
+        if key not in self._dfs:
+            self._dfs[key] = self._df(tenant, column, p, clock)
+        return self._dfs[key]
+
+    def _df(self, tenant: str, column: str, p: float, clock: str) -> DegradationFactor | None:
         shared = self.shared.get((tenant, self.co_tenants(tenant, column)))
         solo = self.solo.get(tenant)
         if (
@@ -90,17 +101,17 @@ class MatrixResult:
             cols.append(ALL)  # only where all of them ran at once (include_all)
         return cols
 
+    def cells(self, p: float = 99, clock: str = "host") -> list[list[DegradationFactor | None]]:
+        """Each cell's DF, rows = :attr:`rows`, columns = :meth:`columns` (None on the
+        diagonal and where a pair did not run)."""
+        return [[self.df(row, col, p, clock) for col in self.columns()] for row in self.rows]
+
     def values(self, p: float = 99, clock: str = "host") -> list[list[float]]:
-        """DF point estimates, rows = :attr:`rows`, columns = :meth:`columns` (nan on the
-        diagonal)."""
-        out = []
-        for row in self.rows:
-            line = []
-            for col in self.columns():
-                df = self.df(row, col, p, clock)
-                line.append(math.nan if df is None else float(df.value))
-            out.append(line)
-        return out
+        """DF point estimates, as :meth:`cells` (nan where a cell has none)."""
+        return [
+            [math.nan if df is None else float(df.value) for df in row]
+            for row in self.cells(p, clock)
+        ]
 
     def table(self, p: float = 99, clock: str = "host", fmt: str = "simple") -> str:
         rows = []

@@ -553,13 +553,8 @@ def write_heatmap(matrix: MatrixResult, directory: Path) -> list[Path]:
     clocks = [c for c in CLOCKS if any(s.has_clock(c) for s in matrix.solo.values())]
     figure = _new_figure(4.2 * len(clocks) + 1.0, 0.6 * len(matrix.rows) + 2.2)
     columns = matrix.columns()
-    cells = {
-        c: [[matrix.df(r, col, 99, c) for col in columns] for r in matrix.rows] for c in clocks
-    }
-    values = {
-        c: np.array([[math.nan if d is None else float(d.value) for d in row] for row in cells[c]])
-        for c in clocks
-    }
+    cells = {c: matrix.cells(99, c) for c in clocks}
+    values = {c: np.array(matrix.values(99, c), dtype=float) for c in clocks}
     finite = np.concatenate([v[np.isfinite(v)] for v in values.values()] or [np.array([1.0])])
     # Centre the colour scale on DF 1 (no change): blue below, red above, equally far, and at
     # least 0.5-2, so a matrix of small DFs (1.2 at most) is not painted as alarming as a 5.

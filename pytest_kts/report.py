@@ -632,8 +632,7 @@ def matrix_dict(m: MatrixResult) -> dict[str, Any]:
     """The contention matrix with each cell's interval and samples, not point estimates only."""
     clocks = ["host", "device"] if m.device == "cuda" else ["host"]
 
-    def cell(row: str, col: str, clock: str) -> dict[str, Any] | None:
-        df = m.df(row, col, 99, clock)
+    def cell(df: DegradationFactor | None) -> dict[str, Any] | None:
         if df is None:
             return None
         return {
@@ -655,9 +654,7 @@ def matrix_dict(m: MatrixResult) -> dict[str, Any]:
         "rows": m.rows,
         "columns": m.columns(),
         "df_p99": {c: [[_json_num(v) for v in row] for row in m.values(99, c)] for c in clocks},
-        "cells_p99": {
-            c: [[cell(row, col, c) for col in m.columns()] for row in m.rows] for c in clocks
-        },
+        "cells_p99": {c: [[cell(df) for df in row] for row in m.cells(99, c)] for c in clocks},
         "machine": m.machine,
     }
 

@@ -230,6 +230,8 @@ def test_heatmap_stars_the_cells_that_are_point_estimates_only(tmp_path: Path) -
     with_b, with_c = matrix.df("r", "b"), matrix.df("r", "c")
     assert with_b is not None and with_c is not None
     assert with_b.bounded and not with_c.bounded
+    # One bootstrap per cell, whoever reads it: the heatmap, the tables and summary.json.
+    assert matrix.cells()[0][1:] == [with_b, with_c] and matrix.df("r", "b") is with_b
     assert plots.heatmap_label(with_b) == f"{with_b.value:.2f}"
     assert plots.heatmap_label(with_c) == f"{with_c.value:.2f}*"
     (png,) = plots.write_heatmap(matrix, tmp_path)
