@@ -67,10 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     cli = {o.name: config.getoption(o.cli.lstrip("-").replace("-", "_")) for o in OPTIONS}
-    try:
-        ini = {o.name: config.getini(o.ini) for o in OPTIONS}
-    except ValueError as exc:  # pytest's own parsing of an int/float/bool ini value
-        raise pytest.UsageError(f"pytest-kts ini option: {exc}") from None
+    ini = {o.name: _getini(config, o) for o in OPTIONS}
     try:
         settings = resolve(cli, ini)
     except ConfigError as exc:
@@ -104,6 +101,20 @@ def pytest_configure(config: pytest.Config) -> None:
     except NoDeviceError as exc:
         raise pytest.UsageError(str(exc)) from None
     _xdist_cleanup(config)
+
+
+def _getini(config: pytest.Config, option: Option) -> Any:
+    """One ini value, as pytest parses its type. pytest's own error (``invalid literal for
+    int() with base 10: ''`` for ``kts_iterations =``) names neither the setting nor the file:
+    this one names both, and how to fall back to the default."""
+    try:
+        return config.getini(option.ini)
+    except (ValueError, TypeError, pytest.UsageError) as exc:
+        where = f" in {config.inipath}" if config.inipath else ""
+        raise pytest.UsageError(
+            f"pytest-kts: ini option {option.ini}{where} expects {_ini_type(option)}: {exc}; "
+            f"give a value, or remove the line for the default ({option.default})"
+        ) from None
 
 
 def _xdist_cleanup(config: pytest.Config) -> None:

@@ -358,7 +358,14 @@ def test_typed_ini_values_resolve_and_bad_ones_are_one_line(
     bad = pytester.runpytest_subprocess("--kts-device", "cpu")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     assert "Traceback" not in bad.stderr.str()
-    bad.stderr.fnmatch_lines(["ERROR: *'many'*"])  # pytest's own one-line parse error
+    bad.stderr.fnmatch_lines(["ERROR: *kts_iterations in *tox.ini expects int*'many'*"])
+    # An empty value: pytest's own message ("invalid literal for int() with base 10: ''")
+    # names neither the setting nor the file.
+    pytester.makeini("[pytest]\nkts_confidence =\n")
+    empty = pytester.runpytest_subprocess("--kts-device", "cpu")
+    assert empty.ret == pytest.ExitCode.USAGE_ERROR
+    assert "Traceback" not in empty.stderr.str()
+    empty.stderr.fnmatch_lines(["ERROR: *kts_confidence * expects float*remove the line*(0.95)"])
 
 
 def test_a_bad_marker_is_one_line_at_the_test(pytester: pytest.Pytester) -> None:
