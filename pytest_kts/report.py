@@ -31,7 +31,7 @@ from pytest_kts.backends.startup import describe as describe_startup
 from pytest_kts.matrix import MatrixResult
 from pytest_kts.packing import PackingResult
 from pytest_kts.plots import write_heatmap, write_plots
-from pytest_kts.results import CheckOutcome, ScenarioResult, TenantResult
+from pytest_kts.results import Assertion, CheckOutcome, ScenarioResult, TenantResult
 from pytest_kts.samples import to_csv
 from pytest_kts.stats import Summary
 from pytest_kts.verdict import DegradationFactor, interval_text
@@ -267,55 +267,87 @@ def _outcome(result: ScenarioResult, c: CheckOutcome) -> tuple[str, str]:
         a for a in tenant.assertions if a.clock == c.clock and a.p == c.p
     ]  # fmt: skip
     if said:
-        if not all(a.held for a in said):
-            outcome = "FAILED"
-        else:
-            outcome = "UNDECIDED" if any(a.undecided for a in said) else "held"
-        return outcome, "; ".join(a.text() for a in said)
+        return _said_outcome(said), "; ".join(a.text() for a in said)
     return c.verdict, f"SLO < {c.threshold:g}"
+
+
+def _said_outcome(said: Sequence[Assertion]) -> str:
+    """What a test's comparisons on one DF came to: FAILED, UNDECIDED (held only by the warn
+    policy) or held."""
+    if not all(a.held for a in said):
+        return "FAILED"
+    return "UNDECIDED" if any(a.undecided for a in said) else "held"
 
 
 def check_summary_lines(
     results: Sequence[ScenarioResult], report_dir: Path | None = None
 ) -> list[tuple[str, dict[str, bool]]]:
     """One line per check of every test, at the end of the session: tenant, clock, DF with
-    its interval against the threshold, the outcome, the cause and where its plot is."""
+    its interval against the threshold, the outcome, the cause and where its plot is. A check
+    is an SLO the run gated on, or an ``assert_df`` comparison no SLO covers (a fixed-protocol
+    test, or an assertion at another percentile or clock): a test that failed on one is named
+    here too."""
     out: list[tuple[str, dict[str, bool]]] = []
     for r in results:
         for c in r.checks:
             outcome, said = _outcome(r, c)
-            tenant = r.tenants.get(c.tenant)
-            cause = ""
-            if tenant is not None and c.verdict == "fail":
-                cell = tenant.attribution(p=c.p).cell() if tenant.cotenants else ""
-                split = tenant.wait_split(c.p)
-                dominant = split.dominant() if split is not None else None
-                cause = "; cause: " + ", ".join(
-                    x for x in (cell, f"{dominant}" if dominant else "") if x
-                )
-            figure = (
-                f"; plot: {report_dir / 'plots' / slug(r.name) / 'degradation.png'}"
-                if report_dir is not None
-                else ""
-            )
-            estimate = (
-                "no estimate"
-                if c.df is None
-                else f"{c.df.value:#.3g} {c.interval(3, significant=True)}"
-            )
-            colour = {"held": "green", "pass": "green", "FAILED": "red", "fail": "red"}.get(
-                outcome, "yellow"
-            )
-            out.append(
-                (
-                    f"  {outcome:>12}  {r.name} {c.tenant} ({c.clock}) DF p{c.p:g} {estimate} "
-                    f"vs {c.threshold:g} ({said}){cause}{figure}",
-                    {colour: True},
-                )
-            )
+            out.append(_summary_line(r, c.tenant, c.p, c.clock, c.df, f"{c.threshold:g}", outcome,
+                                     said, c.verdict == "fail", report_dir))  # fmt: skip
+        covered = {(c.tenant, c.p, c.clock) for c in r.checks}
+        for name, tenant in r.tenants.items():
+            groups: dict[tuple[float, str], list[Assertion]] = {}
+            for a in tenant.assertions:
+                if (name, a.p, a.clock) not in covered:
+                    groups.setdefault((a.p, a.clock), []).append(a)
+            for (p, clock), said_ in groups.items():
+                thresholds = " and ".join(dict.fromkeys(f"{a.threshold:g}" for a in said_))
+                out.append(
+                    _summary_line(
+                        r, name, p, clock, tenant.df(p, clock), thresholds, _said_outcome(said_),
+                        "; ".join(a.text() for a in said_),
+                        any(a.verdict == "fail" for a in said_), report_dir,
+                    )
+                )  # fmt: skip
     if out:
         out.insert(0, (f"kts: {len(out)} check(s), one line each:", {}))
     return out
+
+
+def _summary_line(
+    r: ScenarioResult,
+    name: str,
+    p: float,
+    clock: str,
+    df: DegradationFactor | None,
+    threshold: str,
+    outcome: str,
+    said: str,
+    grew: bool,
+    report_dir: Path | None,
+) -> tuple[str, dict[str, bool]]:
+    tenant = r.tenants.get(name)
+    cause = ""
+    if tenant is not None and grew:
+        cell = tenant.attribution(p=p).cell() if tenant.cotenants else ""
+        split = tenant.wait_split(p)
+        dominant = split.dominant() if split is not None else None
+        cause = "; cause: " + ", ".join(x for x in (cell, f"{dominant}" if dominant else "") if x)
+    figure = (
+        f"; plot: {report_dir / 'plots' / slug(r.name) / 'degradation.png'}"
+        if report_dir is not None
+        else ""
+    )
+    estimate = (
+        "no estimate" if df is None else f"{df.value:#.3g} {df.interval(3, significant=True)}"
+    )
+    colour = {"held": "green", "pass": "green", "FAILED": "red", "fail": "red"}.get(
+        outcome, "yellow"
+    )
+    return (
+        f"  {outcome:>12}  {r.name} {name} ({clock}) DF p{p:g} {estimate} "
+        f"vs {threshold} ({said}){cause}{figure}",
+        {colour: True},
+    )
 
 
 def comparison_line(result: ScenarioResult, c: dict[str, Any]) -> str:

@@ -4,11 +4,25 @@ that say what was found (issue 12 items 3-5, issue 18 items 2-3)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 from dfs import make_df, phase
 
-from pytest_kts.report import _df_cell, check_line, comparison_line, interval_text, summary_lines
-from pytest_kts.results import CheckOutcome, ScenarioResult
+from pytest_kts import assert_df
+from pytest_kts.backends.base import TenantSpec
+from pytest_kts.protocol import Sample
+from pytest_kts.report import (
+    _df_cell,
+    check_line,
+    check_summary_lines,
+    comparison_line,
+    interval_text,
+    slug,
+    summary_lines,
+)
+from pytest_kts.results import CheckOutcome, ScenarioResult, TenantResult
+from pytest_kts.samples import group
 from pytest_kts.verdict import DegradationFactor
 
 
@@ -75,3 +89,40 @@ def test_comparison_lines_say_what_was_found() -> None:
     lines = [text for text, _ in summary_lines([result])]
     assert lines[0] == "kts: compared with baseline 'main':"
     assert lines[-1] == "kts: s: baseline saved to /b/main/s"
+
+
+def _tenant_result(name: str, slow: float) -> TenantResult:
+    """600 solo and 600 shared iterations in 6 rounds, the shared ones ``slow`` times longer."""
+    rng = np.random.default_rng(7)
+    records = [
+        Sample(name, phase, i // 100, i, 0, 0, float(x), math.nan)
+        for phase, factor in (("solo", 1.0), ("shared", slow))
+        for i, x in enumerate(factor * rng.gamma(20.0, 0.05, 600))
+    ]
+    return TenantResult(spec=TenantSpec(name, "fft", 16), samples=group(records, [name])[name])
+
+
+def test_an_assertion_without_an_slo_gets_its_summary_line() -> None:
+    """A fixed-protocol test has no SLO check, only ``assert_df`` comparisons: a failure there
+    is named in the session's one-line-per-check summary (a GPU run once listed 5 held checks
+    and left out the test that failed)."""
+    fft, gemm = _tenant_result("fft", 3.0), _tenant_result("gemm", 1.0)
+    result = ScenarioResult(
+        name="t.py::test_fixed", device="cpu", tenants={"fft": fft, "gemm": gemm}
+    )
+    assert not (assert_df(fft, p=50) < 1.3)  # DF 3: the comparison fails
+    assert assert_df(gemm, p=50) < 1.3
+    assert assert_df(gemm, p=50) < 2.0  # two thresholds on one DF: one line, both named
+    lines = [text for text, _ in check_summary_lines([result], Path("/r"))]
+    assert lines[0] == "kts: 2 check(s), one line each:"
+    failed, held = lines[1], lines[2]
+    assert failed.split()[:6] == ["FAILED", "t.py::test_fixed", "fft", "(host)", "DF", "p50"]
+    assert f"{fft.df(50, 'host').value:#.3g}" in failed
+    assert "vs 1.3 (asserted DF < 1.3: FAILED)" in failed
+    assert failed.endswith(f"plot: /r/plots/{slug(result.name)}/degradation.png")
+    assert held.split()[:3] == ["held", "t.py::test_fixed", "gemm"]
+    assert "vs 1.3 and 2 (asserted DF < 1.3: held; asserted DF < 2: held)" in held
+    # An assertion that an SLO check already covers is that check's line, not a second one.
+    result.checks = [CheckOutcome("gemm", 50.0, "host", 1.3, df=gemm.df(50, "host"))]
+    again = [text for text, _ in check_summary_lines([result])]
+    assert len(again) == 3 and sum(" gemm " in line for line in again) == 1
