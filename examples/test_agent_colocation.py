@@ -63,6 +63,10 @@ def test_four_tenant_contention_matrix(kts):
     embed_params = {"layers": "2", "seq": "32", "batch": "2"} if cpu else {}
     kts.tenant("embed", size=embed_size, sleep_ms=5, params=embed_params)
     kts.tenant("fft", size=fft_size, sleep_ms=20 if not cpu else 2)
+    # A map for the report, not a gate: 200 iterations a cell cannot bound a p99 (that takes
+    # some 370 independent samples a phase), so its cells are point estimates, starred in the
+    # heatmap and marked "no bound yet" in the tables. The test asserts the map's shape; a
+    # pairing the map shows as costly is gated by an SLO test such as the one above.
     matrix = kts.matrix()
     assert matrix.columns() == ["decode", "prefill", "embed", "fft", "all"]
     for row in matrix.tenants:

@@ -62,17 +62,17 @@ def test_study_protocol_reports_both_clocks(kts):
     # Both clocks where both exist: the CPU has no device clock, and none is invented.
     assert tenant.clocks() == (("host", "device") if kts.device == "cuda" else ("host",))
     if kts.device == "cuda":
-        # What the CUDA events around the FFT see: no growth at the median or at p95 (0.97
-        # [0.96, 0.98] and 0.96 [0.90, 1.03] on an H100), while the host clock's tail grew
-        # (the previous test's gate; this protocol's own host p99 was 4.71 [3.83, 6.09] on
-        # that machine and 1.49 (>= 1.06) on another). Not at p99: 600 iterations hold six
-        # p99 exceedances, too few to bound a p99 from above at 95% (a bound needs some 370
-        # independent samples, counted in the tail's clusters), so a p99 claim from this
-        # protocol can stay undecided; its p99 figures are in the report. Not the host
-        # clock's median either: on the study's GTX 1080 the FFT kept it, on one H100 it
-        # grew 1.54x.
+        # What the CUDA events around the FFT see: no growth at the median (0.97 [0.96, 0.98],
+        # 0.97 [0.94, 1.00] and 0.81 [0.80, 0.82] on three H100s), while the host clock's tail
+        # grew (the previous test's gate; this protocol's own host p99 was 4.71 [3.83, 6.09],
+        # 4.72 (>= 4.17) and 1.49 (>= 1.06) there). Not at a tail percentile: 600 iterations
+        # hold 30 p95 and 6 p99 exceedances, and one solo round whose device time shifted 15%
+        # for 70 iterations (at a steady 1980 MHz) left the p95 undecided on one of those
+        # H100s (the round's exceedances count as one cluster), where the p99 was 0.94 [0.83,
+        # 1.07]. The tail figures are in the report; a gate on the device tail needs the
+        # adaptive protocol (an SLO) to buy the samples. Not the host clock's median either:
+        # on the study's GTX 1080 the FFT kept it, on one H100 it grew 1.54x.
         assert assert_df(fft, p=50, clock="device") < 1.3
-        assert assert_df(fft, p=95, clock="device") < 1.3
     else:
         # The FFT's median survives co-location on a CPU with nothing to time-slice (the bound
         # is loose: the claim is that the median does not blow up, whatever else runs).
