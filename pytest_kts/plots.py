@@ -413,8 +413,11 @@ def _df_figure(
     ax.axhline(1.0, color="0.5", lw=0.8, label="no degradation (DF 1)")
     offsets = {c: (k - (len(clocks) - 1) / 2) * 0.25 for k, c in enumerate(clocks)}
     open_ended = []
-    for clock in clocks:
-        open_ended += _df_points(ax, tenants, clock, offsets[clock], dfs)
+    for k, clock in enumerate(clocks):
+        # The left clock's labels to the left of its points, the right one's to the right: two
+        # clocks' labels at one tenant no longer run into each other.
+        side = "left" if len(clocks) > 1 and k == 0 else "right"
+        open_ended += _df_points(ax, tenants, clock, offsets[clock], dfs, side=side)
     _thresholds(ax, result, tenants)
     _df_axis(ax, dfs, [float(c.threshold) for c in result.checks])
     _open_ends(ax, open_ended)
@@ -448,12 +451,14 @@ def _df_points(
     clock: str,
     offset: float,
     dfs: dict[tuple[str, str], DegradationFactor],
+    side: str = "right",
 ) -> list[tuple[float, float, bool, bool, str]]:
     """Points with the interval each verdict used; returns the open-ended ones to draw.
 
     As in the table: a phase short of its sample floor removes one end of the interval (an
     upper end of infinity, a lower end of 0); such ends are drawn as dotted arrows to the
-    edge of the plot.
+    edge of the plot, and the label gives the end that exists as the table does ("(≥ 1.23)").
+    ``side`` is where the labels go.
     """
     xs, ys, lo, hi, labels = [], [], [], [], []
     color = CLOCK_COLORS.get(clock, "k")
@@ -469,7 +474,7 @@ def _df_points(
         ys.append(df.value)
         lo.append(max(0.0, df.value - low) if has_low else 0.0)
         hi.append(max(0.0, high - df.value) if has_high else 0.0)
-        labels.append(f"p{df.p:g} {df.value:.2f}" + ("" if has_high else " (no upper bound yet)"))
+        labels.append(f"p{df.p:g} {df.value:.2f}" + ("" if df.bounded else " " + df.interval()))
         if not (has_low and has_high):
             # From the point: the error bar already draws the end that exists.
             open_ended.append((k + offset, df.value, not has_low, not has_high, color))
@@ -485,8 +490,9 @@ def _df_points(
         ms=6,
         label=f"{clock} clock",
     )
+    dx, ha = (-6, "right") if side == "left" else (6, "left")
     for x, y, text in zip(xs, ys, labels, strict=True):
-        ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, 4), ha=ha, fontsize=8)
     return open_ended
 
 
@@ -526,10 +532,12 @@ def _thresholds(ax: Axes, result: ScenarioResult, tenants: list[str]) -> None:
             label=f"SLO {check.tenant} p{check.p:g} < {check.threshold:g} ({check.clock}): "
             f"{verdict}",
         )
-        # The threshold's value beside its line: a log axis labels 1, 2 and 5, not a 1.3 or 3.
+        # The threshold's value on its line: a log axis labels 1, 2 and 5, not a 1.3 or 3.
+        # Above the line's right end, inside the tenant's slot: beside it, it ran into the
+        # next tenant's labels.
         ax.annotate(
-            f"{check.threshold:g}", (k + 0.45, float(check.threshold)), xytext=(3, 0),
-            textcoords="offset points", va="center", fontsize=8,
+            f"{check.threshold:g}", (k + 0.45, float(check.threshold)), xytext=(0, 2),
+            textcoords="offset points", ha="right", va="bottom", fontsize=8,
             color=colors.get(verdict, "0.3"),
         )  # fmt: skip
 

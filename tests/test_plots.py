@@ -245,3 +245,33 @@ def test_the_threshold_is_written_beside_its_line() -> None:
     ax = Figure().subplots()
     plots._thresholds(ax, make_result(telemetry=False), ["fft", "gemm"])
     assert [t.get_text() for t in ax.texts] == ["1.3"]
+
+
+def test_two_clocks_labels_at_one_tenant_do_not_collide() -> None:
+    # On an H100 the matmul's host and device p99 were 1.26 and 1.22, neither with an upper
+    # end: "p99 1.26 (no upper bound yet)" ran over the device point's label. Now the left
+    # clock labels to the left, the right one to the right, each with the table's interval.
+    from dfs import make_df
+
+    dfs = {
+        ("fft", "host"): make_df((4.17, math.inf), value=4.72, reason="no upper bound"),
+        ("fft", "device"): make_df((0.83, 1.07), value=0.94),
+        ("gemm", "host"): make_df((1.23, math.inf), value=1.26, reason="no upper bound"),
+        ("gemm", "device"): make_df((1.22, math.inf), value=1.22, reason="no upper bound"),
+    }
+    fig = plots._df_figure(make_result(telemetry=False), dfs)
+    assert fig is not None
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text()]  # the arrows have no text
+    assert sorted(t.get_text() for t in labels) == [
+        "1.3",
+        "p99 0.94",
+        "p99 1.22 (≥ 1.22)",
+        "p99 1.26 (≥ 1.23)",
+        "p99 4.72 (≥ 4.17)",
+    ]  # fmt: skip  (1.3: fft's SLO, written on its line, inside fft's slot)
+    boxes = [t.get_window_extent() for t in labels]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1 :]:
+            assert not a.overlaps(b)
