@@ -288,11 +288,13 @@ def test_undecided_checks_are_listed_in_the_summary(
         def test_slo(kts):
             fft = kts.tenant("fft", size=16, sleep_ms=0.2, warmup=1)
             kts.tenant("matmul", size=16, sleep_ms=0.2, warmup=1)
-            kts.run(slo={fft: 1.0})
-            assert assert_df(fft, p=99) < 1.0
+            kts.run(slo={fft: 50.0})
+            assert assert_df(fft, p=99) < 50.0
         """
     )
     # At most 80 samples per phase: far below the p99 floor, so undecided whatever the data.
+    # The SLO is far from any DF these tiny tenants reach: at 1 the estimate once came out
+    # 0.991, and the hint said "sits at the threshold: no sample count decides it" instead.
     result = pytester.runpytest_subprocess(
         "--kts-device", "cpu", "--kts-max-iterations", "80", "--kts-round-iterations", "40",
         "-p", "no:cacheprovider", "-W", "ignore::pytest_kts.KtsInconclusiveWarning",
@@ -301,7 +303,7 @@ def test_undecided_checks_are_listed_in_the_summary(
     result.stdout.fnmatch_lines(
         [
             "kts: 1 SLO check(s) undecided:",
-            "  *test_slo fft: DF p99 (host) * vs 1 at look 1: too few samples*a fresh run needs "
+            "  *test_slo fft: DF p99 (host) * vs 50 at look 1: too few samples*a fresh run needs "
             "at least * samples per phase*",
         ]
     )
