@@ -414,11 +414,12 @@ class Attribution:
         if not self.grew:
             return (
                 f"{self.tenant}: {self.tail_n} shared iteration(s) above the solo p{self.p:g} "
-                f"({self.threshold_ms:.4g} ms), no more than chance: no tail to attribute"
+                f"({self.threshold_ms:.4g} ms, host clock), no more than chance: no tail to "
+                "attribute"
             )
         head = (
             f"{self.tenant}'s tail ({self.tail_n} shared iterations above the solo "
-            f"p{self.p:g} {self.threshold_ms:.4g} ms) overlapped"
+            f"p{self.p:g} of {self.threshold_ms:.4g} ms, host clock) overlapped"
         )
         parts = []
         for b in self.blames:

@@ -69,6 +69,9 @@ def test_heavy_cotenant_is_blamed_and_independent_one_is_not() -> None:
     assert set(shares) == {"gemm", "tiny"}
     assert max(shares, key=shares.get) == "gemm"
     assert "blamed on gemm" in a.sentence()
+    # The tail is the host clock's, whichever clock an assertion was on: said with its line
+    # (a device-clock failure on an H100 gave a host p95 beside its device figures, unnamed).
+    assert f"above the solo p99 of {a.threshold_ms:.4g} ms, host clock)" in a.sentence()
     assert a.cell().startswith("gemm ")
 
 
@@ -142,6 +145,7 @@ def test_attribution_needs_a_tail() -> None:
     a = attribute(group(samples)["fft"], group(samples))
     assert a.tail_n == 0 and a.cell() == "no tail growth" and a.top() is None
     assert not a.grew and "no tail to attribute" in a.sentence()
+    assert "ms, host clock), no more than chance" in a.sentence()
 
 
 def test_a_tail_no_larger_than_chance_blames_nobody() -> None:
