@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from pytest_kts.matrix import MatrixResult
     from pytest_kts.results import ScenarioResult
+    from pytest_kts.telemetry import Telemetry
     from pytest_kts.verdict import DegradationFactor
 
 PHASE_COLORS = {"solo": "#1f77b4", "shared": "#d62728"}
@@ -302,11 +303,13 @@ def _timeline_figure(result: ScenarioResult) -> Figure | None:
         return None
     telemetry = result.telemetry
     panels = ["latency"]
+    steady = None
     if telemetry is not None and len(telemetry):
+        steady = _steady_clock(telemetry)
         panels += [
             p
             for p, col in (("clock", "sm_clock_mhz"), ("util", "gpu_util_pct"))
-            if telemetry.has(col)
+            if telemetry.has(col) and not (p == "clock" and steady is not None)
         ]
     ratios = [3.0] + [1.2] * (len(panels) - 1)
     fig = _new_figure(11, 3.2 + 1.5 * (len(panels) - 1))
@@ -318,9 +321,30 @@ def _timeline_figure(result: ScenarioResult) -> Figure | None:
     _latency_panel(axes[0], result, clock, t0)
     for ax, panel in zip(axes[1:], panels[1:], strict=True):
         _telemetry_panel(ax, result, panel, t0)
+    if steady is not None:
+        # A flat clock is a finding (no idle or throttled phase distorts a baseline), not a
+        # panel: it is said in the lowest panel's legend.
+        axes[-1].plot([], [], " ", label=f"SM clock steady at {steady:.0f} MHz")
+        _legend_outside(axes[-1], fontsize=8, markerscale=3)
     axes[-1].set_xlabel("time since the first phase started (s)")
     _title(fig, f"{result.name}: {clock} latency per iteration over time")
     return fig
+
+
+def _steady_clock(telemetry: Telemetry) -> float | None:
+    """The SM clock's median when it never left it by more than 2% (or 15 MHz), else None.
+
+    A panel that draws such a clock is a flat line; None also when the clock was not read.
+    """
+    if not telemetry.has("sm_clock_mhz"):
+        return None
+    clock = telemetry.column("sm_clock_mhz")
+    clock = clock[np.isfinite(clock)]
+    if not clock.size:
+        return None
+    median = float(np.median(clock))
+    spread = float(np.max(np.abs(clock - median)))
+    return median if spread <= max(0.02 * median, 15.0) else None
 
 
 def _shade_windows(ax: Axes, result: ScenarioResult, t0: int, *, legend: bool) -> None:

@@ -126,6 +126,33 @@ def test_telemetry_adds_panels_beneath_the_timeline(
     assert imread(figures[1]).shape[0] > imread(cpu_figures[1]).shape[0]
 
 
+def test_a_steady_clock_is_a_legend_line_not_a_panel() -> None:
+    # On a GPU held at its boost clock the SM-clock panel was a flat line at 1980 MHz: it
+    # carried nothing. The timeline says the clock was steady instead; a moving clock (idle
+    # 345 MHz between phases) keeps its panel.
+    def texts(fig: object) -> list[str]:
+        return [
+            t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()
+        ]  # type: ignore[attr-defined]
+
+    moving = make_result()
+    fig = plots._timeline_figure(moving)
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        "host latency (ms)",
+        "SM clock (MHz)",
+        "utilization (%)",
+    ]
+    assert not any("steady" in t for t in texts(fig))
+
+    steady = make_result()
+    assert steady.telemetry is not None
+    clock = steady.telemetry.columns["sm_clock_mhz"]
+    clock[:] = 1980.0 + np.where(np.arange(clock.size) % 7 == 0, -15.0, 0.0)
+    fig = plots._timeline_figure(steady)
+    assert [ax.get_ylabel() for ax in fig.axes] == ["host latency (ms)", "utilization (%)"]
+    assert "SM clock steady at 1980 MHz" in texts(fig)
+
+
 def test_no_samples_no_figures(tmp_path: Path) -> None:
     result = make_result(telemetry=False)
     empty = group([], tenants=["fft", "gemm"])
