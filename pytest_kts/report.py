@@ -814,10 +814,19 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
             outcome, said = _outcome(result, c)
             estimate = "no estimate" if c.df is None else f"{c.df.value:.3f} {c.interval(3)}"
             look = "" if c.df is None else c.df.evidence.look_note()
+            # What the test asserted leads, in bold; the gate's own word (pass and fail are
+            # said of "DF < SLO") follows it, so that a test asserting DF > 1.3 that held does
+            # not read "fail".
+            if said.startswith("SLO"):
+                verdict = f"{said}: **{c.verdict}** at look {c.looks} ({c.rounds} rounds)"
+            else:
+                verdict = (
+                    f"{said.replace(f': {outcome}', '')}: **{outcome}** at look {c.looks} "
+                    f"({c.rounds} rounds; as SLO DF < {c.threshold:g}: {c.verdict})"
+                )
             out.append(
                 f"- {c.tenant}: DF p{c.p:g} ({c.clock}) = {estimate} ({label} CI) vs "
-                f"{c.threshold:g}: **{c.verdict}** at look {c.looks} ({c.rounds} rounds); "
-                f"{said}: {outcome}"
+                f"{c.threshold:g}: {verdict}"
                 + (f" ({c.reason})" if c.reason and c.verdict == "inconclusive" else "")
                 + (f"; {c.power}" if c.power and c.verdict == "inconclusive" else "")
                 + (f". {look[0].upper()}{look[1:]}" if look else "")

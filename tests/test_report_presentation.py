@@ -18,6 +18,7 @@ from pytest_kts.report import (
     check_summary_lines,
     comparison_line,
     interval_text,
+    render_markdown,
     slug,
     summary_lines,
 )
@@ -126,3 +127,23 @@ def test_an_assertion_without_an_slo_gets_its_summary_line() -> None:
     result.checks = [CheckOutcome("gemm", 50.0, "host", 1.3, df=gemm.df(50, "host"))]
     again = [text for text, _ in check_summary_lines([result])]
     assert len(again) == 3 and sum(" gemm " in line for line in again) == 1
+
+
+def test_results_md_leads_a_verdict_with_what_the_test_asserted() -> None:
+    """A GPU run's results.md read "**fail** at look 1 ...; asserted DF > 1.3: held: held" for
+    a test that passed: the gate's word (said of DF < SLO) led, and the outcome came twice."""
+    fft, gemm = _tenant_result("fft", 3.0), _tenant_result("gemm", 1.0)
+    result = ScenarioResult(name="t.py::test_x", device="cpu", tenants={"fft": fft, "gemm": gemm})
+    result.checks = [
+        CheckOutcome(name, 50.0, "host", 1.3, df=t.df(50, "host"), looks=1, rounds=6)
+        for name, t in (("fft", fft), ("gemm", gemm))
+    ]
+    assert assert_df(fft, p=50) > 1.3  # the test expects the degradation
+    md = render_markdown([result], None).splitlines()
+    asserted = next(line for line in md if line.startswith("- fft: DF p50 (host)"))
+    assert "vs 1.3: asserted DF > 1.3: **held** at look 1 (6 rounds; as SLO DF < 1.3: fail)" in (
+        asserted
+    )
+    assert "**fail**" not in asserted and "held: held" not in asserted
+    gated = next(line for line in md if line.startswith("- gemm: DF p50 (host)"))
+    assert "vs 1.3: SLO < 1.3: **pass** at look 1 (6 rounds)" in gated
