@@ -189,9 +189,13 @@ def _background_note(result: ScenarioResult) -> str | None:
 
 
 def _attribution_lines(result: ScenarioResult) -> list[str]:
-    """One line per tenant: what its tail grew from (wait vs execution)."""
+    """One line per tenant: what its tail grew from (wait vs execution). A background tenant
+    (no SLO, one short solo profile) gets none here: its split is context, kept in
+    ``results.md`` and ``summary.json``, and the terminal is for the tenants a test gates."""
     lines = []
     for name, tenant in result.tenants.items():
+        if _background(result, name):
+            continue
         split = tenant.wait_split()
         if split is not None:
             lines.append(

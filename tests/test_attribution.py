@@ -172,6 +172,14 @@ def test_report_shows_blame_in_table_markdown_json_and_plot(tmp_path) -> None:
     )
     assert fft_shared_host.rstrip().endswith("gemm 77% (lift 4.1x)")
     assert "fft: tail growth is 98% waiting for the GPU, 2% slower execution" in table
+    assert "\n  gemm: no tail growth to split" in table
+    # A background tenant's wait split (no SLO, one short solo profile) is context: not in
+    # the terminal, where it once took a line per test; still in the files.
+    result.background = ("gemm",)
+    background_table = render_table([result])
+    assert "fft: tail growth is 98%" in background_table
+    assert "\n  gemm: " not in background_table
+    result.background = ()
     written = write_report([result], tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     fft = summary["scenarios"][0]["tenants"]["fft"]
