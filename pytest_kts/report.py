@@ -125,8 +125,15 @@ def _background(result: ScenarioResult, name: str) -> bool:
     return name in result.background
 
 
+def _said(tenant: TenantResult | None, p: float, clock: str) -> list[Assertion]:
+    """The comparisons a test made on one of ``tenant``'s DFs."""
+    if tenant is None:
+        return []
+    return [a for a in tenant.assertions if a.clock == clock and a.p == p]
+
+
 def _asserted(result: ScenarioResult, tenant: TenantResult, p: float, clock: str) -> str:
-    said = [a for a in tenant.assertions if a.clock == clock and a.p == p]
+    said = _said(tenant, p, clock)
     if said:
         return "; ".join(a.text() for a in said)
     checks = [c for c in _checks_for(result, tenant.name) if c.clock == clock and c.p == p]
@@ -266,10 +273,7 @@ def check_line(result: ScenarioResult, c: CheckOutcome) -> str:
 
 def _outcome(result: ScenarioResult, c: CheckOutcome) -> tuple[str, str]:
     """The test's outcome for one check: what the test asserted (if it did) and the verdict."""
-    tenant = result.tenants.get(c.tenant)
-    said = [] if tenant is None else [
-        a for a in tenant.assertions if a.clock == c.clock and a.p == c.p
-    ]  # fmt: skip
+    said = _said(result.tenants.get(c.tenant), c.p, c.clock)
     if said:
         return _said_outcome(said), "; ".join(a.text() for a in said)
     return c.verdict, f"SLO < {c.threshold:g}"
@@ -815,18 +819,21 @@ def _markdown_scenario(result: ScenarioResult, figures: list[Path], root: Path |
     if result.checks:
         out += ["Verdicts:", ""]
         for c in result.checks:
-            outcome, said = _outcome(result, c)
             estimate = "no estimate" if c.df is None else f"{c.df.value:.3f} {c.interval(3)}"
             look = "" if c.df is None else c.df.evidence.look_note()
             # What the test asserted leads, in bold; the gate's own word (pass and fail are
             # said of "DF < SLO") follows it, so that a test asserting DF > 1.3 that held does
             # not read "fail".
-            if said.startswith("SLO"):
-                verdict = f"{said}: **{c.verdict}** at look {c.looks} ({c.rounds} rounds)"
+            said = _said(result.tenants.get(c.tenant), c.p, c.clock)
+            if said:
+                claims = "; ".join(a.text() for a in said) if len(said) > 1 else said[0].claim
+                verdict = (
+                    f"{claims}: **{_said_outcome(said)}** at look {c.looks} "
+                    f"({c.rounds} rounds; as SLO DF < {c.threshold:g}: {c.verdict})"
+                )
             else:
                 verdict = (
-                    f"{said.replace(f': {outcome}', '')}: **{outcome}** at look {c.looks} "
-                    f"({c.rounds} rounds; as SLO DF < {c.threshold:g}: {c.verdict})"
+                    f"SLO < {c.threshold:g}: **{c.verdict}** at look {c.looks} ({c.rounds} rounds)"
                 )
             out.append(
                 f"- {c.tenant}: DF p{c.p:g} ({c.clock}) = {estimate} ({label} CI) vs "

@@ -221,12 +221,16 @@ class Assertion:
         """Held only because an undecided comparison holds under the ``warn`` policy."""
         return self.held and self.verdict == "inconclusive"
 
+    @property
+    def claim(self) -> str:
+        return f"asserted DF {self.op} {self.threshold:g}"
+
     def text(self) -> str:
         if self.undecided:
             outcome = "held, but undecided (passed by --kts-inconclusive=warn)"
         else:
             outcome = "held" if self.held else "FAILED"
-        return f"asserted DF {self.op} {self.threshold:g}: {outcome}"
+        return f"{self.claim}: {outcome}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

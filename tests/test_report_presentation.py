@@ -147,3 +147,8 @@ def test_results_md_leads_a_verdict_with_what_the_test_asserted() -> None:
     assert "**fail**" not in asserted and "held: held" not in asserted
     gated = next(line for line in md if line.startswith("- gemm: DF p50 (host)"))
     assert "vs 1.3: SLO < 1.3: **pass** at look 1 (6 rounds)" in gated
+    # Two comparisons on one DF: each with its outcome, the whole in bold.
+    assert not (assert_df(fft, p=50) < 2.0)
+    md = render_markdown([result], None).splitlines()
+    both = next(line for line in md if line.startswith("- fft: DF p50 (host)"))
+    assert "asserted DF > 1.3: held; asserted DF < 2: FAILED: **FAILED** at look 1" in both
